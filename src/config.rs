@@ -1,0 +1,669 @@
+//! Configuration: built-in defaults ← `conf/sluice.toml` (or `-c FILE`) ←
+//! `SLUICE_<SECTION>__<KEY>` environment variables, merged with figment and
+//! validated once. Unknown keys and bad values are errors that name the key.
+//!
+//! This module owns the shape of `sluice.toml`; it must not open sockets,
+//! databases or scripts — it only checks that the paths and values make sense.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Where `sluice run` looks for its config when no `-c` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "conf/sluice.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Figment(Box<figment::Error>),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("config file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Figment(Box::new(e))
+    }
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Our name: banner, Received, EHLO when relaying.
+    pub hostname: String,
+    /// sled database directory (queue + history).
+    pub data_dir: PathBuf,
+    /// Unix socket the CLI uses to talk to a running daemon.
+    pub control_socket: PathBuf,
+    pub listener: Vec<ListenerConfig>,
+    pub tls: TlsConfig,
+    pub limits: LimitsConfig,
+    pub smtp: SmtpConfig,
+    pub relay: RelayConfig,
+    pub scripts: ScriptsConfig,
+    pub transport: BTreeMap<String, TransportConfig>,
+    pub dns: DnsConfig,
+    pub http: HttpConfig,
+    pub queue: QueueConfig,
+    pub history: HistoryConfig,
+    pub dlp: DlpConfig,
+    pub auth: AuthConfig,
+    pub geoip: GeoipConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut transport = BTreeMap::new();
+        transport.insert("default".to_string(), TransportConfig::default());
+        Config {
+            hostname: default_hostname(),
+            data_dir: PathBuf::from("var"),
+            control_socket: PathBuf::from("var/control.sock"),
+            listener: vec![ListenerConfig::default()],
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            smtp: SmtpConfig::default(),
+            relay: RelayConfig::default(),
+            scripts: ScriptsConfig::default(),
+            transport,
+            dns: DnsConfig::default(),
+            http: HttpConfig::default(),
+            queue: QueueConfig::default(),
+            history: HistoryConfig::default(),
+            dlp: DlpConfig::default(),
+            auth: AuthConfig::default(),
+            geoip: GeoipConfig::default(),
+        }
+    }
+}
+
+fn default_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if let Ok(s) = std::str::from_utf8(&buf[..end]) {
+            if !s.is_empty() {
+                return s.to_string();
+            }
+        }
+    }
+    "localhost".to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    None,
+    Starttls,
+    Implicit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Becomes `connection.serverid`.
+    pub id: String,
+    pub address: String,
+    pub tls: ListenerTls,
+    /// Expect a HAProxy PROXY v1/v2 header before SMTP starts.
+    pub proxy_protocol: bool,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            id: "inbound".into(),
+            address: "127.0.0.1:2525".into(),
+            tls: ListenerTls::None,
+            proxy_protocol: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            certificate: PathBuf::from("conf/tls/cert.pem"),
+            private_key: PathBuf::from("conf/tls/key.pem"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Maximum message size in bytes (SIZE extension; 552 5.3.4 beyond).
+    pub message_size: u64,
+    /// Recipients per transaction (452 4.5.3 beyond).
+    pub recipients: usize,
+    /// Connections over all listeners (421 4.7.0 beyond).
+    pub connections: usize,
+    pub connections_per_ip: usize,
+    /// Command line length including CRLF (RFC 5321 §4.5.3.1.4: 512).
+    pub command_line_length: usize,
+    /// Text line length in message data, excluding CRLF (RFC 5322: 998).
+    pub data_line_length: usize,
+    /// Received headers allowed before we call it a loop (554 5.4.6).
+    pub received_headers: usize,
+    /// Bad commands before the server gives up on a client (421 4.7.0).
+    pub errors: usize,
+    /// Wait for the next command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Wait for each block of message data (RFC 5321 §4.5.3.2.5/6).
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Wait for the PROXY header and the TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            message_size: 52_428_800,
+            recipients: 100,
+            connections: 10_000,
+            connections_per_ip: 100,
+            command_line_length: 512,
+            data_line_length: 998,
+            received_headers: 50,
+            errors: 20,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What to do with a bare CR or LF inside message data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEnding {
+    /// 550 5.6.11 at end of data (the SMTP smuggling defence).
+    Reject,
+    /// Store it as CRLF; only `<CRLF>.<CRLF>` still ends DATA.
+    Normalize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Text after `220 hostname` in the greeting.
+    pub banner: String,
+    pub bare_line_ending: BareLineEnding,
+    /// On SIGTERM, how long transactions in flight may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Resolve and verify the client's PTR (FCrDNS) at connect.
+    pub reverse_dns: bool,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            banner: "ESMTP Sluice".into(),
+            bare_line_ending: BareLineEnding::Reject,
+            shutdown_grace: Duration::from_secs(30),
+            reverse_dns: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Recipient domains we accept mail for; ".example.org" also matches subdomains.
+    pub domains: Vec<String>,
+    /// Clients that may relay anywhere.
+    pub trusted_networks: Vec<IpNet>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            domains: vec!["example.org".into()],
+            trusted_networks: vec!["127.0.0.0/8".parse().expect("static CIDR")],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScriptsConfig {
+    /// Directories `require` may load modules from.
+    pub lib_path: Vec<PathBuf>,
+    pub connect: Option<PathBuf>,
+    pub helo: Option<PathBuf>,
+    pub auth: Option<PathBuf>,
+    pub mailfrom: Option<PathBuf>,
+    pub rcptto: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    pub headers: Option<PathBuf>,
+    pub eod: Option<PathBuf>,
+    pub disconnect: Option<PathBuf>,
+    pub proxy: Option<PathBuf>,
+    pub predelivery: Option<PathBuf>,
+    pub postdelivery: Option<PathBuf>,
+    /// Commands the proxy hook sees; empty = the ones the server does not know.
+    pub proxy_commands: Vec<String>,
+    /// Axigen policy files compiled to Lua at load time.
+    pub axigen: Vec<PathBuf>,
+    /// Lua memory limit per state, bytes.
+    pub memory_limit: usize,
+    /// Lua VM instructions one hook run may execute.
+    pub instruction_limit: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    Smtp,
+    Lmtp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportTls {
+    None,
+    Opportunistic,
+    Required,
+    Verify,
+}
+
+/// One next hop or several (tried in order for failover).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HostList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl HostList {
+    pub fn hosts(&self) -> Vec<String> {
+        match self {
+            HostList::One(h) => vec![h.clone()],
+            HostList::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    pub kind: TransportKind,
+    /// Static next hop(s) `host:port`; absent = deliver by MX.
+    pub host: Option<HostList>,
+    /// Port used for MX-resolved hosts.
+    pub port: u16,
+    pub tls: TransportTls,
+    /// PEM bundle of CAs for `tls = "verify"`; empty = webpki roots.
+    pub ca_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    pub concurrency: usize,
+    pub connections_per_destination: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            kind: TransportKind::Smtp,
+            host: Some(HostList::One("127.0.0.1:10025".into())),
+            port: 25,
+            tls: TransportTls::Opportunistic,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(30),
+            concurrency: 100,
+            connections_per_destination: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// "ip:port" list; empty = /etc/resolv.conf.
+    pub nameservers: Vec<String>,
+    #[serde(with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// e.g. "127.0.0.1:8025"; empty = off.
+    pub address: String,
+    /// Bearer token for /api/*; /metrics needs none.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Retry schedule: first delay, doubling up to `max_retry_delay`.
+    #[serde(with = "humantime_serde")]
+    pub min_retry_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_retry_delay: Duration,
+    /// Give up (bounce) after this long in the queue.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Send a delay DSN (NOTIFY=DELAY) once after this long.
+    #[serde(with = "humantime_serde")]
+    pub delay_warning: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            min_retry_delay: Duration::from_secs(300),
+            max_retry_delay: Duration::from_secs(3600),
+            max_lifetime: Duration::from_secs(5 * 86400),
+            delay_warning: Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Records older than this are pruned.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Keep at most this many records (0 = no cap).
+    pub max_records: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            retention: Duration::from_secs(30 * 86400),
+            max_records: 0,
+        }
+    }
+}
+
+/// DLP rules by name (`[dlp.rules.NAME]`); the DLP engine validates them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlpConfig {
+    pub rules: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// authserv-id in Authentication-Results; empty = hostname.
+    pub authserv_id: String,
+    /// ARC sealing keys: selector, domain, PEM key path.
+    pub arc_selector: String,
+    pub arc_domain: String,
+    pub arc_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoipConfig {
+    pub country_db: Option<PathBuf>,
+    pub asn_db: Option<PathBuf>,
+}
+
+impl Config {
+    /// Defaults ← file (if it exists, or if named explicitly) ← environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(p) => {
+                if !p.exists() {
+                    return Err(ConfigError::Io {
+                        path: p.to_path_buf(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "no such file",
+                        ),
+                    });
+                }
+                fig = fig.merge(Toml::file_exact(p));
+            }
+            None => {
+                let p = Path::new(DEFAULT_CONFIG_PATH);
+                if p.exists() {
+                    fig = fig.merge(Toml::file_exact(p));
+                }
+            }
+        }
+        fig = fig.merge(Env::prefixed("SLUICE_").split("__"));
+        Self::from_figment(fig)
+    }
+
+    /// Parse a TOML string over the defaults (tests, `sluice check` on text).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let fig = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        Self::from_figment(fig)
+    }
+
+    fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
+        // `[[listener]]` in a file replaces the default list instead of
+        // merging element by element, which is what an operator means.
+        let cfg: Config = fig.extract()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values serde cannot: addresses parse, ids are unique, limits sane.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.hostname.trim().is_empty() || self.hostname.contains(char::is_whitespace) {
+            return Err(invalid("hostname", "must be a non-empty host name"));
+        }
+        if self.listener.is_empty() {
+            return Err(invalid("listener", "at least one [[listener]] is needed"));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, l) in self.listener.iter().enumerate() {
+            let key = format!("listener[{i}]");
+            if l.id.is_empty() {
+                return Err(invalid(&format!("{key}.id"), "must not be empty"));
+            }
+            if !ids.insert(l.id.clone()) {
+                return Err(invalid(
+                    &format!("{key}.id"),
+                    format!("duplicate listener id {:?}", l.id),
+                ));
+            }
+            if l.address.parse::<SocketAddr>().is_err() {
+                return Err(invalid(
+                    &format!("{key}.address"),
+                    format!("{:?} is not an ip:port address", l.address),
+                ));
+            }
+        }
+        let lim = &self.limits;
+        if lim.command_line_length < 512 {
+            return Err(invalid(
+                "limits.command_line_length",
+                "must be at least 512 (RFC 5321 §4.5.3.1.4)",
+            ));
+        }
+        if lim.data_line_length < 78 {
+            return Err(invalid("limits.data_line_length", "must be at least 78"));
+        }
+        if lim.message_size < 1024 {
+            return Err(invalid("limits.message_size", "must be at least 1024 bytes"));
+        }
+        for (key, v) in [
+            ("limits.recipients", lim.recipients),
+            ("limits.connections", lim.connections),
+            ("limits.connections_per_ip", lim.connections_per_ip),
+            ("limits.received_headers", lim.received_headers),
+            ("limits.errors", lim.errors),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        for (key, d) in [
+            ("limits.command_timeout", lim.command_timeout),
+            ("limits.data_timeout", lim.data_timeout),
+            ("limits.handshake_timeout", lim.handshake_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        for (i, d) in self.relay.domains.iter().enumerate() {
+            if d.trim().is_empty() || d.contains(char::is_whitespace) || d.contains('@') {
+                return Err(invalid(
+                    &format!("relay.domains[{i}]"),
+                    format!("{d:?} is not a domain"),
+                ));
+            }
+        }
+        if !self.transport.contains_key("default") {
+            return Err(invalid(
+                "transport.default",
+                "a transport named \"default\" is required",
+            ));
+        }
+        for (name, t) in &self.transport {
+            if let Some(h) = &t.host {
+                let hosts = h.hosts();
+                if hosts.is_empty() {
+                    return Err(invalid(
+                        &format!("transport.{name}.host"),
+                        "empty host list",
+                    ));
+                }
+                for host in hosts {
+                    if split_host_port(&host).is_none() {
+                        return Err(invalid(
+                            &format!("transport.{name}.host"),
+                            format!("{host:?} is not host:port"),
+                        ));
+                    }
+                }
+            }
+            if t.concurrency == 0 {
+                return Err(invalid(
+                    &format!("transport.{name}.concurrency"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        for (i, ns) in self.dns.nameservers.iter().enumerate() {
+            if ns.parse::<SocketAddr>().is_err() && ns.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    &format!("dns.nameservers[{i}]"),
+                    format!("{ns:?} is not an ip or ip:port"),
+                ));
+            }
+        }
+        if !self.http.address.is_empty() && self.http.address.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.address",
+                format!("{:?} is not an ip:port address", self.http.address),
+            ));
+        }
+        if self.queue.min_retry_delay.is_zero()
+            || self.queue.max_retry_delay < self.queue.min_retry_delay
+        {
+            return Err(invalid(
+                "queue.max_retry_delay",
+                "must be at least queue.min_retry_delay, which must be > 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Does any listener need the certificate?
+    pub fn needs_tls(&self) -> bool {
+        self.listener.iter().any(|l| l.tls != ListenerTls::None)
+    }
+}
+
+/// Split "host:port" or "[v6]:port".
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some((sa.ip().to_string(), sa.port()));
+    }
+    let (h, p) = s.rsplit_once(':')?;
+    let port = p.parse().ok()?;
+    if h.is_empty() || h.contains(':') {
+        return None;
+    }
+    Some((h.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str("[limits]\nmesage_size = 5\n").unwrap_err();
+        let s = err.to_string();
+        assert!(s.contains("mesage_size"), "{s}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = Config::from_toml_str("[limits]\nrecipients = 0\n").unwrap_err();
+        assert!(err.to_string().contains("limits.recipients"), "{err}");
+        let err = Config::from_toml_str("[[listener]]\nid='a'\naddress='nope'\n").unwrap_err();
+        assert!(err.to_string().contains("listener[0].address"), "{err}");
+        let err = Config::from_toml_str("[limits]\ncommand_timeout = 'soon'\n").unwrap_err();
+        assert!(err.to_string().contains("command_timeout"), "{err}");
+    }
+
+    #[test]
+    fn listeners_replace_default() {
+        let c = Config::from_toml_str(
+            "[[listener]]\nid='a'\naddress='127.0.0.1:1'\n[[listener]]\nid='b'\naddress='127.0.0.1:2'\ntls='implicit'\n",
+        )
+        .unwrap();
+        assert_eq!(c.listener.len(), 2);
+        assert_eq!(c.listener[1].tls, ListenerTls::Implicit);
+    }
+
+    #[test]
+    fn host_list_forms() {
+        let c = Config::from_toml_str(
+            "[transport.default]\nhost=['a:1','b:2']\n[transport.lmtp]\nkind='lmtp'\nhost='c:3'\n",
+        )
+        .unwrap();
+        assert_eq!(c.transport["default"].host.as_ref().unwrap().hosts().len(), 2);
+        assert_eq!(c.transport["lmtp"].kind, TransportKind::Lmtp);
+    }
+}

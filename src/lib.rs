@@ -1,0 +1,6 @@
+//! Sluice: an inbound mail gateway. The binary (`src/main.rs`) is a thin CLI
+//! over this library so that tests and benchmarks run the same code.
+
+pub mod config;
+pub mod policy;
+pub mod scan;

@@ -1,0 +1,1 @@
+//! Lua policy engine (issue 4): state pool, sandbox, hook dispatch.

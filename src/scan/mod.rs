@@ -1,0 +1,1 @@
+//! Content and sender scanners the policy engine exposes to scripts.
