@@ -445,10 +445,7 @@ impl Config {
                 if !p.exists() {
                     return Err(ConfigError::Io {
                         path: p.to_path_buf(),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            "no such file",
-                        ),
+                        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
                     });
                 }
                 fig = fig.merge(Toml::file_exact(p));
@@ -516,7 +513,10 @@ impl Config {
             return Err(invalid("limits.data_line_length", "must be at least 78"));
         }
         if lim.message_size < 1024 {
-            return Err(invalid("limits.message_size", "must be at least 1024 bytes"));
+            return Err(invalid(
+                "limits.message_size",
+                "must be at least 1024 bytes",
+            ));
         }
         for (key, v) in [
             ("limits.recipients", lim.recipients),
@@ -663,7 +663,10 @@ mod tests {
             "[transport.default]\nhost=['a:1','b:2']\n[transport.lmtp]\nkind='lmtp'\nhost='c:3'\n",
         )
         .unwrap();
-        assert_eq!(c.transport["default"].host.as_ref().unwrap().hosts().len(), 2);
+        assert_eq!(
+            c.transport["default"].host.as_ref().unwrap().hosts().len(),
+            2
+        );
         assert_eq!(c.transport["lmtp"].kind, TransportKind::Lmtp);
     }
 }

@@ -2,5 +2,8 @@
 //! over this library so that tests and benchmarks run the same code.
 
 pub mod config;
+pub mod envelope;
+pub mod ids;
 pub mod policy;
 pub mod scan;
+pub mod smtp;

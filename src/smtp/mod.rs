@@ -1,0 +1,5 @@
+//! The inbound ESMTP server: listeners, the per-connection state machine,
+//! command parsing, DATA/BDAT reading and replies. It asks `policy` for
+//! verdicts and `store` to keep messages; it never calls Lua or sled itself.
+
+pub mod reply;
