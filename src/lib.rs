@@ -1,9 +1,16 @@
 //! Sluice: an inbound mail gateway. The binary (`src/main.rs`) is a thin CLI
 //! over this library so that tests and benchmarks run the same code.
 
+pub mod bench;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod envelope;
 pub mod ids;
+pub mod logging;
 pub mod policy;
 pub mod scan;
 pub mod smtp;
+pub mod store;
+pub mod tls;

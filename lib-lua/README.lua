@@ -1,0 +1,1 @@
+-- Lua modules that hook scripts can require() live here.

@@ -1,0 +1,128 @@
+//! `sluice run`: wires config, store, TLS, listeners and the control socket
+//! together, and handles signals (SIGHUP reload, SIGTERM/SIGINT graceful stop).
+//! Tests start the same [`Daemon`] in-process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::control::{self, ReloadFn};
+use crate::smtp::server::{self, RunningServer};
+use crate::store::Store;
+use crate::tls::{self, TlsStore};
+
+pub struct Daemon {
+    pub server: RunningServer,
+    pub store: Store,
+    pub config: Arc<Config>,
+    reload: ReloadFn,
+    control: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Daemon {
+    pub async fn start(config: Config) -> anyhow::Result<Daemon> {
+        let config = Arc::new(config);
+        let store = Store::open(&config.data_dir).context("opening the queue database")?;
+        let swept = store.sweep_orphan_bodies().unwrap_or(0);
+        info!(
+            queued = store.queue_len(),
+            orphan_bodies_removed = swept,
+            data_dir = %config.data_dir.display(),
+            "queue opened"
+        );
+        let tls_store = if config.needs_tls() {
+            TlsStore::new(Some(
+                tls::server_config(&config.tls).context("loading [tls]")?,
+            ))
+        } else {
+            // Optional: STARTTLS is simply not offered without a certificate.
+            TlsStore::new(tls::server_config(&config.tls).ok())
+        };
+        let reload: ReloadFn = {
+            let config = config.clone();
+            let tls_store = tls_store.clone();
+            Arc::new(move || {
+                let mut done = Vec::new();
+                if config.tls.certificate.exists() {
+                    let sc = tls::server_config(&config.tls).map_err(|e| e.to_string())?;
+                    tls_store.set(sc);
+                    done.push("tls certificate");
+                }
+                Ok(format!(
+                    "reloaded: {}",
+                    if done.is_empty() {
+                        "nothing".into()
+                    } else {
+                        done.join(", ")
+                    }
+                ))
+            })
+        };
+        let server = server::start(config.clone(), store.clone(), tls_store)
+            .await
+            .context("starting listeners")?;
+        let control = match control::serve(
+            config.control_socket.clone(),
+            store.clone(),
+            reload.clone(),
+        )
+        .await
+        {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warn!(path = %config.control_socket.display(), error = %e, "control socket unavailable");
+                None
+            }
+        };
+        Ok(Daemon {
+            server,
+            store,
+            config,
+            reload,
+            control,
+        })
+    }
+
+    pub fn addr(&self, listener_id: &str) -> Option<SocketAddr> {
+        self.server.addr(listener_id)
+    }
+
+    pub fn reload(&self) -> Result<String, String> {
+        (self.reload)()
+    }
+
+    /// Run until SIGTERM/SIGINT; SIGHUP reloads.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+                _ = hup.recv() => match self.reload() {
+                    Ok(m) => info!("SIGHUP: {m}"),
+                    Err(e) => error!(error = %e, "SIGHUP: reload failed, keeping the old configuration"),
+                },
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    pub async fn shutdown(self) {
+        let grace = self.config.smtp.shutdown_grace;
+        if let Some(c) = self.control {
+            c.abort();
+        }
+        let _ = std::fs::remove_file(&self.config.control_socket);
+        self.server.shutdown(grace).await;
+        if let Err(e) = self.store.flush_blocking() {
+            error!(error = %e, "final flush failed");
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Message data readers. [`MessageBuilder`] checks and stores content bytes
+//! (bare CR/LF, NUL, line length, size, Received count); [`DotDecoder`]
+//! turns a DATA stream into content, un-stuffing dots and finding the only
+//! terminator RFC 5321 allows, `<CRLF>.<CRLF>` (the SMTP smuggling defence).
+//! BDAT chunks go to the builder directly.
+
+/// What went wrong with a message's content, in the order the reply picks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ContentFlags {
+    pub too_big: bool,
+    pub bare_lf: bool,
+    pub bare_cr: bool,
+    pub nul: bool,
+    pub long_line: bool,
+}
+
+pub struct MessageBuilder {
+    /// Stored bytes: our Received header, then the client's content.
+    pub body: Vec<u8>,
+    /// Client content bytes seen (also past the limit).
+    pub size: u64,
+    max_size: u64,
+    max_line: usize,
+    normalize: bool,
+    pending_cr: bool,
+    line_len: usize,
+    in_headers: bool,
+    prefix: [u8; 9],
+    /// Received headers seen in the client's header block.
+    pub received: usize,
+    pub flags: ContentFlags,
+    /// Offset in `body` where the header block ends (after the blank line), once seen.
+    pub header_end: Option<usize>,
+}
+
+impl MessageBuilder {
+    pub fn new(prefix: &[u8], max_size: u64, max_line: usize, normalize: bool) -> Self {
+        let mut body = Vec::with_capacity(prefix.len() + 16 * 1024);
+        body.extend_from_slice(prefix);
+        MessageBuilder {
+            body,
+            size: 0,
+            max_size,
+            max_line,
+            normalize,
+            pending_cr: false,
+            line_len: 0,
+            in_headers: true,
+            prefix: [0; 9],
+            received: 0,
+            flags: ContentFlags::default(),
+            header_end: None,
+        }
+    }
+
+    #[inline]
+    fn emit(&mut self, b: u8) {
+        self.size += 1;
+        if self.size <= self.max_size {
+            self.body.push(b);
+        } else if !self.flags.too_big {
+            self.flags.too_big = true;
+            // Nothing more will be stored: give the memory back early.
+            self.body.shrink_to_fit();
+        }
+    }
+
+    fn end_line(&mut self) {
+        if self.in_headers && self.line_len == 0 {
+            self.in_headers = false;
+            self.header_end = Some(self.body.len());
+        }
+        self.line_len = 0;
+    }
+
+    fn emit_crlf(&mut self) {
+        self.emit(b'\r');
+        self.emit(b'\n');
+        self.end_line();
+    }
+
+    #[inline]
+    pub fn push(&mut self, b: u8) {
+        if self.pending_cr {
+            self.pending_cr = false;
+            if b == b'\n' {
+                self.emit_crlf();
+                return;
+            }
+            self.flags.bare_cr = true;
+            if self.normalize {
+                self.emit_crlf();
+            } else {
+                self.text_byte(b'\r');
+            }
+        }
+        match b {
+            b'\r' => self.pending_cr = true,
+            b'\n' => {
+                self.flags.bare_lf = true;
+                if self.normalize {
+                    self.emit_crlf();
+                } else {
+                    self.emit(b'\n');
+                    self.end_line();
+                }
+            }
+            _ => self.text_byte(b),
+        }
+    }
+
+    #[inline]
+    fn text_byte(&mut self, b: u8) {
+        if b == 0 {
+            self.flags.nul = true;
+        }
+        if self.in_headers && self.line_len < 9 {
+            self.prefix[self.line_len] = b.to_ascii_lowercase();
+            if self.line_len == 8 && &self.prefix == b"received:" {
+                self.received += 1;
+            }
+        }
+        self.line_len += 1;
+        if self.line_len > self.max_line {
+            self.flags.long_line = true;
+        }
+        self.emit(b);
+    }
+
+    pub fn push_slice(&mut self, data: &[u8]) {
+        for &b in data {
+            self.push(b);
+        }
+    }
+
+    /// End of content: a CR still pending is a bare CR.
+    pub fn finish(&mut self) {
+        if self.pending_cr {
+            self.pending_cr = false;
+            self.flags.bare_cr = true;
+            if self.normalize {
+                self.emit_crlf();
+            } else {
+                self.emit(b'\r');
+            }
+        }
+        if self.header_end.is_none() && self.in_headers {
+            // A message that is all headers.
+            self.header_end = Some(self.body.len());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DState {
+    /// At the start of a line; `crlf` = the previous line ended in CRLF.
+    Start {
+        crlf: bool,
+    },
+    Dot {
+        crlf: bool,
+    },
+    DotCr {
+        crlf: bool,
+    },
+    Mid,
+    MidCr,
+}
+
+/// Where the DATA stream stands after a `feed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataProgress {
+    /// Need more input.
+    More,
+    /// `<CRLF>.<CRLF>` seen; the message is complete.
+    End,
+    /// A lone dot ended by a bare CR/LF or preceded by one: a client (or an
+    /// attacker) may believe the data ended here. Rejected and disconnected.
+    SuspiciousEnd,
+}
+
+pub struct DotDecoder {
+    state: DState,
+    reject_bare: bool,
+}
+
+impl DotDecoder {
+    pub fn new(reject_bare: bool) -> Self {
+        DotDecoder {
+            state: DState::Start { crlf: true },
+            reject_bare,
+        }
+    }
+
+    /// Consume input; returns how many bytes were used and the progress.
+    pub fn feed(&mut self, input: &[u8], out: &mut MessageBuilder) -> (usize, DataProgress) {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            i += 1;
+            match self.state {
+                DState::Start { crlf } => {
+                    if b == b'.' {
+                        self.state = DState::Dot { crlf };
+                    } else {
+                        self.mid(b, out);
+                    }
+                }
+                DState::Mid => self.mid(b, out),
+                DState::MidCr => {
+                    out.push(b);
+                    self.state = match b {
+                        b'\n' => DState::Start { crlf: true },
+                        b'\r' => DState::MidCr,
+                        _ => DState::Mid,
+                    };
+                }
+                DState::Dot { crlf } => match b {
+                    b'\r' => self.state = DState::DotCr { crlf },
+                    b'\n' => {
+                        if self.reject_bare {
+                            out.flags.bare_lf = true;
+                            return (i, DataProgress::SuspiciousEnd);
+                        }
+                        out.push(b'\n');
+                        self.state = DState::Start { crlf: false };
+                    }
+                    _ => {
+                        // Dot-stuffed line: the leading dot is dropped.
+                        out.push(b);
+                        self.state = DState::Mid;
+                    }
+                },
+                DState::DotCr { crlf } => {
+                    if b == b'\n' {
+                        if crlf {
+                            out.finish();
+                            return (i, DataProgress::End);
+                        }
+                        if self.reject_bare {
+                            return (i, DataProgress::SuspiciousEnd);
+                        }
+                        out.push(b'\r');
+                        out.push(b'\n');
+                        self.state = DState::Start { crlf: true };
+                    } else {
+                        out.push(b'\r');
+                        out.push(b);
+                        self.state = match b {
+                            b'\r' => DState::MidCr,
+                            _ => DState::Mid,
+                        };
+                    }
+                }
+            }
+        }
+        (i, DataProgress::More)
+    }
+
+    #[inline]
+    fn mid(&mut self, b: u8, out: &mut MessageBuilder) {
+        out.push(b);
+        self.state = match b {
+            b'\r' => DState::MidCr,
+            b'\n' => DState::Start { crlf: false },
+            _ => DState::Mid,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8], reject: bool) -> (DataProgress, Vec<u8>, ContentFlags, usize) {
+        let mut b = MessageBuilder::new(b"", 1 << 20, 998, !reject);
+        let mut d = DotDecoder::new(reject);
+        let (n, p) = d.feed(input, &mut b);
+        (p, b.body, b.flags, n)
+    }
+
+    #[test]
+    fn plain_end_and_unstuffing() {
+        let (p, body, f, n) = run(b"Subject: x\r\n\r\n..dot\r\nline\r\n.\r\nQUIT\r\n", true);
+        assert_eq!(p, DataProgress::End);
+        assert_eq!(body, b"Subject: x\r\n\r\n.dot\r\nline\r\n");
+        assert_eq!(f, ContentFlags::default());
+        assert_eq!(n, 30);
+    }
+
+    #[test]
+    fn empty_message() {
+        let (p, body, _, _) = run(b".\r\n", true);
+        assert_eq!(p, DataProgress::End);
+        assert!(body.is_empty());
+    }
+
+    #[test]
+    fn smuggling_sequences_do_not_end_data() {
+        // <LF>.<CRLF> and <CRLF>.<LF> are not terminators.
+        let (p, _, f, _) = run(b"a\n.\r\nMAIL FROM:<x@y>\r\n", true);
+        assert_eq!(p, DataProgress::SuspiciousEnd);
+        assert!(f.bare_lf);
+        let (p, _, _, _) = run(b"a\r\n.\nMAIL FROM:<x@y>\r\n", true);
+        assert_eq!(p, DataProgress::SuspiciousEnd);
+        // In normalize mode they are content, and only CRLF.CRLF ends.
+        let (p, body, f, _) = run(b"a\n.\r\nb\r\n.\r\n", false);
+        assert_eq!(p, DataProgress::End);
+        assert!(f.bare_lf);
+        assert_eq!(body, b"a\r\n\r\nb\r\n");
+        // Bare CR in a line.
+        let (p, _, f, _) = run(b"a\rb\r\n.\r\n", true);
+        assert_eq!(p, DataProgress::End);
+        assert!(f.bare_cr);
+    }
+
+    #[test]
+    fn split_feeding_matches_whole() {
+        let input = b"Received: x\r\nreceived: y\r\n\r\nbody\r\n..\r\n.\r\n";
+        for cut in 0..input.len() {
+            let mut b = MessageBuilder::new(b"", 1 << 20, 998, false);
+            let mut d = DotDecoder::new(true);
+            let (n1, p1) = d.feed(&input[..cut], &mut b);
+            assert_eq!((n1, p1), (cut, DataProgress::More));
+            let (_, p2) = d.feed(&input[cut..], &mut b);
+            assert_eq!(p2, DataProgress::End);
+            assert_eq!(b.body, b"Received: x\r\nreceived: y\r\n\r\nbody\r\n.\r\n");
+            assert_eq!(b.received, 2);
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let mut b = MessageBuilder::new(b"R\r\n", 10, 4, false);
+        b.push_slice(b"12345\r\n123\0\r\n");
+        b.finish();
+        assert!(b.flags.too_big && b.flags.long_line && b.flags.nul);
+        assert_eq!(b.body.len(), 3 + 10);
+    }
+}
