@@ -737,7 +737,7 @@ impl Session {
             Some((
                 550,
                 "5.6.11",
-                "Message contains bare CR or LF characters (RFC 5321 §2.3.8)".to_string(),
+                "Message contains bare CR or LF characters (RFC 5321 section 2.3.8)".to_string(),
             ))
         } else if f.long_line {
             Some((
