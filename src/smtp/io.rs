@@ -140,6 +140,22 @@ impl Conn {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
         }
+        if self.rbuf.is_empty() && self.rbuf.capacity() > READ_CHUNK {
+            // An idle connection should not pin a large buffer.
+            self.rbuf = Vec::new();
+        }
+        // Plain TCP: wait for readiness without holding a read buffer, so
+        // thousands of idle clients cost little memory.
+        if let Stream::Plain(tcp) = &self.stream {
+            if self.rbuf.is_empty() {
+                self.rbuf = Vec::new();
+            }
+            match tokio::time::timeout(timeout, tcp.readable()).await {
+                Err(_) => return Err(IoError::Timeout),
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(())) => {}
+            }
+        }
         let start = self.rbuf.len();
         self.rbuf.resize(start + READ_CHUNK, 0);
         let res = tokio::time::timeout(timeout, self.stream.read(&mut self.rbuf[start..])).await;
