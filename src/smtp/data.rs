@@ -127,9 +127,47 @@ impl MessageBuilder {
         self.emit(b);
     }
 
+    /// A run of bytes with no CR, LF or NUL, in the body (not the headers):
+    /// the common case, handled without the per-byte state machine.
+    #[inline]
+    fn push_plain_run(&mut self, run: &[u8]) {
+        self.line_len += run.len();
+        if self.line_len > self.max_line {
+            self.flags.long_line = true;
+        }
+        let room = self.max_size.saturating_sub(self.size) as usize;
+        self.size += run.len() as u64;
+        if run.len() <= room {
+            self.body.extend_from_slice(run);
+        } else {
+            self.body.extend_from_slice(&run[..room]);
+            if !self.flags.too_big {
+                self.flags.too_big = true;
+                self.body.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Length of the leading run of `data` that [`push_plain_run`] may take now.
+    #[inline]
+    fn plain_prefix(&self, data: &[u8]) -> usize {
+        if self.pending_cr || self.in_headers {
+            return 0;
+        }
+        memchr::memchr3(b'\r', b'\n', 0, data).unwrap_or(data.len())
+    }
+
     pub fn push_slice(&mut self, data: &[u8]) {
-        for &b in data {
-            self.push(b);
+        let mut i = 0;
+        while i < data.len() {
+            let n = self.plain_prefix(&data[i..]);
+            if n > 0 {
+                self.push_plain_run(&data[i..i + n]);
+                i += n;
+            } else {
+                self.push(data[i]);
+                i += 1;
+            }
         }
     }
 
@@ -206,7 +244,16 @@ impl DotDecoder {
                         self.mid(b, out);
                     }
                 }
-                DState::Mid => self.mid(b, out),
+                DState::Mid => {
+                    // Fast path: copy up to the next CR/LF/NUL in one go.
+                    let n = out.plain_prefix(&input[i - 1..]);
+                    if n > 1 {
+                        out.push_plain_run(&input[i - 1..i - 1 + n]);
+                        i += n - 1;
+                    } else {
+                        self.mid(b, out);
+                    }
+                }
                 DState::MidCr => {
                     out.push(b);
                     self.state = match b {
@@ -327,6 +374,27 @@ mod tests {
             assert_eq!(b.body, b"Received: x\r\nreceived: y\r\n\r\nbody\r\n.\r\n");
             assert_eq!(b.received, 2);
         }
+    }
+
+    #[test]
+    fn fast_path_respects_limits_in_body() {
+        let mut input = b"H: v\r\n\r\n".to_vec();
+        input.extend_from_slice(&b"a".repeat(50));
+        input.extend_from_slice(b"\r\n");
+        input.extend_from_slice(&b"b".repeat(100));
+        input.extend_from_slice(b"\0\r\n.\r\n");
+        let mut b = MessageBuilder::new(b"", 120, 60, false);
+        let mut d = DotDecoder::new(true);
+        let (_, p) = d.feed(&input, &mut b);
+        assert_eq!(p, DataProgress::End);
+        assert!(b.flags.too_big && b.flags.long_line && b.flags.nul);
+        assert_eq!(b.body.len(), 120);
+        assert_eq!(b.size, 8 + 52 + 103);
+        let mut ok = MessageBuilder::new(b"", 1000, 998, false);
+        let mut d = DotDecoder::new(true);
+        d.feed(b"H: v\r\n\r\nplain body line\r\n.\r\n", &mut ok);
+        assert_eq!(ok.body, b"H: v\r\n\r\nplain body line\r\n");
+        assert_eq!(ok.flags, ContentFlags::default());
     }
 
     #[test]

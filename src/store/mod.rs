@@ -69,7 +69,7 @@ impl Store {
         let path = data_dir.join("db");
         let db = sled::Config::new()
             .path(&path)
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(64 * 1024 * 1024)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(1000))
             .open()
