@@ -126,7 +126,8 @@ pub fn detect(data: &[u8]) -> Option<FileType> {
         FileType::Rar
     } else if starts(b"MSCF\x00\x00\x00\x00") {
         FileType::Cab
-    } else if starts(b"MZ") {
+    } else if starts(b"MZ") && data[..data.len().min(64)].contains(&0) {
+        // DOS/PE headers are full of NUL bytes; text starting "MZ" is not.
         FileType::Pe
     } else if starts(b"\x7fELF") {
         FileType::Elf
