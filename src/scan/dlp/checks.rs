@@ -81,17 +81,31 @@ pub fn luhn(digits: &[u8]) -> bool {
 }
 
 /// An IBAN at the start of a space-grouped candidate: the regex may have
-/// swallowed following uppercase words, so retry without trailing groups.
-fn iban_prefix(mut candidate: &[u8]) -> bool {
-    loop {
-        if iban(candidate) {
-            return true;
-        }
-        match candidate.iter().rposition(|&b| b == b' ') {
-            Some(i) if i >= 15 => candidate = &candidate[..i],
-            _ => return false,
+/// swallowed following uppercase words, so take exactly as many characters
+/// as the country's IBAN has, ending at a group boundary.
+fn iban_prefix(candidate: &[u8]) -> bool {
+    let Some(len) = candidate.get(..2).and_then(iban_length) else {
+        return false;
+    };
+    let mut seen = 0;
+    for (i, &b) in candidate.iter().enumerate() {
+        if b != b' ' {
+            seen += 1;
+            if seen == len {
+                let end = i + 1;
+                let at_boundary = candidate.get(end).is_none_or(|&c| c == b' ');
+                return at_boundary && iban(&candidate[..end]);
+            }
         }
     }
+    false
+}
+
+fn iban_length(cc: &[u8]) -> Option<usize> {
+    IBAN_LENGTHS
+        .binary_search_by(|(c, _)| c[..].cmp(cc))
+        .ok()
+        .map(|i| IBAN_LENGTHS[i].1)
 }
 
 /// IBAN lengths by country (ISO 13616 registry, SWIFT release 2024).
@@ -139,9 +153,8 @@ pub fn iban(candidate: &[u8]) -> bool {
     if !s[2].is_ascii_digit() || !s[3].is_ascii_digit() {
         return false;
     }
-    match IBAN_LENGTHS.iter().find(|(cc, _)| cc[..] == s[..2]) {
-        Some(&(_, len)) if len == n => {}
-        _ => return false,
+    if iban_length(&s[..2]) != Some(n) {
+        return false;
     }
     // Move the first four characters to the end, letters become 10..35,
     // and compute the remainder digit by digit.
@@ -175,6 +188,17 @@ mod tests {
         assert!(!luhn_card(b"0000000000000000")); // repeated digit
         assert!(!luhn_card(b"411111111111")); // too short
         assert!(!luhn_card(b"41111111111111111111")); // too long
+    }
+
+    #[test]
+    fn iban_table_is_sorted() {
+        assert!(IBAN_LENGTHS.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn iban_prefix_stops_at_the_country_length() {
+        assert!(iban_prefix(b"GB82 WEST 1234 5698 7654 32 AND MORE"));
+        assert!(!iban_prefix(b"GB82 WEST 1234 5698 7654 3299"));
     }
 
     #[test]

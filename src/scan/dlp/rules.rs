@@ -15,7 +15,8 @@ use super::{DlpError, Limits};
 /// A rule matches an item when *any* pattern of *any* of its types matches.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RuleSpec {
-    /// `/regex/flags` on the attachment or archive member name.
+    /// `/regex/flags` on the attachment name or the archive member path (or
+    /// its last component).
     pub filename: Vec<String>,
     /// Hex SHA-1 of a decoded part or archive member.
     pub sha1hash: Vec<String>,
@@ -369,7 +370,11 @@ impl Rule {
 
     pub(crate) fn matches(&self, f: &Facts) -> bool {
         if let Some(name) = f.name {
-            if self.filename.iter().any(|r| r.is_match(name)) {
+            // Archive member paths: the full path or its last component.
+            let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+            let hit =
+                |r: &Regex| r.is_match(name) || (base.len() != name.len() && r.is_match(base));
+            if self.filename.iter().any(hit) {
                 return true;
             }
         }
@@ -670,12 +675,15 @@ pub fn builtin_specs() -> BTreeMap<String, RuleSpec> {
         "APIKEY".to_string(),
         RuleSpec {
             content: content(&[
-                r"/(?-u:\b)(?:AKIA|ASIA)[0-9A-Z]{16}(?-u:\b)/",
-                r"/(?-u:\b)gh[pousr]_[A-Za-z0-9]{36,255}(?-u:\b)/",
-                r"/(?-u:\b)github_pat_[A-Za-z0-9_]{82}(?-u:\b)/",
-                r"/(?-u:\b)xox[abposr]-[A-Za-z0-9-]{10,}/",
-                r"/(?-u:\b)AIza[0-9A-Za-z_-]{35}/",
-                r"/(?-u:\b)[sr]k_live_[0-9A-Za-z]{24,}/",
+                // One alternation: a single literal-prefiltered pass.
+                concat!(
+                    r"/(?-u:\b)(?:(?:AKIA|ASIA)[0-9A-Z]{16}(?-u:\b)",
+                    r"|gh[pousr]_[A-Za-z0-9]{36,255}(?-u:\b)",
+                    r"|github_pat_[A-Za-z0-9_]{82}(?-u:\b)",
+                    r"|xox[abposr]-[A-Za-z0-9-]{10,}",
+                    r"|AIza[0-9A-Za-z_-]{35}",
+                    r"|[sr]k_live_[0-9A-Za-z]{24,})/",
+                ),
             ]),
             ..RuleSpec::default()
         },
