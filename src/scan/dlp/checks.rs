@@ -1,0 +1,214 @@
+//! Checksums that turn a regex hit into a finding: Luhn for card numbers,
+//! ISO 13616 mod-97 for IBANs.
+
+/// Named validators a `content` rule may apply to each regex match
+/// (`validator = "luhn"` in a rule). A match counts only if it validates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validator {
+    /// 13–19 digits (spaces and dashes ignored) passing the Luhn check.
+    Luhn,
+    /// An IBAN (spaces ignored) with the right length for its country and a
+    /// valid mod-97 check.
+    Iban,
+}
+
+impl Validator {
+    pub fn from_name(name: &str) -> Option<Validator> {
+        match name.to_ascii_lowercase().as_str() {
+            "luhn" | "creditcard" => Some(Validator::Luhn),
+            "iban" | "mod97" => Some(Validator::Iban),
+            _ => None,
+        }
+    }
+
+    pub fn check(self, candidate: &[u8]) -> bool {
+        match self {
+            Validator::Luhn => luhn_card(candidate),
+            Validator::Iban => iban_prefix(candidate),
+        }
+    }
+}
+
+/// A card number candidate: 13–19 digits after removing spaces and dashes,
+/// not all the same digit, passing Luhn.
+pub fn luhn_card(candidate: &[u8]) -> bool {
+    let mut digits = [0u8; 19];
+    let mut n = 0;
+    for &b in candidate {
+        match b {
+            b'0'..=b'9' => {
+                if n == digits.len() {
+                    return false;
+                }
+                digits[n] = b - b'0';
+                n += 1;
+            }
+            b' ' | b'-' => {}
+            _ => return false,
+        }
+    }
+    if n < 13 {
+        return false;
+    }
+    let digits = &digits[..n];
+    if digits.iter().all(|&d| d == digits[0]) {
+        return false;
+    }
+    luhn(digits)
+}
+
+/// The Luhn checksum over digit values (0–9), rightmost digit is the check digit.
+pub fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            let d = u32::from(d);
+            if !i.is_multiple_of(2) {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// An IBAN at the start of a space-grouped candidate: the regex may have
+/// swallowed following uppercase words, so take exactly as many characters
+/// as the country's IBAN has, ending at a group boundary.
+fn iban_prefix(candidate: &[u8]) -> bool {
+    let Some(len) = candidate.get(..2).and_then(iban_length) else {
+        return false;
+    };
+    let mut seen = 0;
+    for (i, &b) in candidate.iter().enumerate() {
+        if b != b' ' {
+            seen += 1;
+            if seen == len {
+                let end = i + 1;
+                let at_boundary = candidate.get(end).is_none_or(|&c| c == b' ');
+                return at_boundary && iban(&candidate[..end]);
+            }
+        }
+    }
+    false
+}
+
+fn iban_length(cc: &[u8]) -> Option<usize> {
+    IBAN_LENGTHS
+        .binary_search_by(|(c, _)| c[..].cmp(cc))
+        .ok()
+        .map(|i| IBAN_LENGTHS[i].1)
+}
+
+/// IBAN lengths by country (ISO 13616 registry, SWIFT release 2024).
+#[rustfmt::skip]
+const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
+    (b"AD", 24), (b"AE", 23), (b"AL", 28), (b"AT", 20), (b"AZ", 28), (b"BA", 20),
+    (b"BE", 16), (b"BG", 22), (b"BH", 22), (b"BI", 27), (b"BR", 29), (b"BY", 28),
+    (b"CH", 21), (b"CR", 22), (b"CY", 28), (b"CZ", 24), (b"DE", 22), (b"DJ", 27),
+    (b"DK", 18), (b"DO", 28), (b"EE", 20), (b"EG", 29), (b"ES", 24), (b"FI", 18),
+    (b"FK", 18), (b"FO", 18), (b"FR", 27), (b"GB", 22), (b"GE", 22), (b"GI", 23),
+    (b"GL", 18), (b"GR", 27), (b"GT", 28), (b"HR", 21), (b"HU", 28), (b"IE", 22),
+    (b"IL", 23), (b"IQ", 23), (b"IS", 26), (b"IT", 27), (b"JO", 30), (b"KW", 30),
+    (b"KZ", 20), (b"LB", 28), (b"LC", 32), (b"LI", 21), (b"LT", 20), (b"LU", 20),
+    (b"LV", 21), (b"LY", 25), (b"MC", 27), (b"MD", 24), (b"ME", 22), (b"MK", 19),
+    (b"MN", 20), (b"MR", 27), (b"MT", 31), (b"MU", 30), (b"NI", 28), (b"NL", 18),
+    (b"NO", 15), (b"OM", 23), (b"PK", 24), (b"PL", 28), (b"PS", 29), (b"PT", 25),
+    (b"QA", 29), (b"RO", 24), (b"RS", 22), (b"RU", 33), (b"SA", 24), (b"SC", 31),
+    (b"SD", 18), (b"SE", 24), (b"SI", 19), (b"SK", 24), (b"SM", 27), (b"SO", 23),
+    (b"ST", 25), (b"SV", 28), (b"TL", 23), (b"TN", 24), (b"TR", 26), (b"UA", 29),
+    (b"VA", 22), (b"VG", 24), (b"XK", 20), (b"YE", 30),
+];
+
+/// An IBAN candidate (spaces allowed): known country, its registered length,
+/// and the mod-97 check equal to 1.
+pub fn iban(candidate: &[u8]) -> bool {
+    let mut buf = [0u8; 34];
+    let mut n = 0;
+    for &b in candidate {
+        match b {
+            b' ' => {}
+            b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z' => {
+                if n == buf.len() {
+                    return false;
+                }
+                buf[n] = b.to_ascii_uppercase();
+                n += 1;
+            }
+            _ => return false,
+        }
+    }
+    let s = &buf[..n];
+    if n < 15 || !s[0].is_ascii_alphabetic() || !s[1].is_ascii_alphabetic() {
+        return false;
+    }
+    if !s[2].is_ascii_digit() || !s[3].is_ascii_digit() {
+        return false;
+    }
+    if iban_length(&s[..2]) != Some(n) {
+        return false;
+    }
+    // Move the first four characters to the end, letters become 10..35,
+    // and compute the remainder digit by digit.
+    let mut rem: u32 = 0;
+    for &c in s[4..].iter().chain(&s[..4]) {
+        let v = if c.is_ascii_digit() {
+            u32::from(c - b'0')
+        } else {
+            u32::from(c - b'A') + 10
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luhn_positives_and_negatives() {
+        assert!(luhn_card(b"4111111111111111"));
+        assert!(luhn_card(b"4111 1111 1111 1111"));
+        assert!(luhn_card(b"5500-0000-0000-0004"));
+        assert!(luhn_card(b"378282246310005")); // Amex, 15 digits
+        assert!(!luhn_card(b"4111111111111112")); // wrong check digit
+        assert!(!luhn_card(b"0000000000000000")); // repeated digit
+        assert!(!luhn_card(b"411111111111")); // too short
+        assert!(!luhn_card(b"41111111111111111111")); // too long
+    }
+
+    #[test]
+    fn iban_table_is_sorted() {
+        assert!(IBAN_LENGTHS.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn iban_prefix_stops_at_the_country_length() {
+        assert!(iban_prefix(b"GB82 WEST 1234 5698 7654 32 AND MORE"));
+        assert!(!iban_prefix(b"GB82 WEST 1234 5698 7654 3299"));
+    }
+
+    #[test]
+    fn iban_positives_and_negatives() {
+        assert!(iban(b"GB82WEST12345698765432"));
+        assert!(iban(b"GB82 WEST 1234 5698 7654 32"));
+        assert!(iban(b"DE89370400440532013000"));
+        assert!(iban(b"NO9386011117947"));
+        assert!(!iban(b"GB82WEST12345698765433")); // bad checksum
+        assert!(!iban(b"DE8937040044053201300")); // wrong length for DE
+        assert!(!iban(b"ZZ82WEST12345698765432")); // unknown country
+    }
+}
