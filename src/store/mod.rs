@@ -18,6 +18,7 @@
 //! previous flush ran (group commit), so fsync cost is shared by concurrent
 //! transactions.
 
+pub mod history;
 pub mod queue;
 
 use std::path::Path;
