@@ -293,10 +293,7 @@ fn hook_function(st: &mut PooledState, hook: Hook, script: &Script) -> mlua::Res
     Ok(f)
 }
 
-fn build_env(
-    st: &PooledState,
-    input: &HookInput,
-) -> mlua::Result<(Table, Option<AnyUserData>)> {
+fn build_env(st: &PooledState, input: &HookInput) -> mlua::Result<(Table, Option<AnyUserData>)> {
     let lua = &st.lua;
     let env = lua.create_table()?;
     env.set_metatable(Some(st.env_mt.clone()))?;
@@ -335,8 +332,9 @@ async fn run_in_state(
     let prepared = hook_function(st, hook, script).and_then(|f| Ok((f, build_env(st, &input)?)));
     let (env, mail, result) = match prepared {
         Ok((f, (env, mail))) => {
-            let r = tokio::time::timeout(RUN_TIMEOUT, f.call_async::<mlua::MultiValue>(env.clone()))
-                .await;
+            let r =
+                tokio::time::timeout(RUN_TIMEOUT, f.call_async::<mlua::MultiValue>(env.clone()))
+                    .await;
             (Some(env), mail, r.map(|r| r.map(|_| ())))
         }
         Err(e) => (None, None, Ok(Err(e))),
@@ -405,7 +403,10 @@ async fn run_in_state(
                 spec,
                 spec.on_error,
                 context,
-                Some(format!("{path}: timed out after {}s", RUN_TIMEOUT.as_secs())),
+                Some(format!(
+                    "{path}: timed out after {}s",
+                    RUN_TIMEOUT.as_secs()
+                )),
             )
         }
     };

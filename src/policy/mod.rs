@@ -139,7 +139,10 @@ pub struct HookOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum HookVerdict {
     /// Let the server handle the (possibly rewritten, proxy only) command.
-    Pass { command: Option<String>, next: bool },
+    Pass {
+        command: Option<String>,
+        next: bool,
+    },
     Reply {
         reply: SmtpReply,
         disconnect: bool,

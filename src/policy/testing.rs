@@ -81,7 +81,9 @@ pub fn test_input(
         ..Default::default()
     };
     let connection: ConnectionInfo = overlay(conn_default, env.get("connection"), "connection")?;
-    let sender = str_of(env, "sender").unwrap_or_default().to_ascii_lowercase();
+    let sender = str_of(env, "sender")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let mut recipients = Vec::new();
     if let Some(Value::Array(list)) = env.get("recipients") {
         for r in list {
@@ -163,9 +165,8 @@ pub fn test_input(
             })?,
         },
         Hook::Headers | Hook::Eod => {
-            let message = message.ok_or_else(|| {
-                PolicyError::Input(format!("the {hook} hook needs a message"))
-            })?;
+            let message = message
+                .ok_or_else(|| PolicyError::Input(format!("the {hook} hook needs a message")))?;
             HookArguments::Mail {
                 message: message.into(),
                 headers_only: hook == Hook::Headers,
@@ -217,7 +218,9 @@ pub fn outcome_json(o: &HookOutcome) -> Value {
             reply,
             disconnect,
             next,
-        } => json!({"verdict": "Reply", "reply": reply.render(true), "disconnect": disconnect, "next": next}),
+        } => {
+            json!({"verdict": "Reply", "reply": reply.render(true), "disconnect": disconnect, "next": next})
+        }
         HookVerdict::Accept { reply } => json!({"verdict": "Accept", "reply": reply.render(true)}),
         HookVerdict::Reject { reply, disconnect } => {
             json!({"verdict": "Reject", "reply": reply.render(true), "disconnect": disconnect})

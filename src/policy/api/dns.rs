@@ -111,7 +111,11 @@ fn format_rdata(r: &RData) -> String {
     match r {
         RData::A(a) => a.to_string(),
         RData::AAAA(a) => a.to_string(),
-        RData::MX(mx) => format!("{} {}", mx.preference(), strip_dot(mx.exchange().to_string())),
+        RData::MX(mx) => format!(
+            "{} {}",
+            mx.preference(),
+            strip_dot(mx.exchange().to_string())
+        ),
         RData::TXT(txt) => txt
             .txt_data()
             .iter()

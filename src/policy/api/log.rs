@@ -1,7 +1,7 @@
 //! `log.debug/info/warn/error(...)` and `print(...)`: into tracing, target
 //! `sluice::script`, with the connection id (`conn`) and hook name.
 
-use mlua::{Lua, Variadic, Value};
+use mlua::{Lua, Value, Variadic};
 
 use super::RunState;
 

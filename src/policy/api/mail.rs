@@ -269,7 +269,10 @@ impl MailMessage {
                     .map(|h| {
                         let s = (h.offset_start as usize).min(raw.len());
                         let e = (h.offset_end as usize).clamp(s, raw.len());
-                        (h.name().to_string(), unfold(&String::from_utf8_lossy(&raw[s..e])))
+                        (
+                            h.name().to_string(),
+                            unfold(&String::from_utf8_lossy(&raw[s..e])),
+                        )
                     })
                     .collect();
                 let body = match &p.body {
@@ -337,32 +340,21 @@ fn check_name(name: &str, what: &str) -> mlua::Result<()> {
     if valid_name(name) {
         Ok(())
     } else {
-        Err(mlua::Error::runtime(format!("{what}: {name:?} is not a header field name")))
+        Err(mlua::Error::runtime(format!(
+            "{what}: {name:?} is not a header field name"
+        )))
     }
 }
 
 impl UserData for MailMessage {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("getHeader", |_, this, (name, o): (String, Option<Table>)| {
-            let idx = index_opt(&o)?.unwrap_or(0);
-            let field = opt::<bool>(&o, "field")?.unwrap_or(false);
-            let decode = opt::<bool>(&o, "decode")?.unwrap_or(false);
-            Ok(this.matching(&name).nth(idx).map(|(_, f)| {
-                if field {
-                    f.field_text()
-                } else if decode {
-                    decode_value(&f.value())
-                } else {
-                    f.value()
-                }
-            }))
-        });
-        m.add_method("getHeaders", |_, this, (name, o): (String, Option<Table>)| {
-            let field = opt::<bool>(&o, "field")?.unwrap_or(false);
-            let decode = opt::<bool>(&o, "decode")?.unwrap_or(false);
-            Ok(this
-                .matching(&name)
-                .map(|(_, f)| {
+        m.add_method(
+            "getHeader",
+            |_, this, (name, o): (String, Option<Table>)| {
+                let idx = index_opt(&o)?.unwrap_or(0);
+                let field = opt::<bool>(&o, "field")?.unwrap_or(false);
+                let decode = opt::<bool>(&o, "decode")?.unwrap_or(false);
+                Ok(this.matching(&name).nth(idx).map(|(_, f)| {
                     if field {
                         f.field_text()
                     } else if decode {
@@ -370,9 +362,28 @@ impl UserData for MailMessage {
                     } else {
                         f.value()
                     }
-                })
-                .collect::<Vec<_>>())
-        });
+                }))
+            },
+        );
+        m.add_method(
+            "getHeaders",
+            |_, this, (name, o): (String, Option<Table>)| {
+                let field = opt::<bool>(&o, "field")?.unwrap_or(false);
+                let decode = opt::<bool>(&o, "decode")?.unwrap_or(false);
+                Ok(this
+                    .matching(&name)
+                    .map(|(_, f)| {
+                        if field {
+                            f.field_text()
+                        } else if decode {
+                            decode_value(&f.value())
+                        } else {
+                            f.value()
+                        }
+                    })
+                    .collect::<Vec<_>>())
+            },
+        );
         m.add_method("getHeaderNames", |_, this, ()| {
             Ok(this
                 .fields
@@ -434,21 +445,24 @@ impl UserData for MailMessage {
                 Ok(changed)
             },
         );
-        m.add_method_mut("delHeader", |_, this, (name, o): (String, Option<Table>)| {
-            let idx = index_opt(&o)?;
-            let positions: Vec<usize> = this.matching(&name).map(|(i, _)| i).collect();
-            let remove: Vec<usize> = match idx {
-                Some(i) => positions.get(i).copied().into_iter().collect(),
-                None => positions,
-            };
-            for &p in remove.iter().rev() {
-                this.fields.remove(p);
-            }
-            if !remove.is_empty() {
-                this.changed();
-            }
-            Ok(remove.len())
-        });
+        m.add_method_mut(
+            "delHeader",
+            |_, this, (name, o): (String, Option<Table>)| {
+                let idx = index_opt(&o)?;
+                let positions: Vec<usize> = this.matching(&name).map(|(i, _)| i).collect();
+                let remove: Vec<usize> = match idx {
+                    Some(i) => positions.get(i).copied().into_iter().collect(),
+                    None => positions,
+                };
+                for &p in remove.iter().rev() {
+                    this.fields.remove(p);
+                }
+                if !remove.is_empty() {
+                    this.changed();
+                }
+                Ok(remove.len())
+            },
+        );
         m.add_method("getBody", |lua, this, ()| lua.create_string(&this.body));
         m.add_method_mut("setBody", |_, this, body: mlua::String| {
             if this.headers_only {
@@ -574,7 +588,10 @@ fn queue(
     };
     with_run(lua, "queue()", |rs| rs.queued.push(req))?;
     let t = lua.create_table()?;
-    t.set("transaction", txn.map(|t| t.id).unwrap_or_else(|| this.id.clone()))?;
+    t.set(
+        "transaction",
+        txn.map(|t| t.id).unwrap_or_else(|| this.id.clone()),
+    )?;
     t.set("queue", queue_id)?;
     Ok(t)
 }

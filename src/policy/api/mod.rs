@@ -85,7 +85,12 @@ pub struct RunState {
 }
 
 impl RunState {
-    pub fn new(hook: Hook, conn_id: String, transaction: Option<TransactionInfo>, limit: u64) -> Self {
+    pub fn new(
+        hook: Hook,
+        conn_id: String,
+        transaction: Option<TransactionInfo>,
+        limit: u64,
+    ) -> Self {
         RunState {
             hook,
             conn_id,
@@ -101,7 +106,11 @@ impl RunState {
 
 /// Run `f` on the current [`RunState`]; an error if no hook is running
 /// (module top level code at `require` time, for instance).
-pub(crate) fn with_run<R>(lua: &Lua, what: &str, f: impl FnOnce(&mut RunState) -> R) -> mlua::Result<R> {
+pub(crate) fn with_run<R>(
+    lua: &Lua,
+    what: &str,
+    f: impl FnOnce(&mut RunState) -> R,
+) -> mlua::Result<R> {
     match lua.app_data_mut::<RunState>() {
         Some(mut rs) => Ok(f(&mut rs)),
         None => Err(mlua::Error::runtime(format!(
@@ -160,9 +169,8 @@ pub(crate) fn string_map(t: Option<Table>, what: &str) -> mlua::Result<BTreeMap<
     if let Some(t) = t {
         for pair in t.pairs::<Value, Value>() {
             let (k, v) = pair?;
-            let key = scalar_string(&k).ok_or_else(|| {
-                mlua::Error::runtime(format!("{what}: keys must be strings"))
-            })?;
+            let key = scalar_string(&k)
+                .ok_or_else(|| mlua::Error::runtime(format!("{what}: keys must be strings")))?;
             let val = scalar_string(&v).ok_or_else(|| {
                 mlua::Error::runtime(format!(
                     "{what}: value of {key:?} must be a string, number or boolean, got {}",
@@ -250,7 +258,11 @@ pub(crate) fn lua_to_json(lua: &Lua, v: &Value, depth: usize) -> Result<serde_js
 /// JSON → Lua; `null` becomes `null_value` (nil for `context`, `json.null`
 /// for `json.decode`). Arrays get the array metatable so they encode back as
 /// arrays even when empty.
-pub(crate) fn json_to_lua(lua: &Lua, v: &serde_json::Value, null_value: &Value) -> mlua::Result<Value> {
+pub(crate) fn json_to_lua(
+    lua: &Lua,
+    v: &serde_json::Value,
+    null_value: &Value,
+) -> mlua::Result<Value> {
     use serde_json::Value as J;
     Ok(match v {
         J::Null => null_value.clone(),

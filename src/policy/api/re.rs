@@ -19,7 +19,11 @@ fn cache() -> &'static Mutex<HashMap<String, Regex>> {
 }
 
 pub fn compile(pattern: &str) -> mlua::Result<Regex> {
-    if let Some(r) = cache().lock().unwrap_or_else(|e| e.into_inner()).get(pattern) {
+    if let Some(r) = cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(pattern)
+    {
         return Ok(r.clone());
     }
     let r = RegexBuilder::new(pattern)
@@ -69,7 +73,10 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
         lua.create_function(|_, (p, s): (String, mlua::String)| {
             let re = compile(&p)?;
             let s = s.to_str()?;
-            Ok(re.find_iter(&s).map(|m| m.as_str().to_string()).collect::<Vec<_>>())
+            Ok(re
+                .find_iter(&s)
+                .map(|m| m.as_str().to_string())
+                .collect::<Vec<_>>())
         })?,
     )?;
     t.set(

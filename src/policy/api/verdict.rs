@@ -99,7 +99,8 @@ fn parse(lua: &Lua, kind: VerdictKind, args: MultiValue) -> Result<ScriptVerdict
             ));
         }
     }
-    let get = |key: &str| -> Result<Value, String> { opts.get::<Value>(key).map_err(|e| e.to_string()) };
+    let get =
+        |key: &str| -> Result<Value, String> { opts.get::<Value>(key).map_err(|e| e.to_string()) };
     v.disconnect = bool_opt(get("disconnect")?, name, "disconnect")?;
     v.next = bool_opt(get("next")?, name, "next")?;
     match get("command")? {
@@ -111,7 +112,12 @@ fn parse(lua: &Lua, kind: VerdictKind, args: MultiValue) -> Result<ScriptVerdict
             }
             v.command = Some(s);
         }
-        other => return Err(format!("{name}(): command must be a string, got {}", other.type_name())),
+        other => {
+            return Err(format!(
+                "{name}(): command must be a string, got {}",
+                other.type_name()
+            ))
+        }
     }
     match get("transportid")? {
         Value::Nil => {}
@@ -138,7 +144,9 @@ fn parse(lua: &Lua, kind: VerdictKind, args: MultiValue) -> Result<ScriptVerdict
     }
     match get("reply_codes")? {
         Value::Nil => {}
-        Value::Table(rc) => parse_reply_codes(&mut v, kind, hook.spec().default_reply(kind).code, &rc)?,
+        Value::Table(rc) => {
+            parse_reply_codes(&mut v, kind, hook.spec().default_reply(kind).code, &rc)?
+        }
         other => {
             return Err(format!(
                 "{name}(): reply_codes must be a table, got {}",
@@ -177,7 +185,9 @@ fn reason_lines(v: &Value, name: &str) -> Result<Option<Vec<String>>, String> {
                 let item = item.map_err(|e| e.to_string())?;
                 match item {
                     Value::String(s) => push(&s.to_string_lossy()),
-                    Value::Integer(_) | Value::Number(_) => push(&item.to_string().unwrap_or_default()),
+                    Value::Integer(_) | Value::Number(_) => {
+                        push(&item.to_string().unwrap_or_default())
+                    }
                     other => {
                         return Err(format!(
                             "{name}(): reason lines must be strings, got {}",
@@ -201,17 +211,28 @@ fn reason_lines(v: &Value, name: &str) -> Result<Option<Vec<String>>, String> {
     })
 }
 
-fn parse_reply_codes(v: &mut ScriptVerdict, kind: VerdictKind, default_code: u16, rc: &Table) -> Result<(), String> {
+fn parse_reply_codes(
+    v: &mut ScriptVerdict,
+    kind: VerdictKind,
+    default_code: u16,
+    rc: &Table,
+) -> Result<(), String> {
     let name = kind.function();
     let code = match rc.get::<Value>("code").map_err(|e| e.to_string())? {
         Value::Nil => None,
         Value::Integer(i) => Some(i),
         Value::Number(n) if n.fract() == 0.0 => Some(n as i64),
-        other => return Err(format!("{name}(): reply_codes.code must be an integer, got {other:?}")),
+        other => {
+            return Err(format!(
+                "{name}(): reply_codes.code must be an integer, got {other:?}"
+            ))
+        }
     };
     if let Some(c) = code {
         if !(200..=599).contains(&c) {
-            return Err(format!("{name}(): reply_codes.code {c} is not an SMTP reply code"));
+            return Err(format!(
+                "{name}(): reply_codes.code {c} is not an SMTP reply code"
+            ));
         }
         let c = c as u16;
         if !kind.allowed_classes().contains(&(c / 100)) {
@@ -241,9 +262,15 @@ fn parse_reply_codes(v: &mut ScriptVerdict, kind: VerdictKind, default_code: u16
                 .sequence_values::<i64>()
                 .collect::<mlua::Result<_>>()
                 .map_err(|e| format!("{name}(): reply_codes.enhanced: {e}"))?;
-            let text = parts.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(".");
+            let text = parts
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(".");
             if parts.len() != 3 {
-                return Err(format!("{name}(): reply_codes.enhanced must have three numbers"));
+                return Err(format!(
+                    "{name}(): reply_codes.enhanced must have three numbers"
+                ));
             }
             Some(Some(EnhancedCode::parse(&text).ok_or_else(|| {
                 format!("{name}(): reply_codes.enhanced {{{text}}} is not a valid status code")
