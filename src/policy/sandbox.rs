@@ -3,7 +3,7 @@
 //!
 //! Not there: `io`, `debug`, `package.loadlib`/C modules, `dofile`,
 //! `loadfile`, `os.execute`/`exit`/`remove`/`rename`/`getenv`/`tmpname`,
-//! `string.dump`. `load` accepts only text chunks. `require` loads
+//! `string.dump`, `__gc` metamethods. `load` accepts only text chunks. `require` loads
 //! `NAME.lua` or `NAME/init.lua` from `[scripts] lib_path` only.
 //!
 //! Limits: a memory limit on the whole state and an instruction budget per
@@ -27,9 +27,10 @@ pub const DEFAULT_INSTRUCTION_LIMIT: u64 = 10_000_000;
 /// Runs once per state, before any user code. Captures the raw functions in
 /// upvalues (the user cannot reach them without `debug`).
 const PRELUDE: &str = r##"
-local terminated, find_module = ...
+local terminated, find_module, pending = ...
 local raw_pcall, raw_xpcall, raw_error, raw_load = pcall, xpcall, error, load
-local raw_resume, raw_collect, select, type = coroutine.resume, collectgarbage, select, type
+local raw_resume, raw_yield, raw_status = coroutine.resume, coroutine.yield, coroutine.status
+local raw_collect, select, type = collectgarbage, select, type
 
 local function check(ok, ...)
   if not ok and terminated((...)) then
@@ -50,8 +51,28 @@ xpcall = function(f, handler, ...)
   return check(raw_xpcall(f, h, ...))
 end
 
+-- An async host function (dns.query) called inside a user coroutine yields
+-- mlua's "pending" signal to that coroutine: pass it up to the executor and
+-- resume the coroutine when the executor polls again.
+local function resume_loop(co, ok, ...)
+  if ok and select("#", ...) == 1 and (...) == pending and raw_status(co) == "suspended" then
+    return resume_loop(co, raw_resume(co, raw_yield(pending)))
+  end
+  return check(ok, ...)
+end
 coroutine.resume = function(co, ...)
-  return check(raw_resume(co, ...))
+  return resume_loop(co, raw_resume(co, ...))
+end
+local resume = coroutine.resume
+local function unwrap(ok, ...)
+  if ok then return ... end
+  raw_error((...), 0)
+end
+coroutine.wrap = function(f)
+  local co = coroutine.create(f)
+  return function(...)
+    return unwrap(resume(co, ...))
+  end
 end
 
 load = function(chunk, name, mode, ...)
@@ -69,6 +90,16 @@ collectgarbage = function(opt, ...)
     return raw_collect(opt, ...)
   end
   raw_error("collectgarbage: option '" .. tostring(opt) .. "' is not allowed", 2)
+end
+
+-- Lua runs finalizers with debug hooks off: a looping __gc would escape the
+-- instruction budget and hang the thread (even while the state is closed).
+local raw_setmetatable, rawget = setmetatable, rawget
+setmetatable = function(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    raw_error("setmetatable: __gc metamethods are not allowed", 2)
+  end
+  return raw_setmetatable(t, mt)
 end
 
 local loaded = {}
@@ -125,7 +156,7 @@ pub fn new_state(limits: &Limits, lib_path: &[PathBuf], shared: Shared) -> mlua:
     lua.load(PRELUDE)
         .set_name("=sandbox")
         .set_mode(ChunkMode::Text)
-        .call::<()>((terminated, find))?;
+        .call::<()>((terminated, find, Value::LightUserData(Lua::poll_pending())))?;
 
     lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(INSTRUCTION_STEP),

@@ -645,6 +645,8 @@ async fn infinite_loops_are_stopped() {
         "while true do pcall(function() while true do end end) end",
         "local function f() return f() end f()",
         "xpcall(function() while true do end end, function() while true do end end)",
+        "local co = coroutine.create(function() while true do end end) coroutine.resume(co) Pass()",
+        "local f = coroutine.wrap(function() while true do coroutine.yield() end end) while true do f() end",
     ] {
         let started = std::time::Instant::now();
         let o = run1(Hook::Helo, src, helo()).await;
@@ -653,6 +655,14 @@ async fn infinite_loops_are_stopped() {
         assert!(e.contains("instruction limit exceeded"), "{src}: {e}");
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
+    // Unbounded recursion through a metamethod hits Lua's C stack limit.
+    let o = run1(
+        Hook::Helo,
+        "local s = setmetatable({}, {__index = function(t, k) return t[k] end}) local _ = s.x",
+        helo(),
+    )
+    .await;
+    assert!(o.error.unwrap().contains("stack overflow"));
 }
 
 #[tokio::test]
@@ -1420,4 +1430,82 @@ async fn shebang_and_line_numbers() {
     let o = t.engine().run(Hook::Helo, input(helo())).await;
     let e = o.error.unwrap();
     assert!(e.contains("helo.lua:3: on line 3"), "{e}");
+}
+
+#[test]
+fn finalizers_are_refused() {
+    // Lua runs __gc with debug hooks off, so a looping finalizer would escape
+    // the instruction budget (and hang when the state is closed).
+    let t = T::with(
+        Hook::Helo,
+        "string.keep = setmetatable({}, {__gc = function() while true do end end}) Reply('ok')",
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cfg = t.cfg.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = PolicyEngine::load(&cfg).unwrap();
+        let o = rt.block_on(e.run(Hook::Helo, input(helo())));
+        e.reload(&cfg).unwrap(); // drops the idle states
+        tx.send(o).unwrap();
+    });
+    let o = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("no hang");
+    assert!(o
+        .error
+        .unwrap()
+        .contains("__gc metamethods are not allowed"));
+    // Other metatables still work.
+    let t = T::with(
+        Hook::Helo,
+        "local v = setmetatable({}, {__index = function(_, k) return k .. '!' end}) Reply(v.hi)",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let o = rt.block_on(t.engine().run(Hook::Helo, input(helo())));
+    assert_eq!(reply_of(&o).lines, vec!["hi!"]);
+}
+
+#[tokio::test]
+async fn async_calls_work_inside_user_coroutines() {
+    let ns = fake_dns().await;
+    let mut t = T::with(
+        Hook::Helo,
+        r#"
+        local out = {}
+        local co = coroutine.wrap(function() return dns.query("host.example.test") end)
+        local ok, r = pcall(co)
+        out[#out + 1] = tostring(ok) .. " " .. type(r) .. " " .. tostring(r and r[1])
+        local c2 = coroutine.create(function(name)
+            local a = dns.query(name)
+            local got = coroutine.yield(a[1])
+            local inner = coroutine.wrap(function() return dns.query("missing.example.test") end)
+            local _, err = inner()
+            return got .. " " .. err
+        end)
+        local ok1, first = coroutine.resume(c2, "host.example.test")
+        local ok2, second = coroutine.resume(c2, "resumed")
+        out[#out + 1] = tostring(ok1) .. " " .. first .. " " .. tostring(ok2) .. " " .. second
+        out[#out + 1] = coroutine.status(c2)
+        Reply(out)
+    "#,
+    );
+    t.cfg.dns.nameservers = vec![ns.to_string()];
+    let o = t.engine().run(Hook::Helo, input(helo())).await;
+    assert_eq!(
+        reply_of(&o).lines,
+        vec![
+            "true table 192.0.2.53",
+            "true 192.0.2.53 true resumed NXDOMAIN",
+            "dead"
+        ],
+        "{:?}",
+        o.error
+    );
 }
