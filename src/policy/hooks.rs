@@ -375,6 +375,63 @@ impl std::fmt::Display for Hook {
     }
 }
 
+fn describe(f: Fallback) -> String {
+    let reply = |d: DefaultReply, disconnect: bool| {
+        format!(
+            "{} {} {}{}",
+            d.code,
+            d.enhanced,
+            d.text,
+            if disconnect { " (disconnect)" } else { "" }
+        )
+    };
+    match f {
+        Fallback::Pass => "Pass()".to_string(),
+        Fallback::Reply(d, x) => format!("Reply: {}", reply(d, x)),
+        Fallback::Reject(d, x) => format!("Reject: {}", reply(d, x)),
+        Fallback::Defer(d, x) => format!("Defer: {}", reply(d, x)),
+    }
+}
+
+/// The hook reference as Markdown, generated from [`HOOKS`] (for the docs
+/// and `sluice check --hooks`).
+pub fn reference_markdown() -> String {
+    let mut out = String::from(
+        "| hook | runs | arguments | verdicts (default reply) | falling off the end | script error |\n|---|---|---|---|---|---|\n",
+    );
+    for s in &HOOKS {
+        let verdicts = if s.verdicts.is_empty() {
+            "—".to_string()
+        } else {
+            s.verdicts
+                .iter()
+                .map(|k| match k {
+                    VerdictKind::Pass => "Pass()".to_string(),
+                    k => {
+                        let d = s.default_reply(*k);
+                        format!("{}() ({} {})", k.function(), d.code, d.enhanced)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} | {} |\n",
+            s.name,
+            s.when,
+            if s.arguments.is_empty() {
+                "—".to_string()
+            } else {
+                s.arguments.join(", ")
+            },
+            verdicts,
+            describe(s.fallthrough),
+            describe(s.on_error),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,5 +460,15 @@ mod tests {
                 assert_eq!(d.code / 100, d.enhanced.0 as u16, "{} {:?}", s.name, k);
             }
         }
+    }
+
+    #[test]
+    fn reference_lists_every_hook() {
+        let md = reference_markdown();
+        for s in &HOOKS {
+            assert!(md.contains(&format!("| `{}` |", s.name)));
+        }
+        assert!(md.contains("Accept() (235 2.7.0)"));
+        assert!(md.contains("Defer: 451 4.3.0"));
     }
 }

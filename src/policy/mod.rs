@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use engine::PolicyEngine;
-pub use hooks::{DefaultReply, Fallback, Hook, HookSpec, VerdictKind, HOOKS};
+pub use hooks::{reference_markdown, DefaultReply, Fallback, Hook, HookSpec, VerdictKind, HOOKS};
 pub use testing::{outcome_json, test_input, test_script};
 
 use crate::envelope::{ConnectionInfo, TransactionInfo};

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::json;
 
+use super::sandbox;
 use super::*;
 use crate::config::{Config, ScriptsConfig, TransportConfig};
 use crate::envelope::{
@@ -1507,5 +1508,178 @@ async fn async_calls_work_inside_user_coroutines() {
         ],
         "{:?}",
         o.error
+    );
+}
+
+/// Rough per-run cost (run with `--ignored --nocapture`; debug builds are slow).
+#[tokio::test]
+#[ignore]
+async fn bench_runs() {
+    let mut t = T::new();
+    t.script(
+        Hook::Helo,
+        "if arguments.host == 'x' then Reject() end context.h = arguments.host",
+    );
+    t.script(
+        Hook::Eod,
+        "arguments.mail:addHeader('X-Policy', 'ok') for _, r in ipairs(transaction.recipients) do arguments.mail:queue(transaction.sender, r.recipient, r.transportid) end Accept()",
+    );
+    let e = t.engine();
+    for (hook, n) in [(Hook::Helo, 20_000), (Hook::Eod, 20_000)] {
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            let i = match hook {
+                Hook::Eod => mail_input(&[
+                    ("bob@example.org", "default"),
+                    ("carol@example.org", "lmtp"),
+                ]),
+                _ => input(helo()),
+            };
+            let o = e.run(hook, i).await;
+            assert!(o.error.is_none());
+        }
+        let el = started.elapsed();
+        eprintln!("{hook}: {:.1} µs/run", el.as_secs_f64() * 1e6 / n as f64);
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        PolicyEngine::check(&t.cfg).unwrap();
+    }
+    eprintln!(
+        "state creation + compile: {:.1} µs",
+        started.elapsed().as_secs_f64() * 1e6 / 200.0
+    );
+}
+
+// ---------------------------------------------------------------- shipped scripts
+
+fn repo(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+#[test]
+fn shipped_scripts_compile() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "lua") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&repo("scripts"), &mut files);
+    walk(&repo("lib-lua"), &mut files);
+    assert!(files.len() >= 5, "{files:?}");
+    for f in files {
+        sandbox::compile_file(&f).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+fn with_file(hook: Hook, rel: &str) -> T {
+    let mut t = T::new();
+    *slot(&mut t.cfg.scripts, hook) = Some(repo(rel));
+    t
+}
+
+#[tokio::test]
+async fn shipped_eod_matches_the_builtin() {
+    let rcpts = [
+        ("bob@example.org", "default"),
+        ("carol@example.org", "lmtp"),
+        ("d@example.org", ""),
+    ];
+    let a = with_file(Hook::Eod, "scripts/eod.lua")
+        .engine()
+        .run(Hook::Eod, mail_input(&rcpts))
+        .await;
+    let b = T::new().engine().run(Hook::Eod, mail_input(&rcpts)).await;
+    assert_eq!(a.verdict, b.verdict, "{:?}", a.error);
+    let key = |o: &HookOutcome| {
+        o.queued
+            .iter()
+            .map(|q| {
+                (
+                    q.recipient.clone(),
+                    q.transportid.clone(),
+                    q.message.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(key(&a), key(&b));
+}
+
+#[tokio::test]
+async fn shipped_examples_behave() {
+    // rcptto: routing and refusal.
+    let e = with_file(Hook::RcptTo, "scripts/examples/rcptto.lua").engine();
+    let rcpt = |a: &str| {
+        input(HookArguments::RcptTo {
+            address: a.into(),
+            params: BTreeMap::new(),
+        })
+    };
+    let o = e.run(Hook::RcptTo, rcpt("x@lists.example.org")).await;
+    assert_eq!(o.transportid.as_deref(), Some("lmtp"), "{:?}", o.error);
+    let o = e.run(Hook::RcptTo, rcpt("x@elsewhere.example")).await;
+    assert_eq!(reply_of(&o).render(true), "550 5.7.1 Relaying denied\r\n");
+
+    // helo: bare IP refused.
+    let e = with_file(Hook::Helo, "scripts/examples/helo.lua").engine();
+    let o = e
+        .run(
+            Hook::Helo,
+            input(HookArguments::Helo {
+                verb: "EHLO".into(),
+                host: "192.0.2.1".into(),
+            }),
+        )
+        .await;
+    assert_eq!(reply_of(&o).enhanced, enh(5, 5, 2), "{:?}", o.error);
+    let o = e.run(Hook::Helo, input(helo())).await;
+    assert_eq!(o.verdict, HookVerdict::pass());
+    assert_eq!(o.context, json!({"helo_checked": true}));
+
+    // proxy: a custom command.
+    let e = with_file(Hook::Proxy, "scripts/examples/proxy.lua").engine();
+    let o = e.run(Hook::Proxy, input(proxy("xstatus"))).await;
+    assert_eq!(reply_of(&o).lines.len(), 3, "{:?}", o.error);
+    assert_eq!(reply_of(&o).lines[1], "client 192.0.2.7");
+    let o = e.run(Hook::Proxy, input(proxy("NOOP"))).await;
+    assert_eq!(o.verdict, HookVerdict::pass());
+
+    // eod-tag: accepted with a header, or rejected for an executable.
+    let t = with_file(Hook::Eod, "scripts/examples/eod-tag.lua");
+    let e = t.engine();
+    let mut i = mail_input(&[("bob@example.org", "default")]);
+    i.arguments = HookArguments::Mail {
+        message: Bytes::from_static(MIME),
+        headers_only: false,
+    };
+    let o = e.run(Hook::Eod, i.clone()).await;
+    assert!(
+        matches!(o.verdict, HookVerdict::Accept { .. }),
+        "{:?}",
+        o.error
+    );
+    assert!(o.queued[0].message.starts_with(b"X-Sluice-Checked: "));
+    let exe = String::from_utf8_lossy(MIME).replace("doc.pdf", "run.exe");
+    i.arguments = HookArguments::Mail {
+        message: Bytes::from(exe.into_bytes()),
+        headers_only: false,
+    };
+    let o = e.run(Hook::Eod, i).await;
+    assert_eq!(reply_of(&o).code, 554, "{:?}", o.error);
+    assert!(o.queued.is_empty());
+    assert_eq!(o.history.len(), 1);
+    assert_eq!(
+        o.history[0].reason.as_deref(),
+        Some("executable attachment run.exe")
     );
 }
