@@ -52,6 +52,8 @@ struct PooledState {
     uses: u32,
     /// `{__index = globals}`: the metatable of each run's `_ENV`.
     env_mt: Table,
+    /// Tells the sandbox's `load` which `_ENV` is running.
+    set_env: Function,
     /// The loaded hook functions (from bytecode), per hook.
     hooks: HashMap<Hook, Function>,
 }
@@ -229,6 +231,13 @@ impl PolicyEngine {
         }
     }
 
+    /// Forward-confirmed reverse DNS of a client (for `connection.remoteptr`),
+    /// with the resolver built from `[dns]`.
+    pub async fn fcrdns(&self, ip: std::net::IpAddr) -> Option<String> {
+        let dns = self.epoch().dns.clone();
+        dns.fcrdns(ip).await
+    }
+
     /// Idle states in the pool (tests, metrics).
     pub fn idle_states(&self) -> usize {
         self.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -246,14 +255,20 @@ fn new_pooled(epoch: &Epoch) -> Result<PooledState, PolicyError> {
         .create_table()
         .and_then(|mt| {
             mt.raw_set("__index", lua.globals())?;
+            // getmetatable(_ENV) must not hand out the shared globals.
+            mt.raw_set("__metatable", false)?;
             Ok(mt)
         })
+        .map_err(|e| PolicyError::State(e.to_string()))?;
+    let set_env: Function = lua
+        .named_registry_value(sandbox::SET_ENV_KEY)
         .map_err(|e| PolicyError::State(e.to_string()))?;
     Ok(PooledState {
         lua,
         epoch: epoch.id,
         uses: 0,
         env_mt,
+        set_env,
         hooks: HashMap::new(),
     })
 }
@@ -322,6 +337,7 @@ async fn run_in_state(
 ) -> (HookOutcome, bool) {
     let spec = hook.spec();
     let lua = st.lua.clone();
+    let mut healthy_hint = true;
     let txn_id = input.transaction.as_ref().map(|t| t.id.clone());
     lua.set_app_data(RunState::new(
         hook,
@@ -329,7 +345,11 @@ async fn run_in_state(
         input.transaction.clone(),
         epoch.limits.instructions,
     ));
-    let prepared = hook_function(st, hook, script).and_then(|f| Ok((f, build_env(st, &input)?)));
+    let prepared = hook_function(st, hook, script).and_then(|f| {
+        let (env, mail) = build_env(st, &input)?;
+        st.set_env.call::<()>(env.clone())?;
+        Ok((f, (env, mail)))
+    });
     let (env, mail, result) = match prepared {
         Ok((f, (env, mail))) => {
             let r =
@@ -340,12 +360,15 @@ async fn run_in_state(
         Err(e) => (None, None, Ok(Err(e))),
     };
     let rs = lua.remove_app_data::<RunState>();
+    if st.set_env.call::<()>(Value::Nil).is_err() {
+        healthy_hint = false;
+    }
     // A script may have kept a reference to the message; empty it so the
     // message bytes are freed now, not at the state's next GC cycle.
     if let Some(ud) = mail {
         let _ = ud.take::<MailMessage>();
     }
-    let mut healthy = true;
+    let mut healthy = healthy_hint;
     let context = match env.as_ref().map(|e| e.raw_get::<Value>("context")) {
         Some(Ok(v)) => match api::lua_to_json(&lua, &v, 0) {
             Ok(j) => j,

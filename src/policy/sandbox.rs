@@ -21,6 +21,10 @@ use super::api::{self, RunState, Shared, Termination};
 /// The instruction hook fires this often; the budget is counted in steps.
 pub const INSTRUCTION_STEP: u32 = 1000;
 
+/// Registry key of the prelude's function that tells `load` the running
+/// hook's `_ENV`.
+pub const SET_ENV_KEY: &str = "sluice.set_env";
+
 pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
 pub const DEFAULT_INSTRUCTION_LIMIT: u64 = 10_000_000;
 
@@ -75,12 +79,18 @@ coroutine.wrap = function(f)
   end
 end
 
+-- Chunks loaded without an explicit env see the running hook's _ENV (so
+-- they neither miss `connection` nor leak globals into the shared state).
+local current_env
 load = function(chunk, name, mode, ...)
   if mode ~= nil and mode ~= "t" then
     raw_error("load: only text chunks may be loaded", 2)
   end
   if select("#", ...) > 0 then
     return raw_load(chunk, name, "t", (...))
+  end
+  if current_env ~= nil then
+    return raw_load(chunk, name, "t", current_env)
   end
   return raw_load(chunk, name, "t")
 end
@@ -116,6 +126,8 @@ require = function(name)
   loaded[name] = r
   return r
 end
+
+return function(env) current_env = env end
 "##;
 
 /// The lib_path of the state's epoch.
@@ -153,10 +165,12 @@ pub fn new_state(limits: &Limits, lib_path: &[PathBuf], shared: Shared) -> mlua:
 
     let terminated = lua.create_function(|lua, err: Value| Ok(check_terminated(lua, &err)))?;
     let find = lua.create_function(|lua, name: String| find_module(lua, &name))?;
-    lua.load(PRELUDE)
+    let set_env: mlua::Function = lua
+        .load(PRELUDE)
         .set_name("=sandbox")
         .set_mode(ChunkMode::Text)
-        .call::<()>((terminated, find, Value::LightUserData(Lua::poll_pending())))?;
+        .call((terminated, find, Value::LightUserData(Lua::poll_pending())))?;
+    lua.set_named_registry_value(SET_ENV_KEY, set_env)?;
 
     lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(INSTRUCTION_STEP),

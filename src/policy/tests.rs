@@ -585,12 +585,12 @@ async fn context_kept_on_verdict_and_error() {
 async fn globals_do_not_leak_between_runs() {
     let t = T::with(
         Hook::Helo,
-        "counter = (counter or 0) + 1\nReply(tostring(counter))",
+        "counter = (counter or 0) + 1\nload('loaded = (loaded or 0) + 1')()\nassert(getmetatable(_ENV) == false)\nReply(tostring(counter) .. loaded)",
     );
     let e = t.engine();
     for _ in 0..3 {
         let o = e.run(Hook::Helo, input(helo())).await;
-        assert_eq!(reply_of(&o).lines, vec!["1"]);
+        assert_eq!(reply_of(&o).lines, vec!["11"], "{:?}", o.error);
     }
     assert_eq!(e.idle_states(), 1, "one pooled state reused");
 }
@@ -742,9 +742,14 @@ async fn bytecode_cannot_be_loaded() {
     .await;
     let t = reply_of(&o).text();
     assert!(t.starts_with("nil ") && t.contains("binary"), "{t}");
-    // Text chunks work and see the globals they are given.
-    let o = run1(Hook::Helo, r#"Reply(load("return 'x' .. 1")())"#, helo()).await;
-    assert_eq!(reply_of(&o).lines, vec!["x1"]);
+    // Text chunks work and see the running hook's globals.
+    let o = run1(
+        Hook::Helo,
+        r#"Reply(load("return 'x' .. connection.remoteip")())"#,
+        helo(),
+    )
+    .await;
+    assert_eq!(reply_of(&o).lines, vec!["x192.0.2.7"], "{:?}", o.error);
 }
 
 #[tokio::test]
@@ -1258,11 +1263,14 @@ async fn helper_functions() {
 
 // ---------------------------------------------------------------- DNS
 
-/// A UDP responder that answers every A query with 192.0.2.53 and every
-/// other query with NXDOMAIN.
+/// A UDP responder: A host.* → 192.0.2.53; PTR 192.0.2.53 → host.example.test
+/// (confirmed), PTR 192.0.2.7 → liar.example.test (not confirmed); else NXDOMAIN.
 async fn fake_dns() -> std::net::SocketAddr {
     use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
-    use hickory_resolver::proto::rr::{rdata::A, RData, Record, RecordType};
+    use hickory_resolver::proto::rr::{
+        rdata::{A, PTR},
+        Name, RData, Record, RecordType,
+    };
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = sock.local_addr().unwrap();
     tokio::spawn(async move {
@@ -1282,11 +1290,26 @@ async fn fake_dns() -> std::net::SocketAddr {
             r.set_authoritative(true);
             r.add_queries(q.queries().to_vec());
             let query = &q.queries()[0];
-            if query.query_type() == RecordType::A && query.name().to_ascii().starts_with("host.") {
+            let name = query.name().to_ascii();
+            if query.query_type() == RecordType::A && name.starts_with("host.") {
                 r.add_answer(Record::from_rdata(
                     query.name().clone(),
                     60,
                     RData::A(A::new(192, 0, 2, 53)),
+                ));
+            } else if query.query_type() == RecordType::PTR && name.starts_with("53.2.0.192.") {
+                let target = Name::from_ascii("host.example.test.").unwrap();
+                r.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    60,
+                    RData::PTR(PTR(target)),
+                ));
+            } else if query.query_type() == RecordType::PTR && name.starts_with("7.2.0.192.") {
+                let target = Name::from_ascii("liar.example.test.").unwrap();
+                r.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    60,
+                    RData::PTR(PTR(target)),
                 ));
             } else {
                 r.set_response_code(ResponseCode::NXDomain);
@@ -1295,6 +1318,31 @@ async fn fake_dns() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+#[tokio::test]
+async fn fcrdns() {
+    let ns = fake_dns().await;
+    let mut t = T::with(
+        Hook::Connect,
+        "Reply({tostring(dns.fcrdns('192.0.2.53')), tostring(dns.fcrdns(connection.remoteip)), dns.query('192.0.2.7', 'PTR')[1]})",
+    );
+    t.cfg.dns.nameservers = vec![ns.to_string()];
+    let e = t.engine();
+    let o = e.run(Hook::Connect, input(HookArguments::None)).await;
+    assert_eq!(
+        reply_of(&o).lines,
+        vec!["host.example.test", "nil", "liar.example.test"],
+        "{:?}",
+        o.error
+    );
+    assert_eq!(
+        e.fcrdns("::ffff:192.0.2.53".parse().unwrap())
+            .await
+            .as_deref(),
+        Some("host.example.test")
+    );
+    assert_eq!(e.fcrdns("192.0.2.7".parse().unwrap()).await, None);
 }
 
 #[tokio::test]

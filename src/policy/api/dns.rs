@@ -2,7 +2,7 @@
 //! MX as "preference exchange", TXT joined), or `nil, error` where error is
 //! "NXDOMAIN", "NODATA" or the resolver's message. Async: the script yields
 //! while the query is in flight. `type` defaults to "A"; a PTR query accepts
-//! an IP address.
+//! an IP address. `dns.fcrdns(ip)` → the forward-confirmed PTR name or nil.
 //!
 //! One hickory `TokioResolver` per config epoch, built on first use from
 //! `[dns]` (empty `nameservers` = /etc/resolv.conf).
@@ -94,6 +94,27 @@ impl Dns {
     }
 }
 
+impl Dns {
+    /// Forward-confirmed reverse DNS: a PTR name of `ip` whose A/AAAA
+    /// records include `ip` (the first one that does), else None.
+    pub async fn fcrdns(&self, ip: IpAddr) -> Option<String> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let names = self.query(&ip.to_string(), "PTR").await.ok()?;
+        let rtype = if ip.is_ipv4() { "A" } else { "AAAA" };
+        for name in names.iter().take(10) {
+            if let Ok(addrs) = self.query(name, rtype).await {
+                if addrs.iter().any(|a| a.parse::<IpAddr>().ok() == Some(ip)) {
+                    return Some(name.clone());
+                }
+            }
+        }
+        None
+    }
+}
+
 fn parse_name(name: &str) -> Result<Name, String> {
     let mut n = Name::from_str(name).map_err(|e| format!("bad name {name:?}: {e}"))?;
     n.set_fqdn(true);
@@ -143,6 +164,16 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
                 Ok(records) => Ok((Value::Table(lua.create_sequence_from(records)?), Value::Nil)),
                 Err(e) => Ok((Value::Nil, Value::String(lua.create_string(e)?))),
             }
+        })?,
+    )?;
+    t.set(
+        "fcrdns",
+        lua.create_async_function(|lua, ip: String| async move {
+            let dns: Option<Arc<Dns>> = lua.app_data_ref::<Shared>().map(|s| s.dns.clone());
+            let (Some(dns), Ok(ip)) = (dns, ip.parse::<IpAddr>()) else {
+                return Ok(None);
+            };
+            Ok(dns.fcrdns(ip).await)
         })?,
     )?;
     lua.globals().set("dns", t)
