@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -37,7 +37,8 @@ struct Script {
 /// Everything compiled from one config.
 struct Epoch {
     id: u64,
-    scripts: [Option<Arc<Script>>; 12],
+    /// Per hook, the scripts that run in order (extra sources, then the file).
+    scripts: [Vec<Arc<Script>>; 12],
     lib_path: Vec<PathBuf>,
     limits: Limits,
     /// Uppercase verbs the proxy hook wants; empty = the ones the server does not know.
@@ -54,8 +55,8 @@ struct PooledState {
     env_mt: Table,
     /// Tells the sandbox's `load` which `_ENV` is running.
     set_env: Function,
-    /// The loaded hook functions (from bytecode), per hook.
-    hooks: HashMap<Hook, Function>,
+    /// The loaded hook functions (from bytecode), per hook and chain position.
+    hooks: HashMap<(Hook, usize), Function>,
 }
 
 pub struct PolicyEngine {
@@ -64,13 +65,28 @@ pub struct PolicyEngine {
     next_epoch: AtomicU64,
 }
 
-fn compile(cfg: &Config, id: u64) -> Result<Epoch, PolicyError> {
-    const NONE: Option<Arc<Script>> = None;
-    let mut scripts = [NONE; 12];
+/// A hook script that does not come from a `[scripts]` file: an Axigen
+/// policy translated to Lua, say. It runs before the configured file of its
+/// hook; the first script of a chain that gives a verdict ends the run.
+#[derive(Debug, Clone)]
+pub struct ScriptSource {
+    pub hook: Hook,
+    /// Shown in errors and tracebacks, e.g. "policy.axigen".
+    pub name: String,
+    pub source: String,
+}
+
+fn compile(cfg: &Config, extra: &[ScriptSource], id: u64) -> Result<Epoch, PolicyError> {
+    let mut scripts: [Vec<Arc<Script>>; 12] = Default::default();
+    for x in extra {
+        let path = PathBuf::from(&x.name);
+        let bytecode = sandbox::compile_wrapped(&path, &x.source)?;
+        scripts[x.hook.index()].push(Arc::new(Script { path, bytecode }));
+    }
     for spec in &HOOKS {
         if let Some(path) = (spec.script)(&cfg.scripts) {
             let bytecode = sandbox::compile_file(path)?;
-            scripts[spec.hook.index()] = Some(Arc::new(Script {
+            scripts[spec.hook.index()].push(Arc::new(Script {
                 path: path.to_path_buf(),
                 bytecode,
             }));
@@ -112,7 +128,15 @@ fn compile(cfg: &Config, id: u64) -> Result<Epoch, PolicyError> {
 impl PolicyEngine {
     /// Compile every configured script. Errors name `file:line: message`.
     pub fn load(cfg: &Config) -> Result<Arc<PolicyEngine>, PolicyError> {
-        let epoch = compile(cfg, 1)?;
+        Self::load_with(cfg, &[])
+    }
+
+    /// [`load`](Self::load) plus scripts that are not `[scripts]` files.
+    pub fn load_with(
+        cfg: &Config,
+        extra: &[ScriptSource],
+    ) -> Result<Arc<PolicyEngine>, PolicyError> {
+        let epoch = compile(cfg, extra, 1)?;
         Ok(Arc::new(PolicyEngine {
             current: RwLock::new(Arc::new(epoch)),
             pool: Mutex::new(Vec::new()),
@@ -123,7 +147,11 @@ impl PolicyEngine {
     /// `sluice check`: compile the hook scripts and every module under
     /// lib_path, and try building a state.
     pub fn check(cfg: &Config) -> Result<(), PolicyError> {
-        let epoch = compile(cfg, 0)?;
+        Self::check_with(cfg, &[])
+    }
+
+    pub fn check_with(cfg: &Config, extra: &[ScriptSource]) -> Result<(), PolicyError> {
+        let epoch = compile(cfg, extra, 0)?;
         for dir in &epoch.lib_path {
             check_modules(dir)?;
         }
@@ -132,8 +160,12 @@ impl PolicyEngine {
 
     /// Swap in newly compiled scripts; on error the old ones stay.
     pub fn reload(&self, cfg: &Config) -> Result<(), PolicyError> {
+        self.reload_with(cfg, &[])
+    }
+
+    pub fn reload_with(&self, cfg: &Config, extra: &[ScriptSource]) -> Result<(), PolicyError> {
         let id = self.next_epoch.fetch_add(1, Ordering::Relaxed);
-        let epoch = Arc::new(compile(cfg, id)?);
+        let epoch = Arc::new(compile(cfg, extra, id)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = epoch;
         let old: Vec<PooledState> =
             std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
@@ -150,13 +182,13 @@ impl PolicyEngine {
 
     /// Is a script configured for `hook`? Eod always has one (the built-in default).
     pub fn has_hook(&self, hook: Hook) -> bool {
-        hook == Hook::Eod || self.epoch().scripts[hook.index()].is_some()
+        hook == Hook::Eod || !self.epoch().scripts[hook.index()].is_empty()
     }
 
     /// Should the proxy hook see this command line?
     pub fn proxy_wants(&self, verb_uppercase: &str, server_knows_verb: bool) -> bool {
         let e = self.epoch();
-        if e.scripts[Hook::Proxy.index()].is_none() {
+        if e.scripts[Hook::Proxy.index()].is_empty() {
             return false;
         }
         if e.proxy_commands.is_empty() {
@@ -168,31 +200,33 @@ impl PolicyEngine {
         }
     }
 
-    /// The script path of a hook in the current epoch.
-    pub fn script_path(&self, hook: Hook) -> Option<PathBuf> {
+    /// The scripts (file paths or source names) a hook runs, in order.
+    pub fn scripts(&self, hook: Hook) -> Vec<PathBuf> {
         self.epoch().scripts[hook.index()]
-            .as_ref()
+            .iter()
             .map(|s| s.path.clone())
+            .collect()
     }
 
     /// Run a hook. Never panics; a script error becomes the hook's error verdict.
     pub async fn run(&self, hook: Hook, input: HookInput) -> HookOutcome {
         let epoch = self.epoch();
         let spec = hook.spec();
-        let Some(script) = epoch.scripts[hook.index()].clone() else {
+        let chain = &epoch.scripts[hook.index()];
+        if chain.is_empty() {
             return match hook {
                 Hook::Eod => default_eod(input),
                 _ => fallback_outcome(spec, spec.fallthrough, input.context, None),
             };
-        };
+        }
         let mut st = match self.take_state(&epoch) {
             Ok(st) => st,
             Err(e) => {
-                let msg = format!("{}: {e}", script.path.display());
+                let msg = format!("{}: {e}", chain[0].path.display());
                 return fallback_outcome(spec, spec.on_error, input.context, Some(msg));
             }
         };
-        let (outcome, healthy) = run_in_state(&mut st, &epoch, &script, hook, input).await;
+        let (outcome, healthy) = run_in_state(&mut st, &epoch, hook, input).await;
         st.uses += 1;
         if healthy {
             self.give_back(st);
@@ -293,8 +327,13 @@ fn check_modules(dir: &std::path::Path) -> Result<(), PolicyError> {
     Ok(())
 }
 
-fn hook_function(st: &mut PooledState, hook: Hook, script: &Script) -> mlua::Result<Function> {
-    if let Some(f) = st.hooks.get(&hook) {
+fn hook_function(
+    st: &mut PooledState,
+    hook: Hook,
+    pos: usize,
+    script: &Script,
+) -> mlua::Result<Function> {
+    if let Some(f) = st.hooks.get(&(hook, pos)) {
         return Ok(f.clone());
     }
     let outer = st
@@ -304,7 +343,7 @@ fn hook_function(st: &mut PooledState, hook: Hook, script: &Script) -> mlua::Res
         .set_mode(ChunkMode::Binary)
         .into_function()?;
     let f: Function = outer.call(())?;
-    st.hooks.insert(hook, f.clone());
+    st.hooks.insert((hook, pos), f.clone());
     Ok(f)
 }
 
@@ -331,11 +370,11 @@ fn build_env(st: &PooledState, input: &HookInput) -> mlua::Result<(Table, Option
 async fn run_in_state(
     st: &mut PooledState,
     epoch: &Epoch,
-    script: &Script,
     hook: Hook,
     input: HookInput,
 ) -> (HookOutcome, bool) {
     let spec = hook.spec();
+    let chain = &epoch.scripts[hook.index()];
     let lua = st.lua.clone();
     let mut healthy_hint = true;
     let txn_id = input.transaction.as_ref().map(|t| t.id.clone());
@@ -345,20 +384,28 @@ async fn run_in_state(
         input.transaction.clone(),
         epoch.limits.instructions,
     ));
-    let prepared = hook_function(st, hook, script).and_then(|f| {
-        let (env, mail) = build_env(st, &input)?;
+    // Which script of the chain is running (for error messages).
+    let current = AtomicUsize::new(0);
+    let prepared = build_env(st, &input).and_then(|(env, mail)| {
         st.set_env.call::<()>(env.clone())?;
-        Ok((f, (env, mail)))
+        Ok((env, mail))
     });
     let (env, mail, result) = match prepared {
-        Ok((f, (env, mail))) => {
-            let r =
-                tokio::time::timeout(RUN_TIMEOUT, f.call_async::<mlua::MultiValue>(env.clone()))
-                    .await;
-            (Some(env), mail, r.map(|r| r.map(|_| ())))
+        Ok((env, mail)) => {
+            let run_chain = async {
+                for (pos, script) in chain.iter().enumerate() {
+                    current.store(pos, Ordering::Relaxed);
+                    let f = hook_function(st, hook, pos, script)?;
+                    f.call_async::<mlua::MultiValue>(env.clone()).await?;
+                }
+                Ok(())
+            };
+            let r = tokio::time::timeout(RUN_TIMEOUT, run_chain).await;
+            (Some(env), mail, r)
         }
         Err(e) => (None, None, Ok(Err(e))),
     };
+    let script = &chain[current.load(Ordering::Relaxed).min(chain.len() - 1)];
     let rs = lua.remove_app_data::<RunState>();
     if st.set_env.call::<()>(Value::Nil).is_err() {
         healthy_hint = false;

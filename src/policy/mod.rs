@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use engine::PolicyEngine;
+pub use engine::{PolicyEngine, ScriptSource};
 pub use hooks::{reference_markdown, DefaultReply, Fallback, Hook, HookSpec, VerdictKind, HOOKS};
 pub use testing::{outcome_json, test_input, test_script};
 

@@ -292,7 +292,20 @@ pub fn compile_file(path: &Path) -> Result<Vec<u8>, super::PolicyError> {
         path: path.to_path_buf(),
         source: e,
     })?;
-    compile_source(path, &wrap_source(&src))
+    compile_wrapped(path, &src)
+}
+
+/// Compile a hook script wrapped by [`wrap_source`]. On a syntax error the
+/// unwrapped source is compiled for the message, so errors at the end of the
+/// file read exactly as Lua reports them for the file itself.
+pub fn compile_wrapped(path: &Path, src: &str) -> Result<Vec<u8>, super::PolicyError> {
+    match compile_source(path, &wrap_source(src)) {
+        Ok(b) => Ok(b),
+        Err(wrapped) => match compile_source(path, src) {
+            Err(raw) => Err(raw),
+            Ok(_) => Err(wrapped),
+        },
+    }
 }
 
 pub fn compile_source(path: &Path, src: &str) -> Result<Vec<u8>, super::PolicyError> {

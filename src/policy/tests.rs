@@ -1731,3 +1731,49 @@ async fn shipped_examples_behave() {
         Some("executable attachment run.exe")
     );
 }
+
+#[tokio::test]
+async fn extra_sources_run_before_the_file() {
+    let t = T::with(
+        Hook::RcptTo,
+        "context.order = (context.order or '') .. 'file' Pass()",
+    );
+    let extra = |src: &str| {
+        vec![ScriptSource {
+            hook: Hook::RcptTo,
+            name: "policy.axigen".into(),
+            source: src.into(),
+        }]
+    };
+    let args = || HookArguments::RcptTo {
+        address: "x@spam.example".into(),
+        params: BTreeMap::new(),
+    };
+    // Falls through: the file runs next, in the same run and context.
+    let e = PolicyEngine::load_with(&t.cfg, &extra("context.order = 'axigen,'")).unwrap();
+    assert_eq!(e.scripts(Hook::RcptTo).len(), 2);
+    let o = e.run(Hook::RcptTo, input(args())).await;
+    assert_eq!(o.context, json!({"order": "axigen,file"}), "{:?}", o.error);
+    // A verdict ends the chain.
+    let src = "if arguments.address:find('spam') then Reject('axigen says no') end";
+    let e = PolicyEngine::load_with(&t.cfg, &extra(src)).unwrap();
+    let o = e.run(Hook::RcptTo, input(args())).await;
+    assert_eq!(reply_of(&o).lines, vec!["axigen says no"]);
+    assert_eq!(o.context, json!({}));
+    // Errors name the source.
+    let o = PolicyEngine::load_with(&t.cfg, &extra("\nerror('x')"))
+        .unwrap()
+        .run(Hook::RcptTo, input(args()))
+        .await;
+    assert!(o.error.unwrap().contains("policy.axigen:2: x"));
+    let err = PolicyEngine::check_with(&t.cfg, &extra("if")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "policy.axigen:1: unexpected symbol near <eof>"
+    );
+    // reload_with swaps the chain.
+    let e = t.engine();
+    e.reload_with(&t.cfg, &extra("Reject('now')")).unwrap();
+    let o = e.run(Hook::RcptTo, input(args())).await;
+    assert_eq!(reply_of(&o).lines, vec!["now"]);
+}
