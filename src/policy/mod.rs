@@ -1,1 +1,272 @@
-//! Lua policy engine (issue 4): state pool, sandbox, hook dispatch.
+//! Lua policy engine (issue 4): the Halon-style scripting API at every SMTP
+//! stage. The server never touches Lua: it builds a [`HookInput`], awaits
+//! [`PolicyEngine::run`] and acts on the [`HookOutcome`].
+//!
+//! - [`hooks`]: the hook table (names, verdicts, defaults) — declared once.
+//! - [`engine`]: compile once, epoch-based pool of Lua states, hook dispatch.
+//! - [`sandbox`]: what a fresh state contains and what it must not.
+//! - [`api`]: one file per Lua-visible object, each with a `register` function.
+//! - [`testing`]: run a hook from the command line (`sluice test-script`).
+
+pub mod api;
+mod engine;
+pub mod hooks;
+mod sandbox;
+pub mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use engine::{PolicyEngine, ScriptSource};
+pub use hooks::{reference_markdown, DefaultReply, Fallback, Hook, HookSpec, VerdictKind, HOOKS};
+pub use testing::{outcome_json, test_input, test_script};
+
+use crate::envelope::{ConnectionInfo, TransactionInfo};
+use crate::smtp::reply::{EnhancedCode, SmtpReply};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A syntax error; `message` is Lua's `file:line: message`.
+    #[error("{message}")]
+    Compile {
+        path: PathBuf,
+        line: Option<u32>,
+        message: String,
+    },
+    #[error("creating a Lua state: {0}")]
+    State(String),
+    #[error("{0}")]
+    Input(String),
+}
+
+/// What a hook run is given.
+#[derive(Debug, Clone)]
+pub struct HookInput {
+    pub connection: ConnectionInfo,
+    pub transaction: Option<TransactionInfo>,
+    pub arguments: HookArguments,
+    /// The connection's `context` table (plain data); `Null` = empty table.
+    pub context: serde_json::Value,
+}
+
+/// `arguments` in scripts.
+#[derive(Debug, Clone)]
+pub enum HookArguments {
+    None,
+    Helo {
+        verb: String,
+        host: String,
+    },
+    Auth {
+        mechanism: String,
+        username: String,
+        password: String,
+    },
+    MailFrom {
+        address: String,
+        params: BTreeMap<String, String>,
+    },
+    RcptTo {
+        address: String,
+        params: BTreeMap<String, String>,
+    },
+    Proxy {
+        command: String,
+    },
+    /// headers and eod: the raw message as received, including our Received
+    /// header; `headers_only` for the headers hook (the body has not arrived).
+    Mail {
+        message: bytes::Bytes,
+        headers_only: bool,
+    },
+    /// predelivery and postdelivery: `arguments.delivery`.
+    Delivery(DeliveryInfo),
+}
+
+/// One queue entry about to be (pre) or just (post) handed to its next hop.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct DeliveryInfo {
+    pub queue_id: String,
+    pub transaction_id: String,
+    pub sender: String,
+    pub recipient: String,
+    pub transportid: String,
+    pub metadata: BTreeMap<String, String>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// Unix time the entry was queued.
+    pub queued_at: f64,
+    /// "host:port" (or MX name) of the next hop, when known.
+    pub next_hop: Option<String>,
+    /// postdelivery: what the next hop said (or the local error).
+    pub result: Option<DeliveryResult>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct DeliveryResult {
+    pub code: u16,
+    pub enhanced: Option<String>,
+    pub text: String,
+    /// A connection/TLS/DNS error rather than an SMTP reply.
+    pub local_error: bool,
+}
+
+/// What a hook run decided.
+#[derive(Debug, Clone)]
+pub struct HookOutcome {
+    pub verdict: HookVerdict,
+    /// The updated `context`; hand it to the next hook of the connection.
+    pub context: serde_json::Value,
+    /// eod: what `mail:queue` asked for. Non-empty only with `Accept`.
+    pub queued: Vec<QueueRequest>,
+    /// `History()` calls, kept whatever the verdict.
+    pub history: Vec<HistoryRequest>,
+    /// rcptto (and predelivery): `Pass({transportid = "x"})`.
+    pub transportid: Option<String>,
+    /// Script error message and traceback; the caller logs it with the
+    /// connection id.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HookVerdict {
+    /// Let the server handle the (possibly rewritten, proxy only) command.
+    Pass {
+        command: Option<String>,
+        next: bool,
+    },
+    Reply {
+        reply: SmtpReply,
+        disconnect: bool,
+        next: bool,
+    },
+    Accept {
+        reply: SmtpReply,
+    },
+    Reject {
+        reply: SmtpReply,
+        disconnect: bool,
+    },
+    Defer {
+        reply: SmtpReply,
+        disconnect: bool,
+    },
+}
+
+impl HookVerdict {
+    pub fn pass() -> HookVerdict {
+        HookVerdict::Pass {
+            command: None,
+            next: false,
+        }
+    }
+
+    /// The SMTP reply to send, if this verdict has one.
+    pub fn reply(&self) -> Option<&SmtpReply> {
+        match self {
+            HookVerdict::Pass { .. } => None,
+            HookVerdict::Reply { reply, .. }
+            | HookVerdict::Accept { reply }
+            | HookVerdict::Reject { reply, .. }
+            | HookVerdict::Defer { reply, .. } => Some(reply),
+        }
+    }
+
+    pub fn disconnect(&self) -> bool {
+        match self {
+            HookVerdict::Reply { disconnect, .. }
+            | HookVerdict::Reject { disconnect, .. }
+            | HookVerdict::Defer { disconnect, .. } => *disconnect,
+            _ => false,
+        }
+    }
+
+    pub fn kind(&self) -> VerdictKind {
+        match self {
+            HookVerdict::Pass { .. } => VerdictKind::Pass,
+            HookVerdict::Reply { .. } => VerdictKind::Reply,
+            HookVerdict::Accept { .. } => VerdictKind::Accept,
+            HookVerdict::Reject { .. } => VerdictKind::Reject,
+            HookVerdict::Defer { .. } => VerdictKind::Defer,
+        }
+    }
+}
+
+/// One `mail:queue(...)` (or the default eod's queueing of one recipient).
+#[derive(Debug, Clone)]
+pub struct QueueRequest {
+    pub queue_id: String,
+    pub sender: String,
+    pub recipient: String,
+    pub transportid: String,
+    /// The message with the script's header/body changes applied.
+    pub message: bytes::Bytes,
+    pub metadata: BTreeMap<String, String>,
+    pub hold: bool,
+    pub jobid: Option<String>,
+    pub delay: Option<Duration>,
+    pub dsn: QueueDsn,
+}
+
+/// RFC 3461 parameters for one queued recipient.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueDsn {
+    pub envid: Option<String>,
+    /// "FULL" or "HDRS".
+    pub ret: Option<String>,
+    /// Comma-separated NOTIFY list, e.g. "FAILURE,DELAY".
+    pub notify: Option<String>,
+    /// "rfc822;user@example.org".
+    pub orcpt: Option<String>,
+}
+
+/// One `History(...)` call.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryRequest {
+    /// REJECT, DELETE, DELIVER, DEFER or ERROR.
+    pub action: String,
+    pub recipient: String,
+    pub sender: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub transportid: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Build the reply of a verdict from what the script chose and the hook's
+/// defaults.
+pub(crate) fn build_reply(
+    default: DefaultReply,
+    code: Option<u16>,
+    enhanced: Option<Option<EnhancedCode>>,
+    reason: Option<Vec<String>>,
+) -> SmtpReply {
+    let code = code.unwrap_or(default.code);
+    let enhanced = match enhanced {
+        Some(e) => e,
+        None => {
+            let mut e = default.enhanced;
+            let class = (code / 100) as u8;
+            if class != e.0 && (2..=5).contains(&class) {
+                e.0 = class;
+            }
+            Some(e)
+        }
+    };
+    let lines = match reason {
+        Some(lines) if !lines.is_empty() => lines,
+        _ => vec![default.text.to_string()],
+    };
+    SmtpReply {
+        code,
+        enhanced,
+        lines,
+    }
+}

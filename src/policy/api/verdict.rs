@@ -1,0 +1,295 @@
+//! `Pass`, `Reply`, `Accept`, `Reject`, `Defer`: record the verdict in the
+//! run state and end the script at once. The error they raise cannot be
+//! swallowed by `pcall`/`xpcall`/`coroutine.resume` in user code: the
+//! sandbox's wrappers re-raise it once a termination is recorded.
+
+use mlua::{Lua, MultiValue, Table, Value};
+
+use super::{terminate, with_run, ScriptVerdict, Shared, Termination};
+use crate::policy::hooks::VerdictKind;
+use crate::smtp::reply::EnhancedCode;
+
+pub fn register(lua: &Lua) -> mlua::Result<()> {
+    let g = lua.globals();
+    for kind in [
+        VerdictKind::Pass,
+        VerdictKind::Reply,
+        VerdictKind::Accept,
+        VerdictKind::Reject,
+        VerdictKind::Defer,
+    ] {
+        let f = lua.create_function(move |lua, args: MultiValue| -> mlua::Result<()> {
+            Err(verdict(lua, kind, args))
+        })?;
+        g.set(kind.function(), f)?;
+    }
+    Ok(())
+}
+
+fn fatal(lua: &Lua, msg: String) -> mlua::Error {
+    terminate(lua, Termination::Fatal(msg))
+}
+
+fn verdict(lua: &Lua, kind: VerdictKind, args: MultiValue) -> mlua::Error {
+    match parse(lua, kind, args) {
+        Ok(v) => terminate(lua, Termination::Verdict(v)),
+        Err(msg) => fatal(lua, msg),
+    }
+}
+
+fn parse(lua: &Lua, kind: VerdictKind, args: MultiValue) -> Result<ScriptVerdict, String> {
+    let name = kind.function();
+    let hook = with_run(lua, name, |rs| rs.hook).map_err(|e| e.to_string())?;
+    let spec = hook.spec();
+    if !spec.allows(kind) {
+        return Err(format!(
+            "{name}() is not a verdict of the {} hook (allowed: {})",
+            spec.name,
+            if spec.verdicts.is_empty() {
+                "none".to_string()
+            } else {
+                spec.verdicts
+                    .iter()
+                    .map(|k| format!("{}()", k.function()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ));
+    }
+    let mut args = args.into_iter();
+    let mut v = ScriptVerdict {
+        kind: Some(kind),
+        ..Default::default()
+    };
+    // Pass(options) and Accept(options); the others take (reason, options).
+    let opts = match kind {
+        VerdictKind::Pass | VerdictKind::Accept => args.next().unwrap_or(Value::Nil),
+        _ => {
+            let reason = args.next().unwrap_or(Value::Nil);
+            v.reason = reason_lines(&reason, name)?;
+            args.next().unwrap_or(Value::Nil)
+        }
+    };
+    let opts = match opts {
+        Value::Nil => None,
+        Value::Table(t) => Some(t),
+        other => {
+            return Err(format!(
+                "{name}(): options must be a table, got {}",
+                other.type_name()
+            ))
+        }
+    };
+    let Some(opts) = opts else {
+        return Ok(v);
+    };
+    let allowed: &[&str] = match kind {
+        VerdictKind::Pass => &["command", "next", "transportid"],
+        VerdictKind::Reply => &["disconnect", "reply_codes", "next"],
+        VerdictKind::Accept => &["reason", "reply_codes"],
+        VerdictKind::Reject | VerdictKind::Defer => &["disconnect", "reply_codes"],
+    };
+    for pair in opts.clone().pairs::<Value, Value>() {
+        let (k, _) = pair.map_err(|e| e.to_string())?;
+        let key = k.to_string().unwrap_or_default();
+        if !allowed.contains(&key.as_str()) {
+            return Err(format!(
+                "{name}(): unknown option {key:?} (known: {})",
+                allowed.join(", ")
+            ));
+        }
+    }
+    let get =
+        |key: &str| -> Result<Value, String> { opts.get::<Value>(key).map_err(|e| e.to_string()) };
+    v.disconnect = bool_opt(get("disconnect")?, name, "disconnect")?;
+    v.next = bool_opt(get("next")?, name, "next")?;
+    match get("command")? {
+        Value::Nil => {}
+        Value::String(s) => {
+            let s = s.to_str().map_err(|e| e.to_string())?.to_string();
+            if s.contains(['\r', '\n']) {
+                return Err(format!("{name}(): command must be one line"));
+            }
+            v.command = Some(s);
+        }
+        other => {
+            return Err(format!(
+                "{name}(): command must be a string, got {}",
+                other.type_name()
+            ))
+        }
+    }
+    match get("transportid")? {
+        Value::Nil => {}
+        Value::String(s) => {
+            let id = s.to_str().map_err(|e| e.to_string())?.to_string();
+            let known = lua
+                .app_data_ref::<Shared>()
+                .map(|sh| sh.transports.contains(&id))
+                .unwrap_or(true);
+            if !known {
+                return Err(format!("{name}(): unknown transportid {id:?}"));
+            }
+            v.transportid = Some(id);
+        }
+        other => {
+            return Err(format!(
+                "{name}(): transportid must be a string, got {}",
+                other.type_name()
+            ))
+        }
+    }
+    if kind == VerdictKind::Accept {
+        v.reason = reason_lines(&get("reason")?, name)?;
+    }
+    match get("reply_codes")? {
+        Value::Nil => {}
+        Value::Table(rc) => {
+            parse_reply_codes(&mut v, kind, hook.spec().default_reply(kind).code, &rc)?
+        }
+        other => {
+            return Err(format!(
+                "{name}(): reply_codes must be a table, got {}",
+                other.type_name()
+            ))
+        }
+    }
+    Ok(v)
+}
+
+fn bool_opt(v: Value, name: &str, key: &str) -> Result<bool, String> {
+    match v {
+        Value::Nil => Ok(false),
+        Value::Boolean(b) => Ok(b),
+        other => Err(format!(
+            "{name}(): {key} must be a boolean, got {}",
+            other.type_name()
+        )),
+    }
+}
+
+/// A reason is a string (lines split at newlines) or a list of lines.
+fn reason_lines(v: &Value, name: &str) -> Result<Option<Vec<String>>, String> {
+    let mut lines = Vec::new();
+    let mut push = |s: &str| {
+        for l in s.split('\n') {
+            lines.push(l.trim_end_matches('\r').to_string());
+        }
+    };
+    match v {
+        Value::Nil => return Ok(None),
+        Value::String(s) => push(&s.to_string_lossy()),
+        Value::Integer(_) | Value::Number(_) => push(&v.to_string().unwrap_or_default()),
+        Value::Table(t) => {
+            for item in t.clone().sequence_values::<Value>() {
+                let item = item.map_err(|e| e.to_string())?;
+                match item {
+                    Value::String(s) => push(&s.to_string_lossy()),
+                    Value::Integer(_) | Value::Number(_) => {
+                        push(&item.to_string().unwrap_or_default())
+                    }
+                    other => {
+                        return Err(format!(
+                            "{name}(): reason lines must be strings, got {}",
+                            other.type_name()
+                        ))
+                    }
+                }
+            }
+        }
+        other => {
+            return Err(format!(
+                "{name}(): reason must be a string or a list of strings, got {}",
+                other.type_name()
+            ))
+        }
+    }
+    Ok(if lines.iter().all(|l| l.is_empty()) {
+        None
+    } else {
+        Some(lines)
+    })
+}
+
+fn parse_reply_codes(
+    v: &mut ScriptVerdict,
+    kind: VerdictKind,
+    default_code: u16,
+    rc: &Table,
+) -> Result<(), String> {
+    let name = kind.function();
+    let code = match rc.get::<Value>("code").map_err(|e| e.to_string())? {
+        Value::Nil => None,
+        Value::Integer(i) => Some(i),
+        Value::Number(n) if n.fract() == 0.0 => Some(n as i64),
+        other => {
+            return Err(format!(
+                "{name}(): reply_codes.code must be an integer, got {other:?}"
+            ))
+        }
+    };
+    if let Some(c) = code {
+        if !(200..=599).contains(&c) {
+            return Err(format!(
+                "{name}(): reply_codes.code {c} is not an SMTP reply code"
+            ));
+        }
+        let c = c as u16;
+        if !kind.allowed_classes().contains(&(c / 100)) {
+            return Err(format!(
+                "{name}(): reply_codes.code {c} does not fit the verdict (allowed: {})",
+                kind.allowed_classes()
+                    .iter()
+                    .map(|k| format!("{k}xx"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        v.code = Some(c);
+    }
+    let effective = v.code.unwrap_or(default_code);
+    let enhanced = match rc.get::<Value>("enhanced").map_err(|e| e.to_string())? {
+        Value::Nil => None,
+        Value::Boolean(false) => Some(None),
+        Value::String(s) => {
+            let s = s.to_string_lossy();
+            Some(Some(EnhancedCode::parse(&s).ok_or_else(|| {
+                format!("{name}(): reply_codes.enhanced {s:?} is not x.y.z")
+            })?))
+        }
+        Value::Table(t) => {
+            let parts: Vec<i64> = t
+                .sequence_values::<i64>()
+                .collect::<mlua::Result<_>>()
+                .map_err(|e| format!("{name}(): reply_codes.enhanced: {e}"))?;
+            let text = parts
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(".");
+            if parts.len() != 3 {
+                return Err(format!(
+                    "{name}(): reply_codes.enhanced must have three numbers"
+                ));
+            }
+            Some(Some(EnhancedCode::parse(&text).ok_or_else(|| {
+                format!("{name}(): reply_codes.enhanced {{{text}}} is not a valid status code")
+            })?))
+        }
+        other => {
+            return Err(format!(
+                "{name}(): reply_codes.enhanced must be a table of three numbers, got {}",
+                other.type_name()
+            ))
+        }
+    };
+    if let Some(Some(e)) = enhanced {
+        if e.0 as u16 != effective / 100 {
+            return Err(format!(
+                "{name}(): enhanced code {e} does not match reply code {effective}"
+            ));
+        }
+    }
+    v.enhanced = enhanced;
+    Ok(())
+}

@@ -1,0 +1,668 @@
+//! The engine: scripts compiled once per config "epoch", a pool of Lua states
+//! (KumoMTA style: taken for one run, returned explicitly, dropped when they
+//! belong to an older epoch, have served too many runs, or hit a limit), and
+//! the dispatch that turns a run into a [`HookOutcome`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use mlua::{AnyUserData, ChunkMode, Function, Lua, Table, Value};
+
+use super::api::mail::MailMessage;
+use super::api::{self, dns::Dns, envelope, RunState, ScriptVerdict, Shared, Termination};
+use super::hooks::{Fallback, Hook, HookSpec, VerdictKind, HOOKS};
+use super::sandbox::{self, Limits, DEFAULT_INSTRUCTION_LIMIT, DEFAULT_MEMORY_LIMIT};
+use super::{
+    build_reply, HookArguments, HookInput, HookOutcome, HookVerdict, PolicyError, QueueDsn,
+    QueueRequest,
+};
+use crate::config::Config;
+use crate::smtp::reply::SmtpReply;
+
+/// A state serves at most this many runs before it is replaced.
+const MAX_USES: u32 = 10_000;
+/// Idle states kept for reuse.
+const MAX_IDLE: usize = 128;
+/// Wall-clock bound on one run (a script waiting on DNS forever, say).
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Script {
+    path: PathBuf,
+    bytecode: Vec<u8>,
+}
+
+/// Everything compiled from one config.
+struct Epoch {
+    id: u64,
+    /// Per hook, the scripts that run in order (extra sources, then the file).
+    scripts: [Vec<Arc<Script>>; 12],
+    lib_path: Vec<PathBuf>,
+    limits: Limits,
+    /// Uppercase verbs the proxy hook wants; empty = the ones the server does not know.
+    proxy_commands: Vec<String>,
+    transports: BTreeSet<String>,
+    dns: Arc<Dns>,
+}
+
+struct PooledState {
+    lua: Lua,
+    epoch: u64,
+    uses: u32,
+    /// `{__index = globals}`: the metatable of each run's `_ENV`.
+    env_mt: Table,
+    /// Tells the sandbox's `load` which `_ENV` is running.
+    set_env: Function,
+    /// The loaded hook functions (from bytecode), per hook and chain position.
+    hooks: HashMap<(Hook, usize), Function>,
+}
+
+pub struct PolicyEngine {
+    current: RwLock<Arc<Epoch>>,
+    pool: Mutex<Vec<PooledState>>,
+    next_epoch: AtomicU64,
+}
+
+/// A hook script that does not come from a `[scripts]` file: an Axigen
+/// policy translated to Lua, say. It runs before the configured file of its
+/// hook; the first script of a chain that gives a verdict ends the run.
+#[derive(Debug, Clone)]
+pub struct ScriptSource {
+    pub hook: Hook,
+    /// Shown in errors and tracebacks, e.g. "policy.axigen".
+    pub name: String,
+    pub source: String,
+}
+
+fn compile(cfg: &Config, extra: &[ScriptSource], id: u64) -> Result<Epoch, PolicyError> {
+    let mut scripts: [Vec<Arc<Script>>; 12] = Default::default();
+    for x in extra {
+        let path = PathBuf::from(&x.name);
+        let bytecode = sandbox::compile_wrapped(&path, &x.source)?;
+        scripts[x.hook.index()].push(Arc::new(Script { path, bytecode }));
+    }
+    for spec in &HOOKS {
+        if let Some(path) = (spec.script)(&cfg.scripts) {
+            let bytecode = sandbox::compile_file(path)?;
+            scripts[spec.hook.index()].push(Arc::new(Script {
+                path: path.to_path_buf(),
+                bytecode,
+            }));
+        }
+    }
+    let s = &cfg.scripts;
+    let lib_path = if s.lib_path.is_empty() {
+        vec![PathBuf::from("lib-lua")]
+    } else {
+        s.lib_path.clone()
+    };
+    Ok(Epoch {
+        id,
+        scripts,
+        lib_path,
+        limits: Limits {
+            memory: if s.memory_limit == 0 {
+                DEFAULT_MEMORY_LIMIT
+            } else {
+                s.memory_limit
+            },
+            instructions: if s.instruction_limit == 0 {
+                DEFAULT_INSTRUCTION_LIMIT
+            } else {
+                s.instruction_limit
+            },
+        },
+        proxy_commands: s
+            .proxy_commands
+            .iter()
+            .map(|c| c.trim().to_ascii_uppercase())
+            .filter(|c| !c.is_empty())
+            .collect(),
+        transports: cfg.transport.keys().cloned().collect(),
+        dns: Arc::new(Dns::new(&cfg.dns)),
+    })
+}
+
+impl PolicyEngine {
+    /// Compile every configured script. Errors name `file:line: message`.
+    pub fn load(cfg: &Config) -> Result<Arc<PolicyEngine>, PolicyError> {
+        Self::load_with(cfg, &[])
+    }
+
+    /// [`load`](Self::load) plus scripts that are not `[scripts]` files.
+    pub fn load_with(
+        cfg: &Config,
+        extra: &[ScriptSource],
+    ) -> Result<Arc<PolicyEngine>, PolicyError> {
+        let epoch = compile(cfg, extra, 1)?;
+        Ok(Arc::new(PolicyEngine {
+            current: RwLock::new(Arc::new(epoch)),
+            pool: Mutex::new(Vec::new()),
+            next_epoch: AtomicU64::new(2),
+        }))
+    }
+
+    /// `sluice check`: compile the hook scripts and every module under
+    /// lib_path, and try building a state.
+    pub fn check(cfg: &Config) -> Result<(), PolicyError> {
+        Self::check_with(cfg, &[])
+    }
+
+    pub fn check_with(cfg: &Config, extra: &[ScriptSource]) -> Result<(), PolicyError> {
+        let epoch = compile(cfg, extra, 0)?;
+        for dir in &epoch.lib_path {
+            check_modules(dir)?;
+        }
+        new_pooled(&epoch).map(|_| ())
+    }
+
+    /// Swap in newly compiled scripts; on error the old ones stay.
+    pub fn reload(&self, cfg: &Config) -> Result<(), PolicyError> {
+        self.reload_with(cfg, &[])
+    }
+
+    pub fn reload_with(&self, cfg: &Config, extra: &[ScriptSource]) -> Result<(), PolicyError> {
+        let id = self.next_epoch.fetch_add(1, Ordering::Relaxed);
+        let epoch = Arc::new(compile(cfg, extra, id)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = epoch;
+        let old: Vec<PooledState> =
+            std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(old);
+        Ok(())
+    }
+
+    fn epoch(&self) -> Arc<Epoch> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Is a script configured for `hook`? Eod always has one (the built-in default).
+    pub fn has_hook(&self, hook: Hook) -> bool {
+        hook == Hook::Eod || !self.epoch().scripts[hook.index()].is_empty()
+    }
+
+    /// Should the proxy hook see this command line?
+    pub fn proxy_wants(&self, verb_uppercase: &str, server_knows_verb: bool) -> bool {
+        let e = self.epoch();
+        if e.scripts[Hook::Proxy.index()].is_empty() {
+            return false;
+        }
+        if e.proxy_commands.is_empty() {
+            !server_knows_verb
+        } else {
+            e.proxy_commands
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(verb_uppercase))
+        }
+    }
+
+    /// The scripts (file paths or source names) a hook runs, in order.
+    pub fn scripts(&self, hook: Hook) -> Vec<PathBuf> {
+        self.epoch().scripts[hook.index()]
+            .iter()
+            .map(|s| s.path.clone())
+            .collect()
+    }
+
+    /// Run a hook. Never panics; a script error becomes the hook's error verdict.
+    pub async fn run(&self, hook: Hook, input: HookInput) -> HookOutcome {
+        let epoch = self.epoch();
+        let spec = hook.spec();
+        let chain = &epoch.scripts[hook.index()];
+        if chain.is_empty() {
+            return match hook {
+                Hook::Eod => default_eod(input),
+                _ => fallback_outcome(spec, spec.fallthrough, input.context, None),
+            };
+        }
+        let mut st = match self.take_state(&epoch) {
+            Ok(st) => st,
+            Err(e) => {
+                let msg = format!("{}: {e}", chain[0].path.display());
+                return fallback_outcome(spec, spec.on_error, input.context, Some(msg));
+            }
+        };
+        let (outcome, healthy) = run_in_state(&mut st, &epoch, hook, input).await;
+        st.uses += 1;
+        if healthy {
+            self.give_back(st);
+        }
+        outcome
+    }
+
+    fn take_state(&self, epoch: &Epoch) -> Result<PooledState, PolicyError> {
+        let mut stale = Vec::new();
+        let found = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let mut found = None;
+            while let Some(st) = pool.pop() {
+                if st.epoch == epoch.id {
+                    found = Some(st);
+                    break;
+                }
+                stale.push(st);
+            }
+            found
+        };
+        drop(stale);
+        match found {
+            Some(st) => Ok(st),
+            None => new_pooled(epoch),
+        }
+    }
+
+    fn give_back(&self, st: PooledState) {
+        if st.uses >= MAX_USES || st.epoch != self.epoch().id {
+            return;
+        }
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_IDLE {
+            pool.push(st);
+        }
+    }
+
+    /// Forward-confirmed reverse DNS of a client (for `connection.remoteptr`),
+    /// with the resolver built from `[dns]`.
+    pub async fn fcrdns(&self, ip: std::net::IpAddr) -> Option<String> {
+        let dns = self.epoch().dns.clone();
+        dns.fcrdns(ip).await
+    }
+
+    /// Idle states in the pool (tests, metrics).
+    pub fn idle_states(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+fn new_pooled(epoch: &Epoch) -> Result<PooledState, PolicyError> {
+    let shared = Shared {
+        transports: epoch.transports.clone(),
+        dns: epoch.dns.clone(),
+    };
+    let lua = sandbox::new_state(&epoch.limits, &epoch.lib_path, shared)
+        .map_err(|e| PolicyError::State(e.to_string()))?;
+    let env_mt = lua
+        .create_table()
+        .and_then(|mt| {
+            mt.raw_set("__index", lua.globals())?;
+            // getmetatable(_ENV) must not hand out the shared globals.
+            mt.raw_set("__metatable", false)?;
+            Ok(mt)
+        })
+        .map_err(|e| PolicyError::State(e.to_string()))?;
+    let set_env: Function = lua
+        .named_registry_value(sandbox::SET_ENV_KEY)
+        .map_err(|e| PolicyError::State(e.to_string()))?;
+    Ok(PooledState {
+        lua,
+        epoch: epoch.id,
+        uses: 0,
+        env_mt,
+        set_env,
+        hooks: HashMap::new(),
+    })
+}
+
+fn check_modules(dir: &std::path::Path) -> Result<(), PolicyError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for p in paths {
+        if p.is_dir() {
+            check_modules(&p)?;
+        } else if p.extension().is_some_and(|e| e == "lua") {
+            let src = std::fs::read_to_string(&p).map_err(|e| PolicyError::Read {
+                path: p.clone(),
+                source: e,
+            })?;
+            sandbox::compile_source(&p, &src)?;
+        }
+    }
+    Ok(())
+}
+
+fn hook_function(
+    st: &mut PooledState,
+    hook: Hook,
+    pos: usize,
+    script: &Script,
+) -> mlua::Result<Function> {
+    if let Some(f) = st.hooks.get(&(hook, pos)) {
+        return Ok(f.clone());
+    }
+    let outer = st
+        .lua
+        .load(&script.bytecode[..])
+        .set_name(format!("@{}", script.path.display()))
+        .set_mode(ChunkMode::Binary)
+        .into_function()?;
+    let f: Function = outer.call(())?;
+    st.hooks.insert((hook, pos), f.clone());
+    Ok(f)
+}
+
+fn build_env(st: &PooledState, input: &HookInput) -> mlua::Result<(Table, Option<AnyUserData>)> {
+    let lua = &st.lua;
+    let env = lua.create_table()?;
+    env.set_metatable(Some(st.env_mt.clone()))?;
+    env.raw_set("_G", env.clone())?;
+    env.raw_set("connection", envelope::connection(lua, &input.connection)?)?;
+    let txn_id = input.transaction.as_ref().map(|t| t.id.as_str());
+    env.raw_set(
+        "transaction",
+        envelope::transaction(lua, input.transaction.as_ref())?,
+    )?;
+    let args = envelope::arguments(lua, &input.arguments, txn_id)?;
+    let mail: Option<AnyUserData> = args.raw_get("mail")?;
+    env.raw_set("arguments", args)?;
+    env.raw_set("context", envelope::context(lua, &input.context)?)?;
+    Ok((env, mail))
+}
+
+/// Run one hook in a pooled state. Returns the outcome and whether the state
+/// may be reused.
+async fn run_in_state(
+    st: &mut PooledState,
+    epoch: &Epoch,
+    hook: Hook,
+    input: HookInput,
+) -> (HookOutcome, bool) {
+    let spec = hook.spec();
+    let chain = &epoch.scripts[hook.index()];
+    let lua = st.lua.clone();
+    let mut healthy_hint = true;
+    let txn_id = input.transaction.as_ref().map(|t| t.id.clone());
+    lua.set_app_data(RunState::new(
+        hook,
+        input.connection.id.clone(),
+        input.transaction.clone(),
+        epoch.limits.instructions,
+    ));
+    // Which script of the chain is running (for error messages).
+    let current = AtomicUsize::new(0);
+    let prepared = build_env(st, &input).and_then(|(env, mail)| {
+        st.set_env.call::<()>(env.clone())?;
+        Ok((env, mail))
+    });
+    let (env, mail, result) = match prepared {
+        Ok((env, mail)) => {
+            let run_chain = async {
+                for (pos, script) in chain.iter().enumerate() {
+                    current.store(pos, Ordering::Relaxed);
+                    let f = hook_function(st, hook, pos, script)?;
+                    f.call_async::<mlua::MultiValue>(env.clone()).await?;
+                }
+                Ok(())
+            };
+            let r = tokio::time::timeout(RUN_TIMEOUT, run_chain).await;
+            (Some(env), mail, r)
+        }
+        Err(e) => (None, None, Ok(Err(e))),
+    };
+    let script = &chain[current.load(Ordering::Relaxed).min(chain.len() - 1)];
+    let rs = lua.remove_app_data::<RunState>();
+    if st.set_env.call::<()>(Value::Nil).is_err() {
+        healthy_hint = false;
+    }
+    // A script may have kept a reference to the message; empty it so the
+    // message bytes are freed now, not at the state's next GC cycle.
+    if let Some(ud) = mail {
+        let _ = ud.take::<MailMessage>();
+    }
+    let mut healthy = healthy_hint;
+    let context = match env.as_ref().map(|e| e.raw_get::<Value>("context")) {
+        Some(Ok(v)) => match api::lua_to_json(&lua, &v, 0) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(conn = %input.connection.id, hook = spec.name,
+                    "context is not plain data, keeping the previous one: {e}");
+                input.context.clone()
+            }
+        },
+        _ => input.context.clone(),
+    };
+    let Some(rs) = rs else {
+        return (
+            fallback_outcome(spec, spec.on_error, context, Some("run state lost".into())),
+            false,
+        );
+    };
+    let path = script.path.display();
+    let mut outcome = match (rs.termination, result) {
+        (Some(Termination::Verdict(v)), _) => HookOutcome {
+            transportid: if v.kind == Some(VerdictKind::Pass) {
+                v.transportid.clone()
+            } else {
+                None
+            },
+            verdict: resolve(spec, v, txn_id.as_deref()),
+            context,
+            queued: rs.queued,
+            history: Vec::new(),
+            error: None,
+        },
+        (Some(Termination::Fatal(m)), r) => {
+            healthy = false;
+            let detail = match r {
+                Ok(Err(e)) => traceback_of(&e),
+                _ => String::new(),
+            };
+            fallback_outcome(
+                spec,
+                spec.on_error,
+                context,
+                Some(format!("{path}: {m}{detail}")),
+            )
+        }
+        (None, Ok(Ok(()))) => fallback_outcome(spec, spec.fallthrough, context, None),
+        (None, Ok(Err(e))) => {
+            if matches!(e, mlua::Error::MemoryError(_)) {
+                healthy = false;
+            }
+            fallback_outcome(spec, spec.on_error, context, Some(format_error(&e)))
+        }
+        (None, Err(_elapsed)) => {
+            healthy = false;
+            fallback_outcome(
+                spec,
+                spec.on_error,
+                context,
+                Some(format!(
+                    "{path}: timed out after {}s",
+                    RUN_TIMEOUT.as_secs()
+                )),
+            )
+        }
+    };
+    if !matches!(outcome.verdict, HookVerdict::Accept { .. }) {
+        outcome.queued.clear();
+    }
+    outcome.history = rs.history;
+    (outcome, healthy)
+}
+
+fn format_error(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::MemoryError(_) => "memory limit exceeded".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn traceback_of(e: &mlua::Error) -> String {
+    let s = e.to_string();
+    match s.find("stack traceback:") {
+        Some(i) => format!("\n{}", &s[i..]),
+        None => String::new(),
+    }
+}
+
+fn resolve(spec: &HookSpec, v: ScriptVerdict, txn_id: Option<&str>) -> HookVerdict {
+    let kind = v.kind.unwrap_or(VerdictKind::Pass);
+    let default = spec.default_reply(kind);
+    let mut reason = v.reason;
+    if kind == VerdictKind::Accept && spec.hook == Hook::Eod && reason.is_none() {
+        if let Some(id) = txn_id {
+            reason = Some(vec![format!("{} as {id}", default.text)]);
+        }
+    }
+    let reply = || build_reply(default, v.code, v.enhanced, reason.clone());
+    match kind {
+        VerdictKind::Pass => HookVerdict::Pass {
+            command: v.command,
+            next: v.next,
+        },
+        VerdictKind::Reply => {
+            let reply = reply();
+            HookVerdict::Reply {
+                disconnect: v.disconnect || reply.code == 421,
+                reply,
+                next: v.next,
+            }
+        }
+        VerdictKind::Accept => HookVerdict::Accept { reply: reply() },
+        VerdictKind::Reject => {
+            let reply = reply();
+            HookVerdict::Reject {
+                disconnect: v.disconnect || reply.code == 421,
+                reply,
+            }
+        }
+        VerdictKind::Defer => {
+            let reply = reply();
+            HookVerdict::Defer {
+                disconnect: v.disconnect || reply.code == 421,
+                reply,
+            }
+        }
+    }
+}
+
+fn fallback_verdict(f: Fallback) -> HookVerdict {
+    match f {
+        Fallback::Pass => HookVerdict::pass(),
+        Fallback::Reply(d, disconnect) => HookVerdict::Reply {
+            reply: d.reply(),
+            disconnect,
+            next: false,
+        },
+        Fallback::Reject(d, disconnect) => HookVerdict::Reject {
+            reply: d.reply(),
+            disconnect,
+        },
+        Fallback::Defer(d, disconnect) => HookVerdict::Defer {
+            reply: d.reply(),
+            disconnect,
+        },
+    }
+}
+
+fn fallback_outcome(
+    _spec: &HookSpec,
+    f: Fallback,
+    context: serde_json::Value,
+    error: Option<String>,
+) -> HookOutcome {
+    HookOutcome {
+        verdict: fallback_verdict(f),
+        context,
+        queued: Vec::new(),
+        history: Vec::new(),
+        transportid: None,
+        error,
+    }
+}
+
+/// DSN parameters of one envelope recipient.
+pub(crate) fn envelope_dsn(
+    txn: &crate::envelope::TransactionInfo,
+    r: &crate::envelope::RecipientInfo,
+) -> QueueDsn {
+    QueueDsn {
+        envid: txn.dsn.envid.clone(),
+        ret: txn.dsn.ret.clone(),
+        notify: if r.dsn.notify.is_empty() {
+            None
+        } else {
+            Some(r.dsn.notify.join(","))
+        },
+        orcpt: r.dsn.orcpt.as_ref().map(|(t, a)| format!("{t};{a}")),
+    }
+}
+
+/// The built-in eod: queue every recipient to its transport and accept.
+fn default_eod(input: HookInput) -> HookOutcome {
+    let spec = Hook::Eod.spec();
+    let message = match &input.arguments {
+        HookArguments::Mail { message, .. } => message.clone(),
+        _ => {
+            return fallback_outcome(
+                spec,
+                spec.on_error,
+                input.context,
+                Some("eod without a message".into()),
+            )
+        }
+    };
+    let Some(txn) = &input.transaction else {
+        return fallback_outcome(
+            spec,
+            spec.on_error,
+            input.context,
+            Some("eod without a transaction".into()),
+        );
+    };
+    if txn.recipients.is_empty() {
+        return HookOutcome {
+            verdict: HookVerdict::Reject {
+                reply: SmtpReply::with(554, "5.5.1", "No valid recipients"),
+                disconnect: false,
+            },
+            context: input.context,
+            queued: Vec::new(),
+            history: Vec::new(),
+            transportid: None,
+            error: None,
+        };
+    }
+    let queued = txn
+        .recipients
+        .iter()
+        .map(|r| QueueRequest {
+            queue_id: crate::ids::new_id(),
+            sender: txn.sender.clone(),
+            recipient: r.recipient.clone(),
+            transportid: if r.transportid.is_empty() {
+                "default".to_string()
+            } else {
+                r.transportid.clone()
+            },
+            message: message.clone(),
+            metadata: Default::default(),
+            hold: false,
+            jobid: None,
+            delay: None,
+            dsn: envelope_dsn(txn, r),
+        })
+        .collect();
+    HookOutcome {
+        verdict: HookVerdict::Accept {
+            reply: build_reply(
+                spec.accept,
+                None,
+                None,
+                Some(vec![format!("{} as {}", spec.accept.text, txn.id)]),
+            ),
+        },
+        context: input.context,
+        queued,
+        history: Vec::new(),
+        transportid: None,
+        error: None,
+    }
+}

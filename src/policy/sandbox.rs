@@ -1,0 +1,337 @@
+//! A fresh Lua state for hook scripts: the safe standard libraries, the
+//! Sluice API, and nothing that reaches the host.
+//!
+//! Not there: `io`, `debug`, `package.loadlib`/C modules, `dofile`,
+//! `loadfile`, `os.execute`/`exit`/`remove`/`rename`/`getenv`/`tmpname`,
+//! `string.dump`, `__gc` metamethods. `load` accepts only text chunks. `require` loads
+//! `NAME.lua` or `NAME/init.lua` from `[scripts] lib_path` only.
+//!
+//! Limits: a memory limit on the whole state and an instruction budget per
+//! hook run (counted by a VM hook every [`INSTRUCTION_STEP`] instructions).
+//! Exceeding either records a fatal termination, so — like verdicts — it
+//! cannot be swallowed by `pcall`: the prelude wraps `pcall`, `xpcall` and
+//! `coroutine.resume` to re-raise once the run is terminated.
+
+use std::path::{Path, PathBuf};
+
+use mlua::{ChunkMode, HookTriggers, Lua, LuaOptions, StdLib, Value, VmState};
+
+use super::api::{self, RunState, Shared, Termination};
+
+/// The instruction hook fires this often; the budget is counted in steps.
+pub const INSTRUCTION_STEP: u32 = 1000;
+
+/// Registry key of the prelude's function that tells `load` the running
+/// hook's `_ENV`.
+pub const SET_ENV_KEY: &str = "sluice.set_env";
+
+pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
+pub const DEFAULT_INSTRUCTION_LIMIT: u64 = 10_000_000;
+
+/// Runs once per state, before any user code. Captures the raw functions in
+/// upvalues (the user cannot reach them without `debug`).
+const PRELUDE: &str = r##"
+local terminated, find_module, pending = ...
+local raw_pcall, raw_xpcall, raw_error, raw_load = pcall, xpcall, error, load
+local raw_resume, raw_yield, raw_status = coroutine.resume, coroutine.yield, coroutine.status
+local raw_collect, select, type = collectgarbage, select, type
+
+local function check(ok, ...)
+  if not ok and terminated((...)) then
+    raw_error((...), 0)
+  end
+  return ok, ...
+end
+
+pcall = function(f, ...)
+  return check(raw_pcall(f, ...))
+end
+
+xpcall = function(f, handler, ...)
+  local function h(e)
+    if terminated(e) then return e end
+    return handler(e)
+  end
+  return check(raw_xpcall(f, h, ...))
+end
+
+-- An async host function (dns.query) called inside a user coroutine yields
+-- mlua's "pending" signal to that coroutine: pass it up to the executor and
+-- resume the coroutine when the executor polls again.
+local function resume_loop(co, ok, ...)
+  if ok and select("#", ...) == 1 and (...) == pending and raw_status(co) == "suspended" then
+    return resume_loop(co, raw_resume(co, raw_yield(pending)))
+  end
+  return check(ok, ...)
+end
+coroutine.resume = function(co, ...)
+  return resume_loop(co, raw_resume(co, ...))
+end
+local resume = coroutine.resume
+local function unwrap(ok, ...)
+  if ok then return ... end
+  raw_error((...), 0)
+end
+coroutine.wrap = function(f)
+  local co = coroutine.create(f)
+  return function(...)
+    return unwrap(resume(co, ...))
+  end
+end
+
+-- Chunks loaded without an explicit env see the running hook's _ENV (so
+-- they neither miss `connection` nor leak globals into the shared state).
+local current_env
+load = function(chunk, name, mode, ...)
+  if mode ~= nil and mode ~= "t" then
+    raw_error("load: only text chunks may be loaded", 2)
+  end
+  if select("#", ...) > 0 then
+    return raw_load(chunk, name, "t", (...))
+  end
+  if current_env ~= nil then
+    return raw_load(chunk, name, "t", current_env)
+  end
+  return raw_load(chunk, name, "t")
+end
+
+collectgarbage = function(opt, ...)
+  if opt == nil or opt == "collect" or opt == "count" or opt == "step" then
+    return raw_collect(opt, ...)
+  end
+  raw_error("collectgarbage: option '" .. tostring(opt) .. "' is not allowed", 2)
+end
+
+-- Lua runs finalizers with debug hooks off: a looping __gc would escape the
+-- instruction budget and hang the thread (even while the state is closed).
+local raw_setmetatable, rawget = setmetatable, rawget
+setmetatable = function(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    raw_error("setmetatable: __gc metamethods are not allowed", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
+
+local loaded = {}
+package = { loaded = loaded }
+require = function(name)
+  if type(name) ~= "string" then
+    raw_error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
+  end
+  local m = loaded[name]
+  if m ~= nil then return m end
+  local chunk, path = find_module(name)
+  local r = chunk(name, path)
+  if r == nil then r = true end
+  loaded[name] = r
+  return r
+end
+
+return function(env) current_env = env end
+"##;
+
+/// The lib_path of the state's epoch.
+struct LibPath(Vec<PathBuf>);
+
+pub struct Limits {
+    pub memory: usize,
+    pub instructions: u64,
+}
+
+pub fn new_state(limits: &Limits, lib_path: &[PathBuf], shared: Shared) -> mlua::Result<Lua> {
+    let libs = StdLib::COROUTINE
+        | StdLib::TABLE
+        | StdLib::STRING
+        | StdLib::UTF8
+        | StdLib::MATH
+        | StdLib::OS;
+    let lua = Lua::new_with(libs, LuaOptions::new())?;
+    let g = lua.globals();
+    g.raw_set("dofile", Value::Nil)?;
+    g.raw_set("loadfile", Value::Nil)?;
+    // A new `os` with only the clock functions.
+    let os_full: mlua::Table = g.get("os")?;
+    let os = lua.create_table()?;
+    for name in ["clock", "date", "difftime", "time"] {
+        os.set(name, os_full.get::<Value>(name)?)?;
+    }
+    g.raw_set("os", os)?;
+    let string: mlua::Table = g.get("string")?;
+    string.raw_set("dump", Value::Nil)?;
+
+    api::register_all(&lua)?;
+    lua.set_app_data(shared);
+    lua.set_app_data(LibPath(lib_path.to_vec()));
+
+    let terminated = lua.create_function(|lua, err: Value| Ok(check_terminated(lua, &err)))?;
+    let find = lua.create_function(|lua, name: String| find_module(lua, &name))?;
+    let set_env: mlua::Function = lua
+        .load(PRELUDE)
+        .set_name("=sandbox")
+        .set_mode(ChunkMode::Text)
+        .call((terminated, find, Value::LightUserData(Lua::poll_pending())))?;
+    lua.set_named_registry_value(SET_ENV_KEY, set_env)?;
+
+    lua.set_global_hook(
+        HookTriggers::new().every_nth_instruction(INSTRUCTION_STEP),
+        |lua, _debug| {
+            let Some(mut rs) = lua.app_data_mut::<RunState>() else {
+                return Ok(VmState::Continue);
+            };
+            if let Some(t) = &rs.termination {
+                // Terminated but still running (a handler, a __close): stop it.
+                let msg = match t {
+                    Termination::Fatal(m) => m.clone(),
+                    Termination::Verdict(_) => "script terminated".to_string(),
+                };
+                return Err(mlua::Error::runtime(msg));
+            }
+            rs.instructions += INSTRUCTION_STEP as u64;
+            if rs.instructions > rs.instruction_limit {
+                let msg = format!(
+                    "instruction limit exceeded ({} instructions)",
+                    rs.instruction_limit
+                );
+                rs.termination = Some(Termination::Fatal(msg.clone()));
+                return Err(mlua::Error::runtime(msg));
+            }
+            Ok(VmState::Continue)
+        },
+    )?;
+    lua.set_memory_limit(limits.memory)?;
+    Ok(lua)
+}
+
+/// Is the run over (verdict, budget)? A memory error seen by `pcall` ends
+/// the run too: the script cannot be trusted to recover from it.
+fn check_terminated(lua: &Lua, err: &Value) -> bool {
+    let is_mem = match err {
+        Value::Error(e) => matches!(**e, mlua::Error::MemoryError(_)),
+        Value::String(s) => s.as_bytes().as_ref() == b"not enough memory",
+        _ => false,
+    };
+    if is_mem {
+        if let Some(mut rs) = lua.app_data_mut::<RunState>() {
+            if rs.termination.is_none() {
+                rs.termination = Some(Termination::Fatal("memory limit exceeded".into()));
+            }
+        }
+    }
+    api::is_terminated(lua)
+}
+
+fn valid_module_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
+/// The `require` searcher: lib_path only, text chunks only.
+fn find_module(lua: &Lua, name: &str) -> mlua::Result<(mlua::Function, String)> {
+    if !valid_module_name(name) {
+        return Err(mlua::Error::runtime(format!(
+            "require: {name:?} is not a module name (letters, digits, '_', '-', dots)"
+        )));
+    }
+    let dirs = lua
+        .app_data_ref::<LibPath>()
+        .map(|l| l.0.clone())
+        .unwrap_or_default();
+    let rel = name.replace('.', "/");
+    for dir in &dirs {
+        for cand in [
+            dir.join(format!("{rel}.lua")),
+            dir.join(&rel).join("init.lua"),
+        ] {
+            if cand.is_file() {
+                let src = std::fs::read(&cand).map_err(|e| {
+                    mlua::Error::runtime(format!("require: {}: {e}", cand.display()))
+                })?;
+                let f = lua
+                    .load(&src[..])
+                    .set_name(format!("@{}", cand.display()))
+                    .set_mode(ChunkMode::Text)
+                    .set_environment(lua.globals())
+                    .into_function()?;
+                return Ok((f, cand.display().to_string()));
+            }
+        }
+    }
+    Err(mlua::Error::runtime(format!(
+        "require: module {name:?} not found in lib_path ({})",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+/// Wrap a hook script so each run gets its own `_ENV` (connection,
+/// transaction, arguments, context, and the globals the script defines).
+/// The prefix shares line 1, so line numbers in errors stay right.
+pub fn wrap_source(src: &str) -> String {
+    let body = if src.starts_with('#') {
+        // A shebang line: Lua skips it in a main chunk; keep the line count.
+        match src.find('\n') {
+            Some(i) => format!("--{}", &src[i..]),
+            None => String::new(),
+        }
+    } else {
+        src.to_string()
+    };
+    format!("return function(_ENV, ...) {body}\nend")
+}
+
+/// Compile a script file to bytecode; errors are `file:line: message`.
+pub fn compile_file(path: &Path) -> Result<Vec<u8>, super::PolicyError> {
+    let src = std::fs::read_to_string(path).map_err(|e| super::PolicyError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    compile_wrapped(path, &src)
+}
+
+/// Compile a hook script wrapped by [`wrap_source`]. On a syntax error the
+/// unwrapped source is compiled for the message, so errors at the end of the
+/// file read exactly as Lua reports them for the file itself.
+pub fn compile_wrapped(path: &Path, src: &str) -> Result<Vec<u8>, super::PolicyError> {
+    match compile_source(path, &wrap_source(src)) {
+        Ok(b) => Ok(b),
+        Err(wrapped) => match compile_source(path, src) {
+            Err(raw) => Err(raw),
+            Ok(_) => Err(wrapped),
+        },
+    }
+}
+
+pub fn compile_source(path: &Path, src: &str) -> Result<Vec<u8>, super::PolicyError> {
+    let lua = Lua::new_with(StdLib::NONE, LuaOptions::new())
+        .map_err(|e| super::PolicyError::State(e.to_string()))?;
+    match lua
+        .load(src)
+        .set_name(format!("@{}", path.display()))
+        .set_mode(ChunkMode::Text)
+        .into_function()
+    {
+        Ok(f) => Ok(f.dump(false)),
+        Err(e) => {
+            let message = match &e {
+                mlua::Error::SyntaxError { message, .. } => message.clone(),
+                other => other.to_string(),
+            };
+            let line = message
+                .strip_prefix(&format!("{}:", path.display()))
+                .and_then(|rest| rest.split(':').next())
+                .and_then(|n| n.parse().ok());
+            Err(super::PolicyError::Compile {
+                path: path.to_path_buf(),
+                line,
+                message,
+            })
+        }
+    }
+}
