@@ -46,6 +46,22 @@ pub enum Cmd {
     },
     /// SMTP load generator: msgs/s and end-of-data → 250 latency.
     Bench(BenchArgs),
+    /// Run one hook of the configured scripts against a sample message and
+    /// envelope, and print the verdict (and what it queued) as JSON.
+    TestScript(TestScriptArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TestScriptArgs {
+    /// Hook name: connect, helo, auth, mailfrom, rcptto, data, headers, eod, disconnect, proxy…
+    pub hook: String,
+    /// Message file (RFC 5322) for headers/eod.
+    #[arg(long)]
+    pub message: Option<PathBuf>,
+    /// Envelope and arguments as JSON, e.g.
+    /// '{"connection":{"remoteip":"192.0.2.1"},"transaction":{"sender":"a@b"},"arguments":{"address":"x@y"}}'
+    #[arg(long, default_value = "{}")]
+    pub envelope: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,7 +133,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if cfg.needs_tls() {
                 crate::tls::server_config(&cfg.tls).context("[tls]")?;
             }
+            crate::policy::PolicyEngine::check(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("config OK");
+            Ok(())
+        }
+        Cmd::TestScript(t) => {
+            let cfg = load_config(&cli)?;
+            let hook = crate::policy::Hook::from_name(&t.hook)
+                .ok_or_else(|| anyhow::anyhow!("unknown hook {:?}", t.hook))?;
+            let message = match &t.message {
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                }
+                None => None,
+            };
+            let envelope: Value =
+                serde_json::from_str(&t.envelope).context("--envelope is not JSON")?;
+            let out = crate::policy::test_script(&cfg, hook, message, &envelope)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::policy::outcome_json(&out))?
+            );
             Ok(())
         }
         Cmd::Reload => {

@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::control::{self, ReloadFn};
+use crate::policy::PolicyEngine;
 use crate::smtp::server::{self, RunningServer};
 use crate::store::Store;
 use crate::tls::{self, TlsStore};
@@ -41,11 +42,18 @@ impl Daemon {
             // Optional: STARTTLS is simply not offered without a certificate.
             TlsStore::new(tls::server_config(&config.tls).ok())
         };
+        let policy = PolicyEngine::load(&config).context("loading scripts")?;
         let reload: ReloadFn = {
             let config = config.clone();
             let tls_store = tls_store.clone();
+            let policy = policy.clone();
             Arc::new(move || {
                 let mut done = Vec::new();
+                // Scripts first: a broken script keeps the old ones (and says where).
+                policy
+                    .reload(&config)
+                    .map_err(|e| format!("scripts: {e}"))?;
+                done.push("scripts");
                 if config.tls.certificate.exists() {
                     let sc = tls::server_config(&config.tls).map_err(|e| e.to_string())?;
                     tls_store.set(sc);
@@ -61,7 +69,7 @@ impl Daemon {
                 ))
             })
         };
-        let server = server::start(config.clone(), store.clone(), tls_store)
+        let server = server::start(config.clone(), store.clone(), tls_store, policy)
             .await
             .context("starting listeners")?;
         let control = match control::serve(

@@ -19,6 +19,7 @@ use super::io::{Conn, Stream};
 use super::proxy_protocol;
 use super::session::Session;
 use crate::config::{Config, ListenerConfig, ListenerTls};
+use crate::policy::PolicyEngine;
 use crate::store::Store;
 use crate::tls::TlsStore;
 
@@ -36,6 +37,7 @@ pub enum Phase {
 pub struct ServerContext {
     pub config: Arc<Config>,
     pub store: Store,
+    pub policy: Arc<PolicyEngine>,
     pub tls: TlsStore,
     pub limiter: ConnLimiter,
     pub phase: watch::Receiver<Phase>,
@@ -118,11 +120,13 @@ pub async fn start(
     config: Arc<Config>,
     store: Store,
     tls: TlsStore,
+    policy: Arc<PolicyEngine>,
 ) -> Result<RunningServer, ServerError> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let ctx = Arc::new(ServerContext {
         config: config.clone(),
         store,
+        policy,
         tls,
         limiter: ConnLimiter::default(),
         phase: phase_rx,

@@ -18,9 +18,12 @@ use super::io::{Conn, IoError, Line, Stream};
 use super::reply::SmtpReply;
 use super::server::{Phase, ServerContext};
 use crate::config::{BareLineEnding, ListenerConfig, ListenerTls};
+use crate::envelope::AuthInfo;
 use crate::envelope::{
     Address, ConnectionInfo, HeloInfo, MessageDsn, RecipientDsn, RecipientInfo, TransactionInfo,
 };
+use crate::policy::{Hook, HookArguments, HookInput, HookOutcome, HookVerdict, QueueRequest};
+use crate::store::history::HistoryRecord;
 use crate::store::queue::{ClientInfo, NewMessage, QueueEntry, QueueState, QueuedRecipient};
 
 /// How a step of the session ends.
@@ -47,6 +50,16 @@ pub struct Session {
     /// The connection's `context` table for scripts (plain data).
     pub context: serde_json::Value,
     messages: usize,
+    /// The proxy hook asked to see the next command line (`next = true`).
+    proxy_next: bool,
+}
+
+/// What the server does after a stage hook.
+enum Decision {
+    /// Go on; use this reply instead of the default one if given.
+    Proceed(Option<SmtpReply>),
+    /// The hook answered (reply already queued); stop here.
+    Stop(Flow),
 }
 
 fn now_secs() -> f64 {
@@ -95,6 +108,7 @@ impl Session {
             errors: 0,
             context: serde_json::Value::Object(Default::default()),
             messages: 0,
+            proxy_next: false,
         }
     }
 
@@ -133,13 +147,43 @@ impl Session {
             tls = self.info.tls.is_some(),
             "connect"
         );
+        if self.ctx.config.smtp.reverse_dns {
+            if let Ok(ip) = self.info.remoteip.parse() {
+                self.info.remoteptr = self.ctx.policy.fcrdns(ip).await;
+            }
+        }
         let banner = format!(
             "{} {}",
             self.ctx.config.hostname, self.ctx.config.smtp.banner
         );
-        self.conn
-            .queue_reply(&SmtpReply::new(220, None, banner).render(false));
-        let end = self.command_loop().await;
+        let end = match self.hook(Hook::Connect, HookArguments::None).await {
+            Some(HookVerdict::Pass { .. }) | None => {
+                self.conn
+                    .queue_reply(&SmtpReply::new(220, None, banner).render(false));
+                self.command_loop().await
+            }
+            Some(v) => {
+                // The script's reply is the greeting; a refusal ends the session.
+                let reply = v
+                    .reply()
+                    .cloned()
+                    .unwrap_or_else(|| SmtpReply::with(554, "5.7.1", "Access denied"));
+                if reply.is_positive() && !v.disconnect() {
+                    self.conn.queue_reply(&reply.render(false));
+                    self.command_loop().await
+                } else {
+                    info!(conn = %self.info.id, reply = %reply, "connection refused by policy");
+                    self.conn.queue_reply(&reply.render(true));
+                    "policy"
+                }
+            }
+        };
+        if self.ctx.policy.has_hook(Hook::Disconnect) {
+            self.tx = None;
+            let _ = self
+                .run_hook(Hook::Disconnect, HookArguments::None, None)
+                .await;
+        }
         self.conn.shutdown().await;
         info!(
             conn = %self.info.id,
@@ -186,7 +230,10 @@ impl Session {
                 }
             };
             let flow = match String::from_utf8(line) {
-                Ok(s) if !s.contains('\0') => self.dispatch(&s).await,
+                Ok(s) if !s.contains('\0') => match self.proxy(s).await {
+                    Ok(cmd) => self.dispatch(&cmd).await,
+                    Err(flow) => flow,
+                },
                 _ => self.error(500, "5.5.2", "Invalid characters in command"),
             };
             if let Flow::Close = flow {
@@ -221,10 +268,10 @@ impl Session {
             }
         };
         match cmd {
-            Command::Ehlo(host) => self.cmd_helo("EHLO", host),
-            Command::Helo(host) => self.cmd_helo("HELO", host),
-            Command::Mail { address, params } => self.cmd_mail(address, params),
-            Command::Rcpt { address, params } => self.cmd_rcpt(address, params),
+            Command::Ehlo(host) => self.cmd_helo("EHLO", host).await,
+            Command::Helo(host) => self.cmd_helo("HELO", host).await,
+            Command::Mail { address, params } => self.cmd_mail(address, params).await,
+            Command::Rcpt { address, params } => self.cmd_rcpt(address, params).await,
             Command::Data => self.cmd_data().await,
             Command::Bdat { size, last } => self.cmd_bdat(size, last).await,
             Command::Rset => {
@@ -261,7 +308,290 @@ impl Session {
                 Flow::Continue
             }
             Command::StartTls => self.cmd_starttls().await,
-            Command::Auth { .. } => self.error(502, "5.5.1", "AUTH not available"),
+            Command::Auth { mechanism, initial } => self.cmd_auth(mechanism, initial).await,
+        }
+    }
+
+    // ---- policy -------------------------------------------------------
+
+    /// Run a hook if a script is configured for it; returns its verdict.
+    async fn hook(&mut self, hook: Hook, arguments: HookArguments) -> Option<HookVerdict> {
+        let tx = self.tx.as_ref().map(|t| t.info.clone());
+        self.run_hook(hook, arguments, tx).await.map(|o| o.verdict)
+    }
+
+    /// Run a hook with an explicit `transaction` (MAIL FROM: not stored yet).
+    async fn run_hook(
+        &mut self,
+        hook: Hook,
+        arguments: HookArguments,
+        transaction: Option<TransactionInfo>,
+    ) -> Option<HookOutcome> {
+        if !self.ctx.policy.has_hook(hook) {
+            return None;
+        }
+        let txid = transaction.as_ref().map(|t| t.id.clone());
+        let input = HookInput {
+            connection: self.info.clone(),
+            transaction,
+            arguments,
+            context: std::mem::take(&mut self.context),
+        };
+        let mut out = self.ctx.policy.run(hook, input).await;
+        self.context = std::mem::take(&mut out.context);
+        if let Some(e) = &out.error {
+            warn!(conn = %self.info.id, tx = %txid.as_deref().unwrap_or("-"), hook = hook.spec().name, error = %e, "script error");
+        }
+        debug!(conn = %self.info.id, hook = hook.spec().name, verdict = ?out.verdict.kind(), "hook");
+        if !out.history.is_empty() {
+            let recs: Vec<HistoryRecord> = out
+                .history
+                .iter()
+                .map(|h| HistoryRecord {
+                    ts: now_secs(),
+                    action: h.action.clone(),
+                    transaction: txid.clone().unwrap_or_default(),
+                    sender: h.sender.clone().unwrap_or_else(|| {
+                        self.tx
+                            .as_ref()
+                            .map(|t| t.info.sender.clone())
+                            .unwrap_or_default()
+                    }),
+                    recipient: h.recipient.clone(),
+                    transportid: h.transportid.clone().unwrap_or_default(),
+                    reason: h.reason.clone().unwrap_or_default(),
+                    metadata: h.metadata.clone(),
+                    ..self.history_base()
+                })
+                .collect();
+            if let Err(e) = self.ctx.store.append_history(&recs) {
+                warn!(conn = %self.info.id, error = %e, "history write failed");
+            }
+        }
+        Some(out)
+    }
+
+    fn history_base(&self) -> HistoryRecord {
+        HistoryRecord {
+            ts: now_secs(),
+            client_ip: self.info.remoteip.clone(),
+            serverid: self.info.serverid.clone(),
+            connection: self.info.id.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// A REJECT history record per recipient refused at SMTP time.
+    fn record_reject(
+        &self,
+        tx: Option<&TransactionInfo>,
+        recipients: &[String],
+        size: u64,
+        reply: &SmtpReply,
+    ) {
+        let recs: Vec<HistoryRecord> = recipients
+            .iter()
+            .map(|r| HistoryRecord {
+                action: "REJECT".into(),
+                transaction: tx.map(|t| t.id.clone()).unwrap_or_default(),
+                sender: tx.map(|t| t.sender.clone()).unwrap_or_default(),
+                recipient: r.clone(),
+                size,
+                reason: reply.to_string(),
+                ..self.history_base()
+            })
+            .collect();
+        if let Err(e) = self.ctx.store.append_history(&recs) {
+            warn!(conn = %self.info.id, error = %e, "history write failed");
+        }
+    }
+
+    /// Turn a stage hook's verdict into what the server does next.
+    fn decide(&mut self, verdict: Option<HookVerdict>) -> Decision {
+        match verdict {
+            None | Some(HookVerdict::Pass { .. }) => Decision::Proceed(None),
+            Some(HookVerdict::Accept { reply }) => Decision::Proceed(Some(reply)),
+            Some(HookVerdict::Reply {
+                reply, disconnect, ..
+            }) if reply.is_positive() && !disconnect => Decision::Proceed(Some(reply)),
+            Some(v) => {
+                let reply = v
+                    .reply()
+                    .cloned()
+                    .unwrap_or_else(|| SmtpReply::with(550, "5.7.1", "Rejected"));
+                debug!(conn = %self.info.id, tx = %self.tx_id(), reply = %reply, "refused by policy");
+                self.reply(&reply);
+                Decision::Stop(if v.disconnect() {
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                })
+            }
+        }
+    }
+
+    /// The proxy hook: may rewrite the command line or answer it itself.
+    async fn proxy(&mut self, line: String) -> Result<String, Flow> {
+        let verb = command::verb_of(&line);
+        let known = command::KNOWN_VERBS.contains(&verb.as_str());
+        if !self.proxy_next && !self.ctx.policy.proxy_wants(&verb, known) {
+            return Ok(line);
+        }
+        self.proxy_next = false;
+        let args = HookArguments::Proxy {
+            command: line.clone(),
+        };
+        match self.hook(Hook::Proxy, args).await {
+            None => Ok(line),
+            Some(HookVerdict::Pass { command, next }) => {
+                self.proxy_next = next;
+                Ok(command.unwrap_or(line))
+            }
+            Some(HookVerdict::Reply {
+                reply,
+                disconnect,
+                next,
+            }) => {
+                self.proxy_next = next;
+                self.reply(&reply);
+                Err(if disconnect {
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                })
+            }
+            Some(v) => {
+                if let Some(r) = v.reply() {
+                    let r = r.clone();
+                    self.reply(&r);
+                }
+                Err(if v.disconnect() {
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                })
+            }
+        }
+    }
+
+    fn auth_available(&self) -> bool {
+        self.info.tls.is_some() && self.ctx.policy.has_hook(Hook::Auth)
+    }
+
+    /// Send a 334 challenge and read the client's answer (base64 text).
+    async fn sasl_challenge(&mut self, challenge: &str) -> Result<String, Flow> {
+        self.conn.queue_reply(&format!("334 {challenge}\r\n"));
+        let max = self.ctx.config.limits.command_line_length.max(12288);
+        match self
+            .conn
+            .read_line(max, self.ctx.config.limits.command_timeout)
+            .await
+        {
+            Ok(Line::Text(l)) => Ok(String::from_utf8_lossy(&l).trim().to_string()),
+            Ok(Line::TooLong) => {
+                Err(self.error(500, "5.5.6", "Authentication exchange line is too long"))
+            }
+            Err(IoError::Timeout) => {
+                self.send(421, "4.4.2", "Timeout exceeded, closing connection");
+                Err(Flow::Close)
+            }
+            Err(_) => Err(Flow::Close),
+        }
+    }
+
+    async fn cmd_auth(&mut self, mechanism: String, initial: Option<String>) -> Flow {
+        use base64::Engine;
+        if !self.auth_available() || !self.extended {
+            return self.error(503, "5.5.1", "AUTH not available");
+        }
+        if self.info.auth.is_some() {
+            return self.error(503, "5.5.1", "Already authenticated");
+        }
+        if self.tx.is_some() {
+            return self.error(503, "5.5.1", "AUTH not allowed during a mail transaction");
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let decode = |s: &str| -> Option<String> {
+            if s == "=" {
+                return Some(String::new());
+            }
+            b64.decode(s).ok().and_then(|v| String::from_utf8(v).ok())
+        };
+        let (username, password) = match mechanism.as_str() {
+            "PLAIN" => {
+                let resp = match initial {
+                    Some(i) => i,
+                    None => match self.sasl_challenge("").await {
+                        Ok(r) => r,
+                        Err(f) => return f,
+                    },
+                };
+                if resp == "*" {
+                    return self.error(501, "5.0.0", "Authentication cancelled");
+                }
+                let Some(text) = decode(&resp) else {
+                    return self.error(501, "5.5.2", "Invalid base64 data");
+                };
+                let parts: Vec<&str> = text.split('\0').collect();
+                if parts.len() != 3 || parts[1].is_empty() {
+                    return self.error(501, "5.5.2", "Malformed PLAIN response");
+                }
+                (parts[1].to_string(), parts[2].to_string())
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(i) => i,
+                    None => match self.sasl_challenge("VXNlcm5hbWU6").await {
+                        Ok(r) => r,
+                        Err(f) => return f,
+                    },
+                };
+                if user == "*" {
+                    return self.error(501, "5.0.0", "Authentication cancelled");
+                }
+                let pass = match self.sasl_challenge("UGFzc3dvcmQ6").await {
+                    Ok(r) => r,
+                    Err(f) => return f,
+                };
+                if pass == "*" {
+                    return self.error(501, "5.0.0", "Authentication cancelled");
+                }
+                match (decode(&user), decode(&pass)) {
+                    (Some(u), Some(p)) => (u, p),
+                    _ => return self.error(501, "5.5.2", "Invalid base64 data"),
+                }
+            }
+            _ => return self.error(504, "5.5.4", "Unrecognized authentication type"),
+        };
+        let args = HookArguments::Auth {
+            mechanism: mechanism.clone(),
+            username: username.clone(),
+            password,
+        };
+        match self.hook(Hook::Auth, args).await {
+            Some(HookVerdict::Accept { reply }) => {
+                info!(conn = %self.info.id, mechanism = %mechanism, user = %username, "authenticated");
+                self.info.auth = Some(AuthInfo {
+                    mechanism,
+                    username,
+                });
+                self.reply(&reply);
+                Flow::Continue
+            }
+            Some(v) => {
+                let reply = v.reply().cloned().unwrap_or_else(|| {
+                    SmtpReply::with(535, "5.7.8", "Authentication credentials invalid")
+                });
+                info!(conn = %self.info.id, mechanism = %mechanism, user = %username, reply = %reply, "authentication failed");
+                self.reply(&reply);
+                self.errors += 1;
+                if v.disconnect() || self.errors >= self.ctx.config.limits.errors {
+                    self.send(421, "4.7.0", "Too many errors, closing connection");
+                    return Flow::Close;
+                }
+                Flow::Continue
+            }
+            None => self.error(503, "5.5.1", "AUTH not available"),
         }
     }
 
@@ -271,8 +601,19 @@ impl Session {
             && self.ctx.tls.get().is_some()
     }
 
-    fn cmd_helo(&mut self, verb: &str, host: String) -> Flow {
+    async fn cmd_helo(&mut self, verb: &str, host: String) -> Flow {
         self.tx = None;
+        let args = HookArguments::Helo {
+            verb: verb.to_string(),
+            host: host.clone(),
+        };
+        let custom = match self.hook(Hook::Helo, args).await {
+            v @ Some(_) => match self.decide(v) {
+                Decision::Proceed(r) => r,
+                Decision::Stop(flow) => return flow,
+            },
+            None => None,
+        };
         self.extended = verb == "EHLO";
         self.info.helo = Some(HeloInfo {
             verb: verb.to_string(),
@@ -294,6 +635,9 @@ impl Session {
             if self.starttls_available() {
                 lines.push("STARTTLS".to_string());
             }
+            if self.auth_available() && self.info.auth.is_none() {
+                lines.push("AUTH PLAIN LOGIN".to_string());
+            }
             lines.push("HELP".to_string());
             SmtpReply {
                 code: 250,
@@ -304,11 +648,22 @@ impl Session {
             SmtpReply::new(250, None, greet)
         };
         debug!(conn = %self.info.id, verb, helo = %host, "helo");
+        // A script's positive reply replaces the greeting line, not the extension list.
+        let reply = match custom {
+            Some(c) if !self.extended => c,
+            Some(c) => {
+                let mut r = reply;
+                r.code = c.code;
+                r.lines[0] = c.lines.first().cloned().unwrap_or_default();
+                r
+            }
+            None => reply,
+        };
         self.conn.queue_reply(&reply.render(false));
         Flow::Continue
     }
 
-    fn cmd_mail(&mut self, address: String, params: Vec<(String, String)>) -> Flow {
+    async fn cmd_mail(&mut self, address: String, params: Vec<(String, String)>) -> Flow {
         if self.info.helo.is_none() {
             return self.error(503, "5.5.1", "Send HELO/EHLO first");
         }
@@ -384,9 +739,23 @@ impl Session {
             eight_bit,
             smtputf8,
         };
+        let args = HookArguments::MailFrom {
+            address: info.sender.clone(),
+            params: info.senderparams.clone(),
+        };
+        let out = self
+            .run_hook(Hook::MailFrom, args, Some(info.clone()))
+            .await;
+        let custom = match self.decide(out.map(|o| o.verdict)) {
+            Decision::Proceed(r) => r,
+            Decision::Stop(flow) => return flow,
+        };
         debug!(conn = %self.info.id, tx = %info.id, from = %info.sender, "mail from");
         self.tx = Some(Transaction { info, chunks: None });
-        self.send(250, "2.1.0", "Sender OK");
+        match custom {
+            Some(r) => self.reply(&r),
+            None => self.send(250, "2.1.0", "Sender OK"),
+        }
         Flow::Continue
     }
 
@@ -403,7 +772,7 @@ impl Session {
                 rd.eq_ignore_ascii_case(d)
             }
         });
-        if listed {
+        if listed || self.info.auth.is_some() {
             return true;
         }
         let Ok(ip) = self.info.remoteip.parse::<std::net::IpAddr>() else {
@@ -412,7 +781,7 @@ impl Session {
         cfg.trusted_networks.iter().any(|n| n.contains(&ip))
     }
 
-    fn cmd_rcpt(&mut self, address: String, params: Vec<(String, String)>) -> Flow {
+    async fn cmd_rcpt(&mut self, address: String, params: Vec<(String, String)>) -> Flow {
         let Some(tx) = self.tx.as_ref() else {
             return self.error(503, "5.5.1", "Need MAIL command");
         };
@@ -469,21 +838,51 @@ impl Session {
         let rcpt = address.to_lowercase();
         let addr = Address::split(&rcpt);
         let is_postmaster = addr.domain.is_empty();
-        if !is_postmaster && !self.relay_allowed(&addr.domain) {
+        let mut transportid = "default".to_string();
+        let mut custom = None;
+        if self.ctx.policy.has_hook(Hook::RcptTo) {
+            // With an rcptto script, the script decides who may relay.
+            let args = HookArguments::RcptTo {
+                address: rcpt.clone(),
+                params: command::params_map(&params),
+            };
+            let tx_info = self.tx.as_ref().map(|t| t.info.clone());
+            let out = self.run_hook(Hook::RcptTo, args, tx_info).await;
+            if let Some(t) = out.as_ref().and_then(|o| o.transportid.clone()) {
+                transportid = t;
+            }
+            match self.decide(out.map(|o| o.verdict)) {
+                Decision::Proceed(r) => custom = r,
+                Decision::Stop(flow) => {
+                    let tx_info = self.tx.as_ref().map(|t| t.info.clone());
+                    let reply = SmtpReply::new(550, None, "refused by policy");
+                    self.record_reject(tx_info.as_ref(), std::slice::from_ref(&rcpt), 0, &reply);
+                    return flow;
+                }
+            }
+        } else if !is_postmaster && !self.relay_allowed(&addr.domain) {
             info!(conn = %self.info.id, tx = %tx.info.id, to = %rcpt, "relay denied: 550");
+            let info = tx.info.clone();
+            let reply = SmtpReply::with(550, "5.7.1", "Relaying denied");
+            self.record_reject(Some(&info), std::slice::from_ref(&rcpt), 0, &reply);
             return self.error(550, "5.7.1", "Relaying denied");
         }
-        let tx = self.tx.as_mut().expect("checked above");
+        let Some(tx) = self.tx.as_mut() else {
+            return Flow::Continue;
+        };
         if !tx.info.recipients.iter().any(|r| r.recipient == rcpt) {
             tx.info.recipients.push(RecipientInfo {
                 recipient: rcpt,
                 address: addr,
                 params: command::params_map(&params),
-                transportid: "default".to_string(),
+                transportid,
                 dsn,
             });
         }
-        self.send(250, "2.1.5", "Recipient OK");
+        match custom {
+            Some(r) => self.reply(&r),
+            None => self.send(250, "2.1.5", "Recipient OK"),
+        }
         Flow::Continue
     }
 
@@ -555,6 +954,14 @@ impl Session {
         if tx.info.recipients.is_empty() {
             return self.error(554, "5.5.1", "No valid recipients");
         }
+        if let Some(v) = self.hook(Hook::Data, HookArguments::None).await {
+            if let Decision::Stop(flow) = self.decide(Some(v)) {
+                return flow;
+            }
+        }
+        let Some(tx) = self.tx.as_ref() else {
+            return Flow::Continue;
+        };
         let mut builder = self.new_builder(&tx.info);
         self.conn
             .queue_reply("354 End data with <CR><LF>.<CR><LF>\r\n");
@@ -620,7 +1027,25 @@ impl Session {
             }
             return self.error(554, "5.5.1", "No valid recipients");
         }
-        let tx = self.tx.as_mut().expect("checked above");
+        let first = self.tx.as_ref().is_some_and(|t| t.chunks.is_none());
+        if first {
+            if let Some(v) = self.hook(Hook::Data, HookArguments::None).await {
+                if !matches!(v, HookVerdict::Pass { .. }) {
+                    // Refused: the chunk must still be consumed to stay in sync.
+                    if let Err(e) = self.conn.read_exact_into(size, timeout, |_| {}).await {
+                        return self.io_failed(e);
+                    }
+                    self.tx = None;
+                    if let Decision::Stop(flow) = self.decide(Some(v)) {
+                        return flow;
+                    }
+                    return Flow::Continue;
+                }
+            }
+        }
+        let Some(tx) = self.tx.as_mut() else {
+            return Flow::Continue;
+        };
         let mut builder = match tx.chunks.take() {
             Some(b) => b,
             None => {
@@ -757,26 +1182,91 @@ impl Session {
         } else {
             None
         };
+        let rcpts: Vec<String> = info
+            .recipients
+            .iter()
+            .map(|r| r.recipient.clone())
+            .collect();
         if let Some((code, enh, text)) = rejection {
             info!(
                 conn = %self.info.id, tx = %info.id, from = %info.sender,
                 nrcpt = info.recipients.len(), size = builder.size,
                 reply = %format!("{code} {enh}"), "message rejected: {text}"
             );
-            self.send(code, enh, &text);
+            let reply = SmtpReply::with(code, enh, text);
+            self.record_reject(Some(&info), &rcpts, builder.size, &reply);
+            self.reply(&reply);
             return Flow::Continue;
         }
         let size = builder.size;
+        let header_end = builder.header_end.unwrap_or(builder.body.len());
         let body = Bytes::from(builder.body);
-        match self.queue_message(&info, body, size).await {
-            Ok(ids) => {
+
+        if self.ctx.policy.has_hook(Hook::Headers) {
+            let args = HookArguments::Mail {
+                message: body.slice(..header_end),
+                headers_only: true,
+            };
+            let out = self.run_hook(Hook::Headers, args, Some(info.clone())).await;
+            if let Decision::Stop(flow) = self.decide(out.map(|o| o.verdict)) {
+                let reply = SmtpReply::new(550, None, "refused by the headers policy");
+                self.record_reject(Some(&info), &rcpts, size, &reply);
+                return flow;
+            }
+        }
+
+        let result = if self.ctx.policy.scripts(Hook::Eod).is_empty() {
+            // The built-in eod: every recipient to its transport, natively.
+            self.queue_message(&info, body, size)
+                .await
+                .map(|ids| (ids, None))
+        } else {
+            let args = HookArguments::Mail {
+                message: body.clone(),
+                headers_only: false,
+            };
+            let Some(out) = self.run_hook(Hook::Eod, args, Some(info.clone())).await else {
+                return Flow::Continue;
+            };
+            match out.verdict {
+                HookVerdict::Accept { reply } => self
+                    .queue_requests(&info, &out.queued, size)
+                    .await
+                    .map(|ids| (ids, Some(reply))),
+                other => {
+                    let reply = other
+                        .reply()
+                        .cloned()
+                        .unwrap_or_else(|| SmtpReply::with(451, "4.3.0", "Try again later"));
+                    info!(
+                        conn = %self.info.id, tx = %info.id, from = %info.sender,
+                        nrcpt = info.recipients.len(), size, reply = %reply,
+                        "message refused by eod policy"
+                    );
+                    self.record_reject(Some(&info), &rcpts, size, &reply);
+                    self.reply(&reply);
+                    return if other.disconnect() {
+                        Flow::Close
+                    } else {
+                        Flow::Continue
+                    };
+                }
+            }
+        };
+        match result {
+            Ok((ids, reply)) => {
                 self.messages += 1;
                 info!(
                     conn = %self.info.id, tx = %info.id, from = %info.sender,
                     nrcpt = info.recipients.len(), size, queue = %ids.join(","),
                     "queued"
                 );
-                self.send(250, "2.0.0", &format!("Ok: queued as {}", ids.join(",")));
+                match reply {
+                    // A script's own text stays; the default one gets the ids.
+                    Some(r) if r.lines != ["Ok: queued"] => self.reply(&r),
+                    _ if ids.is_empty() => self.send(250, "2.0.0", "Ok"),
+                    _ => self.send(250, "2.0.0", &format!("Ok: queued as {}", ids.join(","))),
+                }
             }
             Err(e) => {
                 warn!(conn = %self.info.id, tx = %info.id, error = %e, "queue write failed: 451");
@@ -788,6 +1278,93 @@ impl Session {
             }
         }
         Flow::Continue
+    }
+
+    /// Commit what an eod script queued: one entry per `mail:queue` call,
+    /// bodies shared between calls that queued the same bytes.
+    async fn queue_requests(
+        &self,
+        info: &TransactionInfo,
+        reqs: &[QueueRequest],
+        size: u64,
+    ) -> Result<Vec<String>, crate::store::StoreError> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_secs();
+        let mut msgs: Vec<NewMessage> = Vec::new();
+        let mut ids = Vec::new();
+        for q in reqs {
+            let idx = match msgs.iter().position(|m| {
+                m.body.as_ptr() == q.message.as_ptr() && m.body.len() == q.message.len()
+            }) {
+                Some(i) => i,
+                None => {
+                    msgs.push(NewMessage {
+                        body_id: crate::ids::new_id(),
+                        body: q.message.clone(),
+                        entries: Vec::new(),
+                    });
+                    msgs.len() - 1
+                }
+            };
+            let notify = q
+                .dsn
+                .notify
+                .as_deref()
+                .map(|n| {
+                    n.split(',')
+                        .map(|s| s.trim().to_ascii_uppercase())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let orcpt = q.dsn.orcpt.as_deref().and_then(|o| {
+                o.split_once(';')
+                    .map(|(t, a)| (t.to_ascii_lowercase(), a.to_string()))
+            });
+            let body_id = msgs[idx].body_id.clone();
+            let message_id = message_id_of(&q.message);
+            msgs[idx].entries.push(QueueEntry {
+                id: q.queue_id.clone(),
+                transaction: info.id.clone(),
+                state: if q.hold {
+                    QueueState::Held
+                } else {
+                    QueueState::Queued
+                },
+                sender: q.sender.clone(),
+                recipients: vec![QueuedRecipient {
+                    recipient: q.recipient.clone(),
+                    transportid: q.transportid.clone(),
+                    dsn: RecipientDsn { notify, orcpt },
+                }],
+                transportid: q.transportid.clone(),
+                dsn: MessageDsn {
+                    ret: q.dsn.ret.clone().or_else(|| info.dsn.ret.clone()),
+                    envid: q.dsn.envid.clone().or_else(|| info.dsn.envid.clone()),
+                },
+                metadata: q.metadata.clone(),
+                jobid: q.jobid.clone(),
+                received_at: now,
+                next_attempt: now + q.delay.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                attempts: 0,
+                size: if q.message.len() as u64 >= size {
+                    q.message.len() as u64
+                } else {
+                    size
+                },
+                body: body_id,
+                smtputf8: info.smtputf8,
+                eight_bit: info.eight_bit,
+                client: self.client_info(),
+                message_id,
+                last_error: None,
+            });
+            ids.push(q.queue_id.clone());
+        }
+        self.ctx.store.commit_messages(&msgs).await?;
+        Ok(ids)
     }
 
     fn client_info(&self) -> ClientInfo {

@@ -36,6 +36,11 @@ impl TestServer {
     /// `extra` is TOML appended to a base config; it may define `[[listener]]`s
     /// (then they replace the default one; use address "127.0.0.1:0").
     pub async fn start(extra: &str) -> TestServer {
+        // Logs of the server under test, visible with RUST_LOG=... and --nocapture.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = make_cert(dir.path());
         let listeners = if extra.contains("[[listener]]") {
