@@ -765,6 +765,7 @@ async fn require_only_from_lib_path() {
     t.script(
         Hook::Helo,
         r#"
+        assert(require("json") == json and require("re") == re)
         local u = require("util")
         local again = require("util")
         assert(u == again)
@@ -1776,4 +1777,22 @@ async fn extra_sources_run_before_the_file() {
     e.reload_with(&t.cfg, &extra("Reject('now')")).unwrap();
     let o = e.run(Hook::RcptTo, input(args())).await;
     assert_eq!(reply_of(&o).lines, vec!["now"]);
+}
+
+/// scripts/API.md carries the hook table generated from `HOOKS`
+/// (`SLUICE_BLESS=1` rewrites it).
+#[test]
+fn api_doc_has_the_hook_table() {
+    let path = repo("scripts/API.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let (start, end) = ("<!-- hooks: generated -->\n", "<!-- /hooks -->");
+    let a = doc.find(start).expect("start marker") + start.len();
+    let b = doc.find(end).expect("end marker");
+    let table = reference_markdown();
+    if std::env::var_os("SLUICE_BLESS").is_some() {
+        let new = format!("{}{}{}", &doc[..a], table, &doc[b..]);
+        std::fs::write(&path, new).unwrap();
+        return;
+    }
+    assert_eq!(&doc[a..b], table, "run with SLUICE_BLESS=1 to update");
 }
