@@ -261,7 +261,7 @@ pub(crate) fn build_reply(
         }
     };
     let lines = match reason {
-        Some(lines) if !lines.is_empty() => lines,
+        Some(lines) if !lines.is_empty() => split_long_lines(lines),
         _ => vec![default.text.to_string()],
     };
     SmtpReply {
@@ -269,4 +269,28 @@ pub(crate) fn build_reply(
         enhanced,
         lines,
     }
+}
+
+/// Reply text per line, in bytes: RFC 5321 §4.5.3.1.5 allows 512 per reply
+/// line including the code and CRLF.
+const REPLY_TEXT_MAX: usize = 480;
+/// Lines of one reply a script may produce.
+const REPLY_LINES_MAX: usize = 64;
+
+fn split_long_lines(lines: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(lines.len());
+    for line in lines {
+        let mut rest = line.as_str();
+        while rest.len() > REPLY_TEXT_MAX {
+            let mut cut = REPLY_TEXT_MAX;
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.push(rest[..cut].to_string());
+            rest = &rest[cut..];
+        }
+        out.push(rest.to_string());
+    }
+    out.truncate(REPLY_LINES_MAX);
+    out
 }

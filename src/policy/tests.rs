@@ -1796,3 +1796,42 @@ fn api_doc_has_the_hook_table() {
     }
     assert_eq!(&doc[a..b], table, "run with SLUICE_BLESS=1 to update");
 }
+
+#[tokio::test]
+async fn queue_refuses_smuggled_addresses() {
+    for bad in [
+        "'a@b>\\r\\nRCPT TO:<x@y'",
+        "'a b@c'",
+        "string.rep('a', 400) .. '@b'",
+    ] {
+        let t = T::with(
+            Hook::Eod,
+            &format!("arguments.mail:queue({bad}, 'x@y', 'default') Accept()"),
+        );
+        let o = t
+            .engine()
+            .run(Hook::Eod, mail_input(&[("x@y", "default")]))
+            .await;
+        assert!(o.queued.is_empty(), "{bad}");
+        assert!(
+            o.error.unwrap().contains("is not an envelope address"),
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn long_reasons_are_split() {
+    let o = run1(Hook::Helo, "Reject(string.rep('é', 600))", helo()).await;
+    let r = reply_of(&o);
+    assert_eq!(r.lines.len(), 3);
+    assert!(r.render(true).lines().all(|l| l.len() <= 512));
+    assert_eq!(r.lines.concat(), "é".repeat(600));
+    let o = run1(
+        Hook::Helo,
+        "local t = {} for i = 1, 500 do t[i] = 'x' end Reject(t)",
+        helo(),
+    )
+    .await;
+    assert_eq!(reply_of(&o).lines.len(), 64);
+}
