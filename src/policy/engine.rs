@@ -216,14 +216,14 @@ impl PolicyEngine {
         if chain.is_empty() {
             return match hook {
                 Hook::Eod => default_eod(input),
-                _ => fallback_outcome(spec, spec.fallthrough, input.context, None),
+                _ => fallback_outcome(spec.fallthrough, input.context, None),
             };
         }
         let mut st = match self.take_state(&epoch) {
             Ok(st) => st,
             Err(e) => {
                 let msg = format!("{}: {e}", chain[0].path.display());
-                return fallback_outcome(spec, spec.on_error, input.context, Some(msg));
+                return fallback_outcome(spec.on_error, input.context, Some(msg));
             }
         };
         let (outcome, healthy) = run_in_state(&mut st, &epoch, hook, input).await;
@@ -429,7 +429,7 @@ async fn run_in_state(
     };
     let Some(rs) = rs else {
         return (
-            fallback_outcome(spec, spec.on_error, context, Some("run state lost".into())),
+            fallback_outcome(spec.on_error, context, Some("run state lost".into())),
             false,
         );
     };
@@ -453,24 +453,18 @@ async fn run_in_state(
                 Ok(Err(e)) => traceback_of(&e),
                 _ => String::new(),
             };
-            fallback_outcome(
-                spec,
-                spec.on_error,
-                context,
-                Some(format!("{path}: {m}{detail}")),
-            )
+            fallback_outcome(spec.on_error, context, Some(format!("{path}: {m}{detail}")))
         }
-        (None, Ok(Ok(()))) => fallback_outcome(spec, spec.fallthrough, context, None),
+        (None, Ok(Ok(()))) => fallback_outcome(spec.fallthrough, context, None),
         (None, Ok(Err(e))) => {
             if matches!(e, mlua::Error::MemoryError(_)) {
                 healthy = false;
             }
-            fallback_outcome(spec, spec.on_error, context, Some(format_error(&e)))
+            fallback_outcome(spec.on_error, context, Some(format_error(&e)))
         }
         (None, Err(_elapsed)) => {
             healthy = false;
             fallback_outcome(
-                spec,
                 spec.on_error,
                 context,
                 Some(format!(
@@ -562,12 +556,7 @@ fn fallback_verdict(f: Fallback) -> HookVerdict {
     }
 }
 
-fn fallback_outcome(
-    _spec: &HookSpec,
-    f: Fallback,
-    context: serde_json::Value,
-    error: Option<String>,
-) -> HookOutcome {
+fn fallback_outcome(f: Fallback, context: serde_json::Value, error: Option<String>) -> HookOutcome {
     HookOutcome {
         verdict: fallback_verdict(f),
         context,
@@ -602,7 +591,6 @@ fn default_eod(input: HookInput) -> HookOutcome {
         HookArguments::Mail { message, .. } => message.clone(),
         _ => {
             return fallback_outcome(
-                spec,
                 spec.on_error,
                 input.context,
                 Some("eod without a message".into()),
@@ -611,7 +599,6 @@ fn default_eod(input: HookInput) -> HookOutcome {
     };
     let Some(txn) = &input.transaction else {
         return fallback_outcome(
-            spec,
             spec.on_error,
             input.context,
             Some("eod without a transaction".into()),

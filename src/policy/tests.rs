@@ -1598,6 +1598,20 @@ async fn bench_runs() {
         "state creation + compile: {:.1} µs",
         started.elapsed().as_secs_f64() * 1e6 / 200.0
     );
+    let lua = sandbox::new_state(
+        &sandbox::Limits {
+            memory: 64 << 20,
+            instructions: 1_000_000,
+        },
+        &[],
+        api::Shared {
+            transports: Default::default(),
+            dns: Arc::new(api::dns::Dns::new(&Default::default())),
+        },
+    )
+    .unwrap();
+    lua.gc_collect().unwrap();
+    eprintln!("fresh state: {} KiB", lua.used_memory() / 1024);
 }
 
 // ---------------------------------------------------------------- shipped scripts
