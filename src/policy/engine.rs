@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mlua::{AnyUserData, ChunkMode, Function, Lua, Table, Value};
 
@@ -24,6 +24,8 @@ use crate::smtp::reply::SmtpReply;
 
 /// A state serves at most this many runs before it is replaced.
 const MAX_USES: u32 = 10_000;
+/// ... or once it is this old (module caches and globals scripts changed).
+const MAX_AGE: Duration = Duration::from_secs(300);
 /// Idle states kept for reuse.
 const MAX_IDLE: usize = 128;
 /// Wall-clock bound on one run (a script waiting on DNS forever, say).
@@ -51,6 +53,7 @@ struct PooledState {
     lua: Lua,
     epoch: u64,
     uses: u32,
+    created: Instant,
     /// `{__index = globals}`: the metatable of each run's `_ENV`.
     env_mt: Table,
     /// Tells the sandbox's `load` which `_ENV` is running.
@@ -226,7 +229,18 @@ impl PolicyEngine {
                 return fallback_outcome(spec.on_error, input.context, Some(msg));
             }
         };
+        let started = Instant::now();
+        let conn = input.connection.id.clone();
         let (outcome, healthy) = run_in_state(&mut st, &epoch, hook, input).await;
+        tracing::debug!(
+            conn = %conn,
+            hook = spec.name,
+            verdict = ?outcome.verdict.kind(),
+            error = outcome.error.is_some(),
+            queued = outcome.queued.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "policy hook ran"
+        );
         st.uses += 1;
         if healthy {
             self.give_back(st);
@@ -256,7 +270,7 @@ impl PolicyEngine {
     }
 
     fn give_back(&self, st: PooledState) {
-        if st.uses >= MAX_USES || st.epoch != self.epoch().id {
+        if st.uses >= MAX_USES || st.created.elapsed() > MAX_AGE || st.epoch != self.epoch().id {
             return;
         }
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -301,6 +315,7 @@ fn new_pooled(epoch: &Epoch) -> Result<PooledState, PolicyError> {
         lua,
         epoch: epoch.id,
         uses: 0,
+        created: Instant::now(),
         env_mt,
         set_env,
         hooks: HashMap::new(),
