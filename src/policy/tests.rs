@@ -606,6 +606,8 @@ async fn pcall_cannot_catch_verdicts() {
         "local co = coroutine.create(function() Reject('caught?') end)\ncoroutine.resume(co)\nPass()",
         "local f = coroutine.wrap(function() Reject('caught?') end)\npcall(f)\nPass()",
         "local ok = pcall(error, 'plain errors are catchable')\nif ok then Pass() end\nReject('caught?')",
+        "do local x <close> = setmetatable({}, {__close = function() Pass() end}) Reject('caught?') end",
+        "local ok = pcall(string.gsub, 'abc', '%w', function() Reject('caught?') end) Pass()",
     ];
     for src in cases {
         let o = run1(Hook::Helo, src, helo()).await;
