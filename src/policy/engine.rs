@@ -231,7 +231,18 @@ impl PolicyEngine {
         };
         let started = Instant::now();
         let conn = input.connection.id.clone();
-        let (outcome, healthy) = run_in_state(&mut st, &epoch, hook, input).await;
+        let context = input.context.clone();
+        let run = CatchUnwind(Box::pin(run_in_state(&mut st, &epoch, hook, input)));
+        let (outcome, healthy) = match run.await {
+            Ok(r) => r,
+            Err(msg) => {
+                // A bug on the Rust side of the API: answer like a script
+                // error and never reuse the state.
+                let msg = format!("panic in a policy host function: {msg}");
+                tracing::error!(conn = %conn, hook = spec.name, "{msg}");
+                (fallback_outcome(spec.on_error, context, Some(msg)), false)
+            }
+        };
         tracing::debug!(
             conn = %conn,
             hook = spec.name,
@@ -666,5 +677,28 @@ fn default_eod(input: HookInput) -> HookOutcome {
         history: Vec::new(),
         transportid: None,
         error: None,
+    }
+}
+
+/// Poll a future, turning a panic into an error (the engine never panics).
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(p) => std::task::Poll::Ready(Err(p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into()))),
+        }
     }
 }

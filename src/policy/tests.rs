@@ -1851,3 +1851,33 @@ async fn long_reasons_are_split() {
     .await;
     assert_eq!(reply_of(&o).lines.len(), 64);
 }
+
+#[tokio::test]
+async fn absurd_option_values_are_errors_not_panics() {
+    for src in [
+        "arguments.mail:queue('', 'x@y', 'default', {delay = 1e300}) Accept()",
+        "arguments.mail:queue('', 'x@y', 'default', {delay = -1}) Accept()",
+        "arguments.mail:getHeader('x', {index = -5})",
+        "arguments.mail:getHeader('x', {index = math.maxinteger})",
+        "Reject('x', {reply_codes = {code = 1e300}})",
+        "Reject('x', {reply_codes = {enhanced = {5, 1e9, 1}}})",
+    ] {
+        let t = T::with(Hook::Eod, src);
+        let o = t
+            .engine()
+            .run(Hook::Eod, mail_input(&[("x@y", "default")]))
+            .await;
+        assert_eq!(reply_of(&o).code, 451, "{src}");
+        assert!(o.queued.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_host_function_is_a_script_error() {
+    let t = T::with(Hook::Helo, "pcall(__test_panic) Reply('after')");
+    let e = t.engine();
+    let o = e.run(Hook::Helo, input(helo())).await;
+    assert_eq!(reply_of(&o).code, 421);
+    assert!(o.error.unwrap().contains("test panic"));
+    assert_eq!(e.idle_states(), 0, "the state is not reused");
+}

@@ -555,7 +555,10 @@ fn queue(
     let jobid = opt::<String>(&o, "jobid")?;
     let delay = match opt::<f64>(&o, "delay")? {
         None => None,
-        Some(d) if d.is_finite() && d >= 0.0 => Some(Duration::from_secs_f64(d)),
+        // At most a year: from_secs_f64 panics on overflow.
+        Some(d) if d.is_finite() && (0.0..=31_536_000.0).contains(&d) => {
+            Some(Duration::from_secs_f64(d))
+        }
         Some(d) => return Err(mlua::Error::runtime(format!("queue(): bad delay {d}"))),
     };
     // DSN: defaults from the envelope, overridden by options.dsn.
