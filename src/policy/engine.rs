@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mlua::{AnyUserData, ChunkMode, Function, Lua, Table, Value};
 
@@ -24,6 +24,8 @@ use crate::smtp::reply::SmtpReply;
 
 /// A state serves at most this many runs before it is replaced.
 const MAX_USES: u32 = 10_000;
+/// ... or once it is this old (module caches and globals scripts changed).
+const MAX_AGE: Duration = Duration::from_secs(300);
 /// Idle states kept for reuse.
 const MAX_IDLE: usize = 128;
 /// Wall-clock bound on one run (a script waiting on DNS forever, say).
@@ -51,6 +53,7 @@ struct PooledState {
     lua: Lua,
     epoch: u64,
     uses: u32,
+    created: Instant,
     /// `{__index = globals}`: the metatable of each run's `_ENV`.
     env_mt: Table,
     /// Tells the sandbox's `load` which `_ENV` is running.
@@ -216,17 +219,39 @@ impl PolicyEngine {
         if chain.is_empty() {
             return match hook {
                 Hook::Eod => default_eod(input),
-                _ => fallback_outcome(spec, spec.fallthrough, input.context, None),
+                _ => fallback_outcome(spec.fallthrough, input.context, None),
             };
         }
         let mut st = match self.take_state(&epoch) {
             Ok(st) => st,
             Err(e) => {
                 let msg = format!("{}: {e}", chain[0].path.display());
-                return fallback_outcome(spec, spec.on_error, input.context, Some(msg));
+                return fallback_outcome(spec.on_error, input.context, Some(msg));
             }
         };
-        let (outcome, healthy) = run_in_state(&mut st, &epoch, hook, input).await;
+        let started = Instant::now();
+        let conn = input.connection.id.clone();
+        let context = input.context.clone();
+        let run = CatchUnwind(Box::pin(run_in_state(&mut st, &epoch, hook, input)));
+        let (outcome, healthy) = match run.await {
+            Ok(r) => r,
+            Err(msg) => {
+                // A bug on the Rust side of the API: answer like a script
+                // error and never reuse the state.
+                let msg = format!("panic in a policy host function: {msg}");
+                tracing::error!(conn = %conn, hook = spec.name, "{msg}");
+                (fallback_outcome(spec.on_error, context, Some(msg)), false)
+            }
+        };
+        tracing::debug!(
+            conn = %conn,
+            hook = spec.name,
+            verdict = ?outcome.verdict.kind(),
+            error = outcome.error.is_some(),
+            queued = outcome.queued.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "policy hook ran"
+        );
         st.uses += 1;
         if healthy {
             self.give_back(st);
@@ -256,7 +281,7 @@ impl PolicyEngine {
     }
 
     fn give_back(&self, st: PooledState) {
-        if st.uses >= MAX_USES || st.epoch != self.epoch().id {
+        if st.uses >= MAX_USES || st.created.elapsed() > MAX_AGE || st.epoch != self.epoch().id {
             return;
         }
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -301,6 +326,7 @@ fn new_pooled(epoch: &Epoch) -> Result<PooledState, PolicyError> {
         lua,
         epoch: epoch.id,
         uses: 0,
+        created: Instant::now(),
         env_mt,
         set_env,
         hooks: HashMap::new(),
@@ -429,7 +455,7 @@ async fn run_in_state(
     };
     let Some(rs) = rs else {
         return (
-            fallback_outcome(spec, spec.on_error, context, Some("run state lost".into())),
+            fallback_outcome(spec.on_error, context, Some("run state lost".into())),
             false,
         );
     };
@@ -453,24 +479,18 @@ async fn run_in_state(
                 Ok(Err(e)) => traceback_of(&e),
                 _ => String::new(),
             };
-            fallback_outcome(
-                spec,
-                spec.on_error,
-                context,
-                Some(format!("{path}: {m}{detail}")),
-            )
+            fallback_outcome(spec.on_error, context, Some(format!("{path}: {m}{detail}")))
         }
-        (None, Ok(Ok(()))) => fallback_outcome(spec, spec.fallthrough, context, None),
+        (None, Ok(Ok(()))) => fallback_outcome(spec.fallthrough, context, None),
         (None, Ok(Err(e))) => {
             if matches!(e, mlua::Error::MemoryError(_)) {
                 healthy = false;
             }
-            fallback_outcome(spec, spec.on_error, context, Some(format_error(&e)))
+            fallback_outcome(spec.on_error, context, Some(format_error(&e)))
         }
         (None, Err(_elapsed)) => {
             healthy = false;
             fallback_outcome(
-                spec,
                 spec.on_error,
                 context,
                 Some(format!(
@@ -562,12 +582,7 @@ fn fallback_verdict(f: Fallback) -> HookVerdict {
     }
 }
 
-fn fallback_outcome(
-    _spec: &HookSpec,
-    f: Fallback,
-    context: serde_json::Value,
-    error: Option<String>,
-) -> HookOutcome {
+fn fallback_outcome(f: Fallback, context: serde_json::Value, error: Option<String>) -> HookOutcome {
     HookOutcome {
         verdict: fallback_verdict(f),
         context,
@@ -602,7 +617,6 @@ fn default_eod(input: HookInput) -> HookOutcome {
         HookArguments::Mail { message, .. } => message.clone(),
         _ => {
             return fallback_outcome(
-                spec,
                 spec.on_error,
                 input.context,
                 Some("eod without a message".into()),
@@ -611,7 +625,6 @@ fn default_eod(input: HookInput) -> HookOutcome {
     };
     let Some(txn) = &input.transaction else {
         return fallback_outcome(
-            spec,
             spec.on_error,
             input.context,
             Some("eod without a transaction".into()),
@@ -664,5 +677,28 @@ fn default_eod(input: HookInput) -> HookOutcome {
         history: Vec::new(),
         transportid: None,
         error: None,
+    }
+}
+
+/// Poll a future, turning a panic into an error (the engine never panics).
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(p) => std::task::Poll::Ready(Err(p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into()))),
+        }
     }
 }

@@ -289,7 +289,7 @@ pub static HOOKS: [HookSpec; 12] = [
     HookSpec {
         hook: Hook::Proxy,
         name: "proxy",
-        when: "before the server sees a command line listed in proxy_commands",
+        when: "before the server sees a command in proxy_commands (default: the ones it does not know), and the line after next = true",
         arguments: &["command"],
         verdicts: &[VerdictKind::Pass, VerdictKind::Reply],
         fallthrough: Fallback::Pass,

@@ -3,10 +3,30 @@
 //! [`PolicyEngine::run`] and acts on the [`HookOutcome`].
 //!
 //! - [`hooks`]: the hook table (names, verdicts, defaults) — declared once.
-//! - [`engine`]: compile once, epoch-based pool of Lua states, hook dispatch.
-//! - [`sandbox`]: what a fresh state contains and what it must not.
+//! - `engine`: compile once, epoch-based pool of Lua states, hook dispatch.
+//! - `sandbox`: what a fresh state contains and what it must not.
 //! - [`api`]: one file per Lua-visible object, each with a `register` function.
 //! - [`testing`]: run a hook from the command line (`sluice test-script`).
+//!
+//! How the server drives it:
+//!
+//! - `PolicyEngine::load(&cfg)` at start (errors are `file:line: message`),
+//!   `reload(&cfg)` on SIGHUP / `sluice reload` (an error keeps the old
+//!   scripts), `check(&cfg)` for `sluice check`. `load_with`/`reload_with`
+//!   add [`ScriptSource`]s (translated Axigen policies) that run before the
+//!   hook's Lua file.
+//! - Before each stage, `has_hook(hook)`; if false, carry on as if `Pass`
+//!   (running a hook without a script returns its fall-through verdict —
+//!   for `auth` that is Reject 535, for `eod` the built-in default that
+//!   queues every recipient).
+//! - For each command line, `proxy_wants(VERB, server_knows_verb)`, and for
+//!   the line after a proxy verdict with `next = true`.
+//! - `run(hook, input).await` → [`HookOutcome`]: act on `verdict` (render
+//!   `reply` with or without the enhanced code; close after it when
+//!   `disconnect`), keep `context` for the next hook of the connection, write
+//!   `history`, queue `queued` (eod, only with `Accept`), set the recipient's
+//!   `transportid` (rcptto), and log `error` with the connection id.
+//! - `fcrdns(ip)` fills `connection.remoteptr`.
 
 pub mod api;
 mod engine;
@@ -261,7 +281,7 @@ pub(crate) fn build_reply(
         }
     };
     let lines = match reason {
-        Some(lines) if !lines.is_empty() => lines,
+        Some(lines) if !lines.is_empty() => split_long_lines(lines),
         _ => vec![default.text.to_string()],
     };
     SmtpReply {
@@ -269,4 +289,28 @@ pub(crate) fn build_reply(
         enhanced,
         lines,
     }
+}
+
+/// Reply text per line, in bytes: RFC 5321 §4.5.3.1.5 allows 512 per reply
+/// line including the code and CRLF.
+const REPLY_TEXT_MAX: usize = 480;
+/// Lines of one reply a script may produce.
+const REPLY_LINES_MAX: usize = 64;
+
+fn split_long_lines(lines: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(lines.len());
+    for line in lines {
+        let mut rest = line.as_str();
+        while rest.len() > REPLY_TEXT_MAX {
+            let mut cut = REPLY_TEXT_MAX;
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.push(rest[..cut].to_string());
+            rest = &rest[cut..];
+        }
+        out.push(rest.to_string());
+    }
+    out.truncate(REPLY_LINES_MAX);
+    out
 }

@@ -113,6 +113,10 @@ setmetatable = function(t, mt)
 end
 
 local loaded = {}
+for _, name in ipairs({"coroutine", "table", "string", "utf8", "math", "os",
+                       "json", "re", "ip", "dns", "log", "base64"}) do
+  loaded[name] = _G[name]
+end
 package = { loaded = loaded }
 require = function(name)
   if type(name) ~= "string" then

@@ -606,6 +606,8 @@ async fn pcall_cannot_catch_verdicts() {
         "local co = coroutine.create(function() Reject('caught?') end)\ncoroutine.resume(co)\nPass()",
         "local f = coroutine.wrap(function() Reject('caught?') end)\npcall(f)\nPass()",
         "local ok = pcall(error, 'plain errors are catchable')\nif ok then Pass() end\nReject('caught?')",
+        "do local x <close> = setmetatable({}, {__close = function() Pass() end}) Reject('caught?') end",
+        "local ok = pcall(string.gsub, 'abc', '%w', function() Reject('caught?') end) Pass()",
     ];
     for src in cases {
         let o = run1(Hook::Helo, src, helo()).await;
@@ -765,6 +767,7 @@ async fn require_only_from_lib_path() {
     t.script(
         Hook::Helo,
         r#"
+        assert(require("json") == json and require("re") == re)
         local u = require("util")
         local again = require("util")
         assert(u == again)
@@ -1597,6 +1600,20 @@ async fn bench_runs() {
         "state creation + compile: {:.1} µs",
         started.elapsed().as_secs_f64() * 1e6 / 200.0
     );
+    let lua = sandbox::new_state(
+        &sandbox::Limits {
+            memory: 64 << 20,
+            instructions: 1_000_000,
+        },
+        &[],
+        api::Shared {
+            transports: Default::default(),
+            dns: Arc::new(api::dns::Dns::new(&Default::default())),
+        },
+    )
+    .unwrap();
+    lua.gc_collect().unwrap();
+    eprintln!("fresh state: {} KiB", lua.used_memory() / 1024);
 }
 
 // ---------------------------------------------------------------- shipped scripts
@@ -1776,4 +1793,91 @@ async fn extra_sources_run_before_the_file() {
     e.reload_with(&t.cfg, &extra("Reject('now')")).unwrap();
     let o = e.run(Hook::RcptTo, input(args())).await;
     assert_eq!(reply_of(&o).lines, vec!["now"]);
+}
+
+/// scripts/API.md carries the hook table generated from `HOOKS`
+/// (`SLUICE_BLESS=1` rewrites it).
+#[test]
+fn api_doc_has_the_hook_table() {
+    let path = repo("scripts/API.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let (start, end) = ("<!-- hooks: generated -->\n", "<!-- /hooks -->");
+    let a = doc.find(start).expect("start marker") + start.len();
+    let b = doc.find(end).expect("end marker");
+    let table = reference_markdown();
+    if std::env::var_os("SLUICE_BLESS").is_some() {
+        let new = format!("{}{}{}", &doc[..a], table, &doc[b..]);
+        std::fs::write(&path, new).unwrap();
+        return;
+    }
+    assert_eq!(&doc[a..b], table, "run with SLUICE_BLESS=1 to update");
+}
+
+#[tokio::test]
+async fn queue_refuses_smuggled_addresses() {
+    for bad in [
+        "'a@b>\\r\\nRCPT TO:<x@y'",
+        "'a b@c'",
+        "string.rep('a', 400) .. '@b'",
+    ] {
+        let t = T::with(
+            Hook::Eod,
+            &format!("arguments.mail:queue({bad}, 'x@y', 'default') Accept()"),
+        );
+        let o = t
+            .engine()
+            .run(Hook::Eod, mail_input(&[("x@y", "default")]))
+            .await;
+        assert!(o.queued.is_empty(), "{bad}");
+        assert!(
+            o.error.unwrap().contains("is not an envelope address"),
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn long_reasons_are_split() {
+    let o = run1(Hook::Helo, "Reject(string.rep('é', 600))", helo()).await;
+    let r = reply_of(&o);
+    assert_eq!(r.lines.len(), 3);
+    assert!(r.render(true).lines().all(|l| l.len() <= 512));
+    assert_eq!(r.lines.concat(), "é".repeat(600));
+    let o = run1(
+        Hook::Helo,
+        "local t = {} for i = 1, 500 do t[i] = 'x' end Reject(t)",
+        helo(),
+    )
+    .await;
+    assert_eq!(reply_of(&o).lines.len(), 64);
+}
+
+#[tokio::test]
+async fn absurd_option_values_are_errors_not_panics() {
+    for src in [
+        "arguments.mail:queue('', 'x@y', 'default', {delay = 1e300}) Accept()",
+        "arguments.mail:queue('', 'x@y', 'default', {delay = -1}) Accept()",
+        "arguments.mail:getHeader('x', {index = -5})",
+        "arguments.mail:getHeader('x', {index = math.maxinteger})",
+        "Reject('x', {reply_codes = {code = 1e300}})",
+        "Reject('x', {reply_codes = {enhanced = {5, 1e9, 1}}})",
+    ] {
+        let t = T::with(Hook::Eod, src);
+        let o = t
+            .engine()
+            .run(Hook::Eod, mail_input(&[("x@y", "default")]))
+            .await;
+        assert_eq!(reply_of(&o).code, 451, "{src}");
+        assert!(o.queued.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_host_function_is_a_script_error() {
+    let t = T::with(Hook::Helo, "pcall(__test_panic) Reply('after')");
+    let e = t.engine();
+    let o = e.run(Hook::Helo, input(helo())).await;
+    assert_eq!(reply_of(&o).code, 421);
+    assert!(o.error.unwrap().contains("test panic"));
+    assert_eq!(e.idle_states(), 0, "the state is not reused");
 }

@@ -508,6 +508,19 @@ impl UserData for MailMessage {
     }
 }
 
+/// An envelope address must not smuggle anything into an SMTP command.
+fn envelope_address(a: String, what: &str) -> mlua::Result<String> {
+    if a.len() > 320
+        || a.chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+    {
+        return Err(mlua::Error::runtime(format!(
+            "queue(): {what} {a:?} is not an envelope address"
+        )));
+    }
+    Ok(a)
+}
+
 fn queue(
     lua: &Lua,
     this: &mut MailMessage,
@@ -523,8 +536,8 @@ fn queue(
             hook.name()
         )));
     }
-    let sender = address_arg(&sender, "queue(): sender")?;
-    let recipient = address_arg(&recipient, "queue(): recipient")?;
+    let sender = envelope_address(address_arg(&sender, "queue(): sender")?, "sender")?;
+    let recipient = envelope_address(address_arg(&recipient, "queue(): recipient")?, "recipient")?;
     if recipient.is_empty() {
         return Err(mlua::Error::runtime("queue(): empty recipient"));
     }
@@ -542,7 +555,10 @@ fn queue(
     let jobid = opt::<String>(&o, "jobid")?;
     let delay = match opt::<f64>(&o, "delay")? {
         None => None,
-        Some(d) if d.is_finite() && d >= 0.0 => Some(Duration::from_secs_f64(d)),
+        // At most a year: from_secs_f64 panics on overflow.
+        Some(d) if d.is_finite() && (0.0..=31_536_000.0).contains(&d) => {
+            Some(Duration::from_secs_f64(d))
+        }
         Some(d) => return Err(mlua::Error::runtime(format!("queue(): bad delay {d}"))),
     };
     // DSN: defaults from the envelope, overridden by options.dsn.

@@ -40,6 +40,11 @@ pub fn register_all(lua: &Lua) -> mlua::Result<()> {
     ip::register(lua)?;
     sha256::register(lua)?;
     base64::register(lua)?;
+    #[cfg(test)]
+    lua.globals().set(
+        "__test_panic",
+        lua.create_function(|_, ()| -> mlua::Result<()> { panic!("test panic") })?,
+    )?;
     Ok(())
 }
 
