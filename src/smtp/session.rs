@@ -1263,7 +1263,12 @@ impl Session {
                 );
                 match reply {
                     // A script's own text stays; the default one gets the ids.
-                    Some(r) if r.lines != ["Ok: queued"] => self.reply(&r),
+                    Some(r)
+                        if r.lines != ["Ok: queued"]
+                            && r.lines != [format!("Ok: queued as {}", info.id)] =>
+                    {
+                        self.reply(&r)
+                    }
                     _ if ids.is_empty() => self.send(250, "2.0.0", "Ok"),
                     _ => self.send(250, "2.0.0", &format!("Ok: queued as {}", ids.join(","))),
                 }
