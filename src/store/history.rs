@@ -1,7 +1,9 @@
 //! The history table: one record per outcome (REJECT at SMTP time, DELIVER,
 //! DEFER, ERROR, DELETE, and what scripts write with `History()`), keyed by a
 //! time-sortable id in the `history` tree so a time range is a key range.
-//! Secondary indexes and queries come with the delivery/history work.
+//! The `hidx` tree indexes records by recipient, recipient domain, sender,
+//! action, queue id, transaction id and message-id: `field \0 value \0 hid`,
+//! so a query reads only the matching records.
 
 use std::collections::BTreeMap;
 
@@ -41,31 +43,245 @@ pub struct HistoryRecord {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Index fields: (name, value) pairs a record is findable by.
+fn index_keys(hid: &str, r: &HistoryRecord) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let domain = r.recipient.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+    let fields: [(&str, &str); 7] = [
+        ("rcpt", &r.recipient),
+        ("domain", domain),
+        ("sender", &r.sender),
+        ("action", &r.action),
+        ("id", &r.id),
+        ("tx", &r.transaction),
+        ("msgid", r.message_id.as_deref().unwrap_or("")),
+    ];
+    for (f, v) in fields {
+        if v.is_empty() && f != "sender" {
+            continue;
+        }
+        out.push(index_key(f, &v.to_lowercase(), hid));
+    }
+    out
+}
+
+fn index_key(field: &str, value: &str, hid: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(field.len() + value.len() + hid.len() + 2);
+    k.extend_from_slice(field.as_bytes());
+    k.push(0);
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k.extend_from_slice(hid.as_bytes());
+    k
+}
+
+/// What to look for; all given filters must match.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub since: Option<f64>,
+    pub until: Option<f64>,
+    pub sender: Option<String>,
+    pub recipient: Option<String>,
+    pub domain: Option<String>,
+    pub action: Option<String>,
+    /// A queue id, transaction id or message-id.
+    pub id: Option<String>,
+    /// Only records with a history id greater than this (for --follow).
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+fn hid_for_time(ts: f64) -> String {
+    format!("{:016x}", ((ts.max(0.0) * 1_000_000.0) as u64) << 8)
+}
+
+impl HistoryQuery {
+    fn matches(&self, hid: &str, r: &HistoryRecord) -> bool {
+        let eq = |want: &Option<String>, have: &str| {
+            want.as_ref().is_none_or(|w| w.eq_ignore_ascii_case(have))
+        };
+        let domain = r.recipient.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.since.is_none_or(|t| r.ts >= t)
+            && self.until.is_none_or(|t| r.ts <= t)
+            && self.after.as_ref().is_none_or(|a| hid > a.as_str())
+            && eq(&self.sender, &r.sender)
+            && eq(&self.recipient, &r.recipient)
+            && eq(&self.domain, domain)
+            && eq(&self.action, &r.action)
+            && self.id.as_ref().is_none_or(|id| {
+                r.id == *id
+                    || r.transaction == *id
+                    || r.message_id.as_deref().map(|m| m.trim_matches(['<', '>']))
+                        == Some(id.trim_matches(['<', '>']))
+            })
+    }
+}
+
 impl Store {
-    /// Append records (not waiting for fsync: history is not an acknowledgement).
+    /// Append records (not waiting for fsync: history is not an
+    /// acknowledgement), with their index entries, atomically.
     pub fn append_history(&self, records: &[HistoryRecord]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut rows = Vec::with_capacity(records.len());
         for r in records {
             let v = serde_json::to_vec(r).map_err(|e| StoreError::Transaction(e.to_string()))?;
-            batch.insert(crate::ids::new_id().as_bytes(), v);
+            let hid = crate::ids::new_id();
+            let idx = index_keys(&hid, r);
+            rows.push((hid, v, idx));
         }
-        self.history_tree().apply_batch(batch)?;
-        Ok(())
+        use sled::Transactional;
+        (self.history_tree(), self.hidx_tree())
+            .transaction(|(h, x)| {
+                for (hid, v, idx) in &rows {
+                    h.insert(hid.as_bytes(), v.as_slice())?;
+                    for k in idx {
+                        x.insert(k.as_slice(), &[] as &[u8])?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Transaction("history write aborted".into())
+                }
+            })
     }
 
-    /// All records, oldest first (small tables and tests; queries come later).
-    pub fn history_all(&self) -> Result<Vec<HistoryRecord>, StoreError> {
+    fn decode_history(k: &[u8], v: &[u8]) -> Result<HistoryRecord, StoreError> {
+        serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(k).into_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Records matching `q`, oldest first, with their history ids. Uses an
+    /// index when a field filter is given, else the time-ordered key range.
+    pub fn query_history(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<Vec<(String, HistoryRecord)>, StoreError> {
+        let limit = q.limit.unwrap_or(usize::MAX);
+        let lo = match (&q.after, q.since) {
+            (Some(a), _) => a.clone(),
+            (None, Some(t)) => hid_for_time(t),
+            (None, None) => String::new(),
+        };
+        let hi = q.until.map(|t| hid_for_time(t + 1e-6));
+        let index: Option<(&str, String)> = if let Some(id) = &q.id {
+            Some(("id", id.clone()))
+        } else if let Some(r) = &q.recipient {
+            Some(("rcpt", r.to_lowercase()))
+        } else if let Some(s) = &q.sender {
+            Some(("sender", s.to_lowercase()))
+        } else if let Some(d) = &q.domain {
+            Some(("domain", d.to_lowercase()))
+        } else {
+            q.action.as_ref().map(|a| ("action", a.to_lowercase()))
+        };
         let mut out = Vec::new();
-        for kv in self.history_tree().iter() {
-            let (k, v) = kv?;
-            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                message: e.to_string(),
-            })?);
+        match index {
+            Some((field, value)) => {
+                // An id may be a queue id, a transaction id or a message-id.
+                let fields: Vec<&str> = if field == "id" {
+                    vec!["id", "tx", "msgid"]
+                } else {
+                    vec![field]
+                };
+                let mut hids: Vec<String> = Vec::new();
+                for f in fields {
+                    let v = if f == "msgid" {
+                        value.trim_matches(['<', '>']).to_lowercase()
+                    } else {
+                        value.to_lowercase()
+                    };
+                    let prefix = index_key(f, &v, "");
+                    for kv in self.hidx_tree().scan_prefix(&prefix) {
+                        let (k, _) = kv?;
+                        hids.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+                    }
+                }
+                hids.sort();
+                hids.dedup();
+                for hid in hids {
+                    if hid.as_str() < lo.as_str() {
+                        continue;
+                    }
+                    if hi.as_ref().is_some_and(|h| hid.as_str() >= h.as_str()) {
+                        continue;
+                    }
+                    if let Some(v) = self.history_tree().get(hid.as_bytes())? {
+                        let r = Self::decode_history(hid.as_bytes(), &v)?;
+                        if q.matches(&hid, &r) {
+                            out.push((hid, r));
+                            if out.len() >= limit {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            None => {
+                let start: Vec<u8> = if lo.is_empty() {
+                    Vec::new()
+                } else {
+                    lo.as_bytes().to_vec()
+                };
+                let iter = match &hi {
+                    Some(h) => self.history_tree().range(start..h.as_bytes().to_vec()),
+                    None => self.history_tree().range(start..),
+                };
+                for kv in iter {
+                    let (k, v) = kv?;
+                    let hid = String::from_utf8_lossy(&k).into_owned();
+                    let r = Self::decode_history(&k, &v)?;
+                    if q.matches(&hid, &r) {
+                        out.push((hid, r));
+                        if out.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// All records, oldest first.
+    pub fn history_all(&self) -> Result<Vec<HistoryRecord>, StoreError> {
+        Ok(self
+            .query_history(&HistoryQuery::default())?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// Delete records older than `before` (unix seconds) and, if `max` is
+    /// non-zero, the oldest beyond `max` records. Returns how many went.
+    pub fn prune_history(&self, before: f64, max: u64) -> Result<usize, StoreError> {
+        let cutoff = hid_for_time(before);
+        let excess = if max > 0 {
+            (self.history_tree().len() as u64).saturating_sub(max) as usize
+        } else {
+            0
+        };
+        let mut n = 0;
+        for kv in self.history_tree().iter() {
+            let (k, v) = kv?;
+            if k.as_ref() >= cutoff.as_bytes() && n >= excess {
+                break;
+            }
+            let hid = String::from_utf8_lossy(&k).into_owned();
+            if let Ok(r) = Self::decode_history(&k, &v) {
+                for ik in index_keys(&hid, &r) {
+                    self.hidx_tree().remove(ik)?;
+                }
+            }
+            self.history_tree().remove(&k)?;
+            n += 1;
+        }
+        Ok(n)
     }
 }

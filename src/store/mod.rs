@@ -8,7 +8,9 @@
 //! | `queue`    | queue id (16 hex, time-sortable)  | JSON [`queue::QueueEntry`]    |
 //! | `body`     | body id (a queue id)              | raw message bytes as relayed  |
 //! | `body_ref` | body id `/` queue id              | empty (who still needs a body)|
+//! | `due`      | next attempt (u64 BE µs) ++ id    | empty (the scheduler's index) |
 //! | `history`  | history id (16 hex, time-sortable)| JSON history record           |
+//! | `hidx`     | field `\0` value `\0` history id  | empty (history query indexes) |
 //!
 //! Several queue entries (one per recipient or per transport) may share one
 //! body; the body is removed with its last reference.
@@ -55,7 +57,10 @@ struct StoreInner {
     queue: sled::Tree,
     body: sled::Tree,
     body_ref: sled::Tree,
+    due: sled::Tree,
     history: sled::Tree,
+    hidx: sled::Tree,
+    notify: Arc<tokio::sync::Notify>,
     flush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushWaiter>>>,
 }
 
@@ -82,7 +87,10 @@ impl Store {
             queue: db.open_tree("queue")?,
             body: db.open_tree("body")?,
             body_ref: db.open_tree("body_ref")?,
+            due: db.open_tree("due")?,
             history: db.open_tree("history")?,
+            hidx: db.open_tree("hidx")?,
+            notify: Arc::new(tokio::sync::Notify::new()),
             db,
             flush_tx: std::sync::Mutex::new(None),
         };
@@ -127,8 +135,21 @@ impl Store {
         (&self.inner.queue, &self.inner.body, &self.inner.body_ref)
     }
 
+    pub(crate) fn due_tree(&self) -> &sled::Tree {
+        &self.inner.due
+    }
+
     pub fn history_tree(&self) -> &sled::Tree {
         &self.inner.history
+    }
+
+    pub(crate) fn hidx_tree(&self) -> &sled::Tree {
+        &self.inner.hidx
+    }
+
+    /// Woken whenever new entries are committed or rescheduled to now.
+    pub fn queue_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.notify.clone()
     }
 
     pub fn db(&self) -> &sled::Db {

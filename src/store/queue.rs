@@ -113,6 +113,15 @@ fn tx_err(e: TransactionError<String>) -> StoreError {
     }
 }
 
+/// Key in the `due` tree: when, then which.
+pub(crate) fn due_key(next_attempt: f64, id: &str) -> Vec<u8> {
+    let micros = (next_attempt.max(0.0) * 1_000_000.0) as u64;
+    let mut k = Vec::with_capacity(8 + id.len());
+    k.extend_from_slice(&micros.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
 fn ref_key(body: &str, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(body.len() + id.len() + 1);
     k.extend_from_slice(body.as_bytes());
@@ -126,7 +135,9 @@ impl Store {
     /// group-committed fsync. Only after this returns may the server say 250.
     pub async fn commit_messages(&self, msgs: &[NewMessage]) -> Result<(), StoreError> {
         self.write_messages(msgs)?;
-        self.sync().await
+        self.sync().await?;
+        self.queue_notify().notify_one();
+        Ok(())
     }
 
     /// The atomic write without waiting for the flush.
@@ -136,20 +147,25 @@ impl Store {
             for e in &m.entries {
                 let v =
                     serde_json::to_vec(e).map_err(|e| StoreError::Transaction(e.to_string()))?;
-                encoded.push((e.id.clone(), e.body.clone(), v));
+                let due = (e.state == QueueState::Queued).then(|| due_key(e.next_attempt, &e.id));
+                encoded.push((e.id.clone(), e.body.clone(), v, due));
             }
         }
         let (queue, body, body_ref) = self.trees();
-        (queue, body, body_ref)
-            .transaction(|(q, b, r)| {
+        let due_tree = self.due_tree();
+        (queue, body, body_ref, due_tree)
+            .transaction(|(q, b, r, d)| {
                 for m in msgs {
                     b.insert(m.body_id.as_bytes(), m.body.as_ref())?;
                 }
-                for (id, body_id, v) in &encoded {
+                for (id, body_id, v, due) in &encoded {
                     if q.insert(id.as_bytes(), v.as_slice())?.is_some() {
                         return Err(abort(format!("duplicate queue id {id}")));
                     }
                     r.insert(ref_key(body_id, id), &[] as &[u8])?;
+                    if let Some(k) = due {
+                        d.insert(k.as_slice(), &[] as &[u8])?;
+                    }
                 }
                 Ok(())
             })
@@ -186,15 +202,81 @@ impl Store {
         self.trees().0.len()
     }
 
-    /// Replace an entry's envelope (state, attempts, next_attempt…).
+    /// Replace an entry's envelope (state, attempts, next_attempt…), keeping
+    /// the due index in step: queued entries are due at `next_attempt`.
     pub fn update_entry(&self, entry: &QueueEntry) -> Result<(), StoreError> {
         let (queue, _, _) = self.trees();
         let v = serde_json::to_vec(entry).map_err(|e| StoreError::Transaction(e.to_string()))?;
-        let old = queue.fetch_and_update(entry.id.as_bytes(), |old| old.map(|_| v.clone()))?;
-        if old.is_none() {
-            return Err(StoreError::NotFound(entry.id.clone()));
+        let id = entry.id.clone();
+        let new_due = (entry.state == QueueState::Queued).then(|| due_key(entry.next_attempt, &id));
+        (queue, self.due_tree())
+            .transaction(|(q, d)| {
+                let Some(old) = q.get(id.as_bytes())? else {
+                    return Err(abort(format!("no such queue entry {id}")));
+                };
+                if let Ok(old) = serde_json::from_slice::<QueueEntry>(&old) {
+                    d.remove(due_key(old.next_attempt, &id))?;
+                }
+                q.insert(id.as_bytes(), v.as_slice())?;
+                if let Some(k) = &new_due {
+                    d.insert(k.as_slice(), &[] as &[u8])?;
+                }
+                Ok(())
+            })
+            .map_err(|e| match tx_err(e) {
+                StoreError::Transaction(m) if m.starts_with("no such") => {
+                    StoreError::NotFound(entry.id.clone())
+                }
+                other => other,
+            })?;
+        if entry.state == QueueState::Queued {
+            self.queue_notify().notify_one();
         }
         Ok(())
+    }
+
+    /// Queue ids due at or before `now` (unix seconds), oldest first.
+    pub fn due_ids(&self, now: f64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let end = ((now.max(0.0) * 1_000_000.0) as u64)
+            .saturating_add(1)
+            .to_be_bytes();
+        let mut out = Vec::new();
+        for kv in self.due_tree().range(..end.as_slice()) {
+            let (k, _) = kv?;
+            out.push(String::from_utf8_lossy(&k[8..]).into_owned());
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the next entry is due (unix seconds), if any.
+    pub fn next_due(&self) -> Result<Option<f64>, StoreError> {
+        Ok(self.due_tree().first()?.map(|(k, _)| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&k[..8]);
+            u64::from_be_bytes(b) as f64 / 1_000_000.0
+        }))
+    }
+
+    /// Rebuild the due index from the entries (startup after a crash, or
+    /// an index from an older version).
+    pub fn rebuild_due_index(&self) -> Result<usize, StoreError> {
+        self.due_tree().clear()?;
+        let mut n = 0;
+        for e in self.list_entries()? {
+            let mut e = e;
+            if e.state == QueueState::Active {
+                e.state = QueueState::Queued;
+                self.update_entry(&e)?;
+            } else if e.state == QueueState::Queued {
+                self.due_tree()
+                    .insert(due_key(e.next_attempt, &e.id), &[] as &[u8])?;
+            }
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Remove an entry, and its body if no other entry refers to it.
@@ -209,10 +291,12 @@ impl Store {
             p
         };
         let rk = ref_key(&entry.body, id);
-        (queue, body_ref)
-            .transaction(|(q, r)| {
+        let dk = due_key(entry.next_attempt, id);
+        (queue, body_ref, self.due_tree())
+            .transaction(|(q, r, d)| {
                 q.remove(id.as_bytes())?;
                 r.remove(rk.as_slice())?;
+                d.remove(dk.as_slice())?;
                 Ok(())
             })
             .map_err(tx_err)?;
