@@ -379,6 +379,13 @@ pub struct QueueConfig {
     /// Send a delay DSN (NOTIFY=DELAY) once after this long.
     #[serde(with = "humantime_serde")]
     pub delay_warning: Duration,
+    /// Subject and text of failure reports; `{hostname}` and `{lifetime}` expand.
+    pub bounce_subject: Option<String>,
+    pub bounce_text: Option<String>,
+    /// Delivery attempts running at once, all transports together.
+    pub max_active: usize,
+    /// Run the delivery scheduler (false = accept and keep only).
+    pub deliver: bool,
 }
 
 impl Default for QueueConfig {
@@ -388,6 +395,10 @@ impl Default for QueueConfig {
             max_retry_delay: Duration::from_secs(3600),
             max_lifetime: Duration::from_secs(5 * 86400),
             delay_warning: Duration::from_secs(4 * 3600),
+            bounce_subject: None,
+            bounce_text: None,
+            max_active: 500,
+            deliver: true,
         }
     }
 }

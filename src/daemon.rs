@@ -17,6 +17,8 @@ use crate::tls::{self, TlsStore};
 
 pub struct Daemon {
     pub server: RunningServer,
+    delivery_stop: tokio::sync::watch::Sender<bool>,
+    delivery: Option<tokio::task::JoinHandle<()>>,
     pub store: Store,
     pub config: Arc<Config>,
     reload: ReloadFn,
@@ -69,9 +71,44 @@ impl Daemon {
                 ))
             })
         };
-        let server = server::start(config.clone(), store.clone(), tls_store, policy)
+        let server = server::start(config.clone(), store.clone(), tls_store, policy.clone())
             .await
             .context("starting listeners")?;
+        let (delivery_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let delivery = if config.queue.deliver {
+            let svc = crate::delivery::DeliveryService::new(
+                config.clone(),
+                store.clone(),
+                policy.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("starting delivery")?;
+            Some(tokio::spawn(svc.run(stop_rx)))
+        } else {
+            None
+        };
+        let history_pruner = {
+            let store = store.clone();
+            let h = config.history.clone();
+            tokio::spawn(async move {
+                loop {
+                    let cutoff = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0)
+                        - h.retention.as_secs_f64();
+                    let st = store.clone();
+                    let max = h.max_records;
+                    match tokio::task::spawn_blocking(move || st.prune_history(cutoff, max)).await {
+                        Ok(Ok(n)) if n > 0 => info!(records = n, "history pruned"),
+                        Ok(Err(e)) => warn!(error = %e, "history pruning failed"),
+                        _ => {}
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+                }
+            })
+        };
+        drop(history_pruner);
         let control = match control::serve(
             config.control_socket.clone(),
             store.clone(),
@@ -87,6 +124,8 @@ impl Daemon {
         };
         Ok(Daemon {
             server,
+            delivery_stop,
+            delivery,
             store,
             config,
             reload,
@@ -129,6 +168,11 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(&self.config.control_socket);
         self.server.shutdown(grace).await;
+        let _ = self.delivery_stop.send(true);
+        if let Some(d) = self.delivery {
+            // Attempts in flight are simply retried after restart.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), d).await;
+        }
         if let Err(e) = self.store.flush_blocking() {
             error!(error = %e, "final flush failed");
         }

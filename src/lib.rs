@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod delivery;
 pub mod envelope;
 pub mod ids;
 pub mod logging;

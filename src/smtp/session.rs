@@ -1365,6 +1365,7 @@ impl Session {
                 client: self.client_info(),
                 message_id,
                 last_error: None,
+                delay_notified: false,
             });
             ids.push(q.queue_id.clone());
         }
@@ -1432,6 +1433,7 @@ impl Session {
                 client: self.client_info(),
                 message_id: message_id.clone(),
                 last_error: None,
+                delay_notified: false,
             });
         }
         let ids = entries.iter().map(|e| e.id.clone()).collect();

@@ -41,6 +41,16 @@ pub struct HistoryRecord {
     pub reason: String,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Delivery records: the next hop's name and address, attempt number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_ip: Option<String>,
+    #[serde(default)]
+    pub attempt: u32,
+    /// DEFER: when the next attempt is due (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry: Option<f64>,
 }
 
 /// Index fields: (name, value) pairs a record is findable by.

@@ -93,6 +93,9 @@ pub struct QueueEntry {
     /// Why the last attempt failed, if it did.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// A delay DSN was already sent (NOTIFY=DELAY is honoured once).
+    #[serde(default)]
+    pub delay_notified: bool,
 }
 
 /// A body and the entries that use it, committed together.
@@ -361,6 +364,7 @@ mod tests {
             client: Default::default(),
             message_id: None,
             last_error: None,
+            delay_notified: false,
         }
     }
 

@@ -1,0 +1,833 @@
+//! Delivery: the scheduler that takes due entries from the queue's due
+//! index, routes them (static next hops or MX, RFC 5321 §5 / RFC 7505), runs
+//! the predelivery/postdelivery hooks, talks SMTP/LMTP to the next hop,
+//! records every outcome in history, retries with backoff, and bounces
+//! (RFC 3464). An entry leaves the queue only after the next hop accepted
+//! it and the history record is written; after a crash it is retried, so a
+//! message whose 250 raced the crash may be delivered twice — never lost.
+
+pub mod client;
+pub mod dsn;
+pub mod route;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, TransportConfig};
+use crate::policy::{
+    DeliveryInfo, DeliveryResult, Hook, HookArguments, HookInput, HookVerdict, PolicyEngine,
+};
+use crate::smtp::reply::SmtpReply;
+use crate::store::history::HistoryRecord;
+use crate::store::queue::{NewMessage, QueueEntry, QueueState, QueuedRecipient};
+use crate::store::Store;
+use client::{ClientError, Envelope, SmtpClient};
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// What happened to one recipient in one attempt.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Delivered {
+        reply: SmtpReply,
+        host: String,
+        ip: String,
+        dsn_relayed: bool,
+    },
+    Deferred {
+        reason: String,
+        host: Option<String>,
+        ip: Option<String>,
+    },
+    Failed {
+        reply: SmtpReply,
+        host: Option<String>,
+        ip: Option<String>,
+    },
+}
+
+struct Pooled {
+    since: Instant,
+    client: SmtpClient,
+}
+
+pub struct DeliveryService {
+    config: Arc<Config>,
+    store: Store,
+    policy: Arc<PolicyEngine>,
+    dns: crate::policy::api::dns::Dns,
+    tls: HashMap<String, Arc<rustls::ClientConfig>>,
+    inflight: Mutex<HashSet<String>>,
+    active: Arc<Semaphore>,
+    per_transport: HashMap<String, Arc<Semaphore>>,
+    per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: Mutex<HashMap<String, Vec<Pooled>>>,
+}
+
+const POOL_IDLE: Duration = Duration::from_secs(30);
+const POOL_MAX_PER_KEY: usize = 16;
+
+impl DeliveryService {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        policy: Arc<PolicyEngine>,
+    ) -> Result<Arc<Self>, String> {
+        let mut tls = HashMap::new();
+        let mut per_transport = HashMap::new();
+        for (name, t) in &config.transport {
+            tls.insert(
+                name.clone(),
+                client::client_tls_config(t.tls, t.ca_file.as_deref())
+                    .map_err(|e| format!("transport.{name}: {e}"))?,
+            );
+            per_transport.insert(name.clone(), Arc::new(Semaphore::new(t.concurrency)));
+        }
+        Ok(Arc::new(DeliveryService {
+            dns: crate::policy::api::dns::Dns::new(&config.dns),
+            active: Arc::new(Semaphore::new(config.queue.max_active.max(1))),
+            config,
+            store,
+            policy,
+            tls,
+            inflight: Mutex::new(HashSet::new()),
+            per_transport,
+            per_destination: Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The scheduler loop; returns when `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        match self.store.rebuild_due_index() {
+            Ok(n) => info!(entries = n, "delivery scheduler started"),
+            Err(e) => warn!(error = %e, "rebuilding the due index failed"),
+        }
+        let notify = self.store.queue_notify();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let now = now_secs();
+            let due = self.store.due_ids(now, 1000).unwrap_or_default();
+            let mut started = 0;
+            for id in due {
+                if !self.inflight.lock().expect("inflight").insert(id.clone()) {
+                    continue;
+                }
+                started += 1;
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let permit = me.active.clone().acquire_owned().await;
+                    me.attempt(&id).await;
+                    drop(permit);
+                    me.inflight.lock().expect("inflight").remove(&id);
+                });
+            }
+            let wait = match self.store.next_due() {
+                Ok(Some(t)) if t > now => Duration::from_secs_f64((t - now).min(60.0)),
+                // Everything due is in flight: look again soon.
+                Ok(Some(_)) => Duration::from_millis(if started > 0 { 20 } else { 200 }),
+                _ => Duration::from_secs(60),
+            };
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        info!("delivery scheduler stopped");
+    }
+
+    fn transport(&self, id: &str) -> Option<&TransportConfig> {
+        self.config.transport.get(id)
+    }
+
+    async fn run_delivery_hook(
+        &self,
+        hook: Hook,
+        info: DeliveryInfo,
+    ) -> Option<crate::policy::HookOutcome> {
+        if !self.policy.has_hook(hook) {
+            return None;
+        }
+        let input = HookInput {
+            connection: Default::default(),
+            transaction: None,
+            arguments: HookArguments::Delivery(info),
+            context: serde_json::Value::Object(Default::default()),
+        };
+        let out = self.policy.run(hook, input).await;
+        if let Some(e) = &out.error {
+            warn!(hook = hook.spec().name, error = %e, "delivery script error");
+        }
+        Some(out)
+    }
+
+    fn delivery_info(
+        &self,
+        e: &QueueEntry,
+        result: Option<DeliveryResult>,
+        next_hop: Option<String>,
+    ) -> DeliveryInfo {
+        DeliveryInfo {
+            queue_id: e.id.clone(),
+            transaction_id: e.transaction.clone(),
+            sender: e.sender.clone(),
+            recipient: e
+                .recipients
+                .first()
+                .map(|r| r.recipient.clone())
+                .unwrap_or_default(),
+            transportid: e.transportid.clone(),
+            metadata: e.metadata.clone(),
+            attempt: e.attempts + 1,
+            queued_at: e.received_at,
+            next_hop,
+            result,
+        }
+    }
+
+    /// One delivery attempt of one queue entry.
+    async fn attempt(&self, id: &str) {
+        let mut entry = match self.store.get_entry(id) {
+            Ok(Some(e)) if e.state == QueueState::Queued => e,
+            Ok(_) => return,
+            Err(e) => {
+                warn!(queue = %id, error = %e, "cannot read queue entry");
+                return;
+            }
+        };
+        let Some(body) = self.store.get_body(&entry.body).ok().flatten() else {
+            warn!(queue = %id, "queue entry without a body: dropped");
+            let _ = self.store.remove_entry(id);
+            return;
+        };
+        // predelivery may reroute, hold off or cancel.
+        let mut transportid = entry.transportid.clone();
+        let mut forced: Option<Outcome> = None;
+        if let Some(out) = self
+            .run_delivery_hook(Hook::PreDelivery, self.delivery_info(&entry, None, None))
+            .await
+        {
+            if let Some(t) = out.transportid {
+                transportid = t;
+            }
+            match out.verdict {
+                HookVerdict::Reject { reply, .. } => {
+                    forced = Some(Outcome::Failed {
+                        reply,
+                        host: None,
+                        ip: None,
+                    })
+                }
+                HookVerdict::Defer { reply, .. } => {
+                    forced = Some(Outcome::Deferred {
+                        reason: reply.to_string(),
+                        host: None,
+                        ip: None,
+                    })
+                }
+                _ => {}
+            }
+        }
+        let outcomes: Vec<Outcome> = match forced {
+            Some(o) => vec![o; entry.recipients.len()],
+            None => match self.transport(&transportid) {
+                None => vec![
+                    Outcome::Failed {
+                        reply: SmtpReply::with(
+                            550,
+                            "5.3.5",
+                            format!("unknown transport {transportid:?}")
+                        ),
+                        host: None,
+                        ip: None
+                    };
+                    entry.recipients.len()
+                ],
+                Some(t) => {
+                    let _permit = match self.per_transport.get(&transportid) {
+                        Some(s) => Some(s.clone().acquire_owned().await),
+                        None => None,
+                    };
+                    self.deliver(&entry, &transportid, t, &body).await
+                }
+            },
+        };
+        let mut outcomes = outcomes;
+        // postdelivery sees the result and may bounce now or retry later.
+        if self.policy.has_hook(Hook::PostDelivery) {
+            let first = outcomes.first().cloned();
+            let (result, hop) = match &first {
+                Some(Outcome::Delivered { reply, host, .. })
+                | Some(Outcome::Failed {
+                    reply,
+                    host: Some(host),
+                    ..
+                }) => (
+                    Some(DeliveryResult {
+                        code: reply.code,
+                        enhanced: reply.enhanced.map(|e| e.to_string()),
+                        text: reply.text(),
+                        local_error: false,
+                    }),
+                    Some(host.clone()),
+                ),
+                Some(Outcome::Failed {
+                    reply, host: None, ..
+                }) => (
+                    Some(DeliveryResult {
+                        code: reply.code,
+                        enhanced: reply.enhanced.map(|e| e.to_string()),
+                        text: reply.text(),
+                        local_error: true,
+                    }),
+                    None,
+                ),
+                Some(Outcome::Deferred { reason, host, .. }) => (
+                    Some(DeliveryResult {
+                        code: 451,
+                        enhanced: Some("4.4.1".into()),
+                        text: reason.clone(),
+                        local_error: true,
+                    }),
+                    host.clone(),
+                ),
+                None => (None, None),
+            };
+            if let Some(out) = self
+                .run_delivery_hook(Hook::PostDelivery, self.delivery_info(&entry, result, hop))
+                .await
+            {
+                for o in outcomes.iter_mut() {
+                    match (&out.verdict, &o) {
+                        (HookVerdict::Reject { reply, .. }, Outcome::Deferred { host, ip, .. }) => {
+                            *o = Outcome::Failed {
+                                reply: reply.clone(),
+                                host: host.clone(),
+                                ip: ip.clone(),
+                            }
+                        }
+                        (HookVerdict::Defer { reply, .. }, Outcome::Failed { host, ip, .. }) => {
+                            *o = Outcome::Deferred {
+                                reason: reply.to_string(),
+                                host: host.clone(),
+                                ip: ip.clone(),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.settle(&mut entry, &transportid, outcomes, &body).await;
+    }
+
+    /// Route and send: returns one outcome per recipient of the entry.
+    async fn deliver(
+        &self,
+        entry: &QueueEntry,
+        transportid: &str,
+        t: &TransportConfig,
+        body: &Bytes,
+    ) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; entry.recipients.len()];
+        // Static routes take everything at once; MX routing groups by domain.
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, r) in entry.recipients.iter().enumerate() {
+            let key = if t.host.is_some() {
+                String::new()
+            } else {
+                r.recipient
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.to_lowercase())
+                    .unwrap_or_default()
+            };
+            groups.entry(key).or_default().push(i);
+        }
+        for (domain, idxs) in groups {
+            let hops = match route::next_hops(&self.dns, t, &domain).await {
+                Ok(h) => h,
+                Err(route::RouteError::Permanent(reply)) => {
+                    for i in idxs {
+                        outcomes[i] = Some(Outcome::Failed {
+                            reply: reply.clone(),
+                            host: None,
+                            ip: None,
+                        });
+                    }
+                    continue;
+                }
+                Err(route::RouteError::Temporary(reason)) => {
+                    for i in idxs {
+                        outcomes[i] = Some(Outcome::Deferred {
+                            reason: reason.clone(),
+                            host: None,
+                            ip: None,
+                        });
+                    }
+                    continue;
+                }
+            };
+            let rcpts: Vec<&QueuedRecipient> = idxs.iter().map(|&i| &entry.recipients[i]).collect();
+            let res = self
+                .send_via_hops(entry, transportid, t, &hops, &rcpts, body)
+                .await;
+            for (k, i) in idxs.into_iter().enumerate() {
+                outcomes[i] = Some(res[k].clone());
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(Outcome::Deferred {
+                    reason: "not attempted".into(),
+                    host: None,
+                    ip: None,
+                })
+            })
+            .collect()
+    }
+
+    fn destination_slot(&self, key: &str, limit: usize) -> Arc<Semaphore> {
+        self.per_destination
+            .lock()
+            .expect("destinations")
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1))))
+            .clone()
+    }
+
+    fn take_pooled(&self, key: &str) -> Option<SmtpClient> {
+        let mut pool = self.pool.lock().expect("pool");
+        let list = pool.get_mut(key)?;
+        while let Some(p) = list.pop() {
+            if p.since.elapsed() < POOL_IDLE {
+                return Some(p.client);
+            }
+        }
+        None
+    }
+
+    fn put_pooled(&self, key: String, client: SmtpClient) {
+        let mut pool = self.pool.lock().expect("pool");
+        let list = pool.entry(key).or_default();
+        if list.len() < POOL_MAX_PER_KEY {
+            list.push(Pooled {
+                since: Instant::now(),
+                client,
+            });
+        }
+    }
+
+    async fn send_via_hops(
+        &self,
+        entry: &QueueEntry,
+        transportid: &str,
+        t: &TransportConfig,
+        hops: &[(String, SocketAddr)],
+        rcpts: &[&QueuedRecipient],
+        body: &Bytes,
+    ) -> Vec<Outcome> {
+        let rcpt_params: Vec<Option<String>> = rcpts
+            .iter()
+            .map(|r| {
+                let mut p = Vec::new();
+                if !r.dsn.notify.is_empty() {
+                    p.push(format!("NOTIFY={}", r.dsn.notify.join(",")));
+                }
+                if let Some((ty, a)) = &r.dsn.orcpt {
+                    p.push(format!("ORCPT={ty};{}", client::xtext_encode(a)));
+                }
+                (!p.is_empty()).then(|| p.join(" "))
+            })
+            .collect();
+        let env = Envelope {
+            sender: &entry.sender,
+            recipients: rcpts
+                .iter()
+                .zip(rcpt_params)
+                .map(|(r, p)| (r.recipient.as_str(), p))
+                .collect(),
+            body,
+            eight_bit: entry.eight_bit,
+            smtputf8: entry.smtputf8,
+            ret: entry.dsn.ret.as_deref(),
+            envid: entry.dsn.envid.as_deref(),
+        };
+        let mut last_err = String::from("no next hop");
+        let mut last_host = None;
+        let mut last_ip = None;
+        let tls_cfg =
+            self.tls.get(transportid).cloned().unwrap_or_else(|| {
+                client::client_tls_config(t.tls, None).expect("default tls config")
+            });
+        for (host, addr) in hops {
+            let key = format!("{transportid}|{addr}");
+            let slot = self.destination_slot(&addr.to_string(), t.connections_per_destination);
+            let _permit = slot.acquire_owned().await;
+            last_host = Some(host.clone());
+            last_ip = Some(addr.ip().to_string());
+            // A pooled connection may have been closed by the peer: one retry on a fresh one.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let (mut c, reused) = match self.take_pooled(&key) {
+                    Some(c) => (c, true),
+                    None => match SmtpClient::connect(
+                        *addr,
+                        host,
+                        t.kind,
+                        t.tls,
+                        tls_cfg.clone(),
+                        &self.config.hostname,
+                        t.connect_timeout,
+                    )
+                    .await
+                    {
+                        Ok(c) => (c, false),
+                        Err(ClientError::Reply(r)) if r.is_permanent() => {
+                            return rcpts
+                                .iter()
+                                .map(|_| Outcome::Failed {
+                                    reply: r.clone(),
+                                    host: Some(host.clone()),
+                                    ip: Some(addr.ip().to_string()),
+                                })
+                                .collect();
+                        }
+                        Err(e) => {
+                            debug!(queue = %entry.id, host = %host, error = %e, "next hop failed");
+                            last_err = format!("{host} [{}]: {e}", addr.ip());
+                            break;
+                        }
+                    },
+                };
+                match c.send_message(&env).await {
+                    Ok(replies) => {
+                        let dsn_relayed = c.has("DSN");
+                        self.put_pooled(key.clone(), c);
+                        return replies
+                            .into_iter()
+                            .map(|r| {
+                                if r.is_positive() {
+                                    Outcome::Delivered {
+                                        reply: r,
+                                        host: host.clone(),
+                                        ip: addr.ip().to_string(),
+                                        dsn_relayed,
+                                    }
+                                } else if r.is_permanent() {
+                                    Outcome::Failed {
+                                        reply: r,
+                                        host: Some(host.clone()),
+                                        ip: Some(addr.ip().to_string()),
+                                    }
+                                } else {
+                                    Outcome::Deferred {
+                                        reason: format!("{host} [{}] said: {r}", addr.ip()),
+                                        host: Some(host.clone()),
+                                        ip: Some(addr.ip().to_string()),
+                                    }
+                                }
+                            })
+                            .collect();
+                    }
+                    Err(ClientError::Network(e)) if reused && tries < 2 => {
+                        debug!(queue = %entry.id, host = %host, error = %e, "pooled connection failed, reconnecting");
+                        continue;
+                    }
+                    Err(ClientError::Reply(r)) | Err(ClientError::Local(r)) if r.is_permanent() => {
+                        if c.rset().await {
+                            self.put_pooled(key.clone(), c);
+                        }
+                        return rcpts
+                            .iter()
+                            .map(|_| Outcome::Failed {
+                                reply: r.clone(),
+                                host: Some(host.clone()),
+                                ip: Some(addr.ip().to_string()),
+                            })
+                            .collect();
+                    }
+                    Err(e) => {
+                        last_err = format!("{host} [{}]: {e}", addr.ip());
+                        c.quit().await;
+                        break;
+                    }
+                }
+            }
+        }
+        rcpts
+            .iter()
+            .map(|_| Outcome::Deferred {
+                reason: last_err.clone(),
+                host: last_host.clone(),
+                ip: last_ip.clone(),
+            })
+            .collect()
+    }
+
+    fn history_record(
+        &self,
+        e: &QueueEntry,
+        r: &QueuedRecipient,
+        action: &str,
+        reason: String,
+    ) -> HistoryRecord {
+        HistoryRecord {
+            ts: now_secs(),
+            action: action.to_string(),
+            id: e.id.clone(),
+            transaction: e.transaction.clone(),
+            message_id: e.message_id.clone(),
+            sender: e.sender.clone(),
+            recipient: r.recipient.clone(),
+            transportid: e.transportid.clone(),
+            size: e.size,
+            client_ip: e.client.ip.clone(),
+            serverid: e.client.serverid.clone(),
+            connection: e.client.connection.clone(),
+            reason,
+            metadata: e.metadata.clone(),
+            attempt: e.attempts + 1,
+            ..Default::default()
+        }
+    }
+
+    /// Record outcomes, bounce what failed, and remove or reschedule the entry.
+    async fn settle(
+        &self,
+        entry: &mut QueueEntry,
+        transportid: &str,
+        outcomes: Vec<Outcome>,
+        body: &Bytes,
+    ) {
+        let now = now_secs();
+        let expired = now - entry.received_at > self.config.queue.max_lifetime.as_secs_f64();
+        let mut history = Vec::new();
+        let mut failed: Vec<(QueuedRecipient, SmtpReply, Option<String>)> = Vec::new();
+        let mut delivered_notify: Vec<(QueuedRecipient, SmtpReply, String)> = Vec::new();
+        let mut remaining = Vec::new();
+        let mut last_reason = None;
+        let backoff = {
+            let q = &self.config.queue;
+            let exp = entry.attempts.min(20);
+            let d = q.min_retry_delay.as_secs_f64() * 2f64.powi(exp as i32);
+            d.min(q.max_retry_delay.as_secs_f64())
+        };
+        for (r, o) in entry.recipients.iter().zip(outcomes) {
+            match o {
+                Outcome::Delivered {
+                    reply,
+                    host,
+                    ip,
+                    dsn_relayed,
+                } => {
+                    let mut h = self.history_record(entry, r, "DELIVER", reply.to_string());
+                    h.remote_host = Some(host.clone());
+                    h.remote_ip = Some(ip);
+                    h.transportid = transportid.to_string();
+                    history.push(h);
+                    if !dsn_relayed && dsn::wants(r, "SUCCESS") {
+                        delivered_notify.push((r.clone(), reply, host));
+                    }
+                }
+                Outcome::Failed { reply, host, ip } => {
+                    let mut h = self.history_record(entry, r, "ERROR", reply.to_string());
+                    h.remote_host = host.clone();
+                    h.remote_ip = ip;
+                    history.push(h);
+                    failed.push((r.clone(), reply, host));
+                }
+                Outcome::Deferred { reason, host, ip } => {
+                    if expired {
+                        let reply = SmtpReply::with(
+                            550,
+                            "4.4.7",
+                            format!("delivery time expired; last error: {reason}"),
+                        );
+                        let mut h = self.history_record(entry, r, "ERROR", reply.to_string());
+                        h.remote_host = host.clone();
+                        h.remote_ip = ip;
+                        history.push(h);
+                        failed.push((r.clone(), reply, host));
+                    } else {
+                        let mut h = self.history_record(entry, r, "DEFER", reason.clone());
+                        h.remote_host = host;
+                        h.remote_ip = ip;
+                        h.next_retry = Some(now + backoff);
+                        history.push(h);
+                        last_reason = Some(reason);
+                        remaining.push(r.clone());
+                    }
+                }
+            }
+        }
+        for h in &history {
+            info!(
+                queue = %entry.id, tx = %entry.transaction, action = %h.action, to = %h.recipient,
+                relay = %h.remote_host.as_deref().unwrap_or("-"), reason = %h.reason, "delivery"
+            );
+        }
+        if let Err(e) = self.store.append_history(&history) {
+            warn!(queue = %entry.id, error = %e, "history write failed");
+        }
+        // Reports to the sender: never to the null sender (no bounce loops).
+        if !entry.sender.is_empty() {
+            let fails: Vec<dsn::DsnRecipient> = failed
+                .iter()
+                .filter(|(r, _, _)| dsn::wants(r, "FAILURE"))
+                .map(|(r, reply, host)| dsn::DsnRecipient {
+                    recipient: r,
+                    action: "failed",
+                    status: reply
+                        .enhanced
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "5.0.0".into()),
+                    remote_mta: host.clone(),
+                    diagnostic: Some(format!("{} {}", reply.code, reply.text())),
+                })
+                .collect();
+            if !fails.is_empty() {
+                self.queue_report(entry, body, &fails, "failed").await;
+            }
+            let oks: Vec<dsn::DsnRecipient> = delivered_notify
+                .iter()
+                .map(|(r, reply, host)| dsn::DsnRecipient {
+                    recipient: r,
+                    action: "delivered",
+                    status: reply
+                        .enhanced
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "2.0.0".into()),
+                    remote_mta: Some(host.clone()),
+                    diagnostic: Some(format!("{} {}", reply.code, reply.text())),
+                })
+                .collect();
+            if !oks.is_empty() {
+                self.queue_report(entry, body, &oks, "delivered").await;
+            }
+        }
+        if remaining.is_empty() {
+            if let Err(e) = self.store.remove_entry(&entry.id) {
+                warn!(queue = %entry.id, error = %e, "removing delivered entry failed");
+            }
+            return;
+        }
+        let age = now - entry.received_at;
+        entry.recipients = remaining;
+        entry.attempts += 1;
+        entry.next_attempt = now + backoff;
+        entry.last_error = last_reason;
+        if !entry.delay_notified
+            && !entry.sender.is_empty()
+            && age >= self.config.queue.delay_warning.as_secs_f64()
+        {
+            let delayed: Vec<dsn::DsnRecipient> = entry
+                .recipients
+                .iter()
+                .filter(|r| dsn::wants(r, "DELAY"))
+                .map(|r| dsn::DsnRecipient {
+                    recipient: r,
+                    action: "delayed",
+                    status: "4.4.1".into(),
+                    remote_mta: None,
+                    diagnostic: entry.last_error.clone(),
+                })
+                .collect();
+            if !delayed.is_empty() {
+                self.queue_report(entry, body, &delayed, "delayed").await;
+            }
+            entry.delay_notified = true;
+        }
+        if let Err(e) = self.store.update_entry(entry) {
+            warn!(queue = %entry.id, error = %e, "rescheduling failed");
+        }
+    }
+
+    async fn queue_report(
+        &self,
+        entry: &QueueEntry,
+        body: &Bytes,
+        rcpts: &[dsn::DsnRecipient<'_>],
+        action: &str,
+    ) {
+        let (subject, text) = dsn::default_text(action);
+        let q = &self.config.queue;
+        let subject = if action == "failed" {
+            q.bounce_subject.as_deref().unwrap_or(subject)
+        } else {
+            subject
+        };
+        let text = if action == "failed" {
+            q.bounce_text.as_deref().unwrap_or(text)
+        } else {
+            text
+        };
+        let text = text.replace("{hostname}", &self.config.hostname).replace(
+            "{lifetime}",
+            &humantime::format_duration(q.max_lifetime).to_string(),
+        );
+        let report = dsn::build(
+            &self.config.hostname,
+            entry,
+            body,
+            rcpts,
+            &dsn::DsnText {
+                subject,
+                body: &text,
+            },
+        );
+        let now = now_secs();
+        let id = crate::ids::new_id();
+        let msg = NewMessage {
+            body_id: id.clone(),
+            body: Bytes::from(report.clone()),
+            entries: vec![QueueEntry {
+                id: id.clone(),
+                transaction: entry.transaction.clone(),
+                state: QueueState::Queued,
+                sender: String::new(),
+                recipients: vec![QueuedRecipient {
+                    recipient: entry.sender.clone(),
+                    transportid: "default".into(),
+                    dsn: Default::default(),
+                }],
+                transportid: "default".into(),
+                dsn: Default::default(),
+                metadata: BTreeMap::from([("dsn_for".to_string(), entry.id.clone())]),
+                jobid: None,
+                received_at: now,
+                next_attempt: now,
+                attempts: 0,
+                size: report.len() as u64,
+                body: id.clone(),
+                smtputf8: false,
+                eight_bit: true,
+                client: Default::default(),
+                message_id: None,
+                last_error: None,
+                delay_notified: false,
+            }],
+        };
+        match self.store.commit_messages(std::slice::from_ref(&msg)).await {
+            Ok(()) => {
+                info!(queue = %entry.id, report = %id, action, to = %entry.sender, "delivery status notification queued")
+            }
+            Err(e) => warn!(queue = %entry.id, error = %e, "queueing the DSN failed"),
+        }
+    }
+}
