@@ -46,6 +46,15 @@ pub enum Cmd {
     },
     /// SMTP load generator: msgs/s and end-of-data → 250 latency.
     Bench(BenchArgs),
+    /// Query the delivery history.
+    History(HistoryArgs),
+    /// One message's whole story: every history record and its queue state.
+    Trace {
+        /// Queue id, transaction id or Message-ID.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one hook of the configured scripts against a sample message and
     /// envelope, and print the verdict (and what it queued) as JSON.
     TestScript(TestScriptArgs),
@@ -77,6 +86,53 @@ pub enum QueueCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Keep an entry from being delivered until released.
+    Hold { ids: Vec<String> },
+    /// Release held entries (due now).
+    Release { ids: Vec<String> },
+    /// Attempt delivery now.
+    Retry { ids: Vec<String> },
+    /// Remove entries without a report (DELETE in history).
+    Delete { ids: Vec<String> },
+    /// Fail entries now and send the sender a bounce.
+    Bounce { ids: Vec<String> },
+    /// Counts by state, transport and destination; oldest message age.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct HistoryArgs {
+    /// Only records newer than this long ago (e.g. 2h, 30m) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only records older than this long ago or an RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub sender: Option<String>,
+    #[arg(long)]
+    pub recipient: Option<String>,
+    /// Recipient domain.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// REJECT, DELIVER, DEFER, ERROR, DELETE…
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Queue id, transaction id or Message-ID.
+    #[arg(long)]
+    pub id: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    #[arg(long)]
+    pub csv: bool,
+    /// Keep printing new records as they arrive.
+    #[arg(long)]
+    pub follow: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -136,6 +192,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             crate::policy::PolicyEngine::check(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("config OK");
             Ok(())
+        }
+        Cmd::History(h) => {
+            let cfg = load_config(&cli)?;
+            history_cmd(&cfg, h).await
+        }
+        Cmd::Trace { id, json } => {
+            let cfg = load_config(&cli)?;
+            trace_cmd(&cfg, id, *json).await
         }
         Cmd::TestScript(t) => {
             let cfg = load_config(&cli)?;
@@ -204,6 +268,9 @@ async fn ask(cfg: &Config, req: Request) -> anyhow::Result<Value> {
             let res = match req {
                 Request::QueueList => control::queue_list_json(&store),
                 Request::QueueShow { id } => control::queue_show_json(&store, &id),
+                Request::QueueAction { action, id } => control::queue_action(&store, &action, &id),
+                Request::QueueStats => control::queue_stats(&store),
+                Request::History { query } => control::history_json(&store, &query),
                 Request::Ping => Ok(Value::String("no daemon".into())),
                 Request::Reload => Err("no daemon running".into()),
             };
@@ -213,8 +280,278 @@ async fn ask(cfg: &Config, req: Request) -> anyhow::Result<Value> {
     }
 }
 
+fn parse_when(s: &str) -> anyhow::Result<f64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now - d.as_secs_f64());
+    }
+    let t = chrono::DateTime::parse_from_rfc3339(s)
+        .map_err(|_| anyhow::anyhow!("{s:?} is neither a duration (2h) nor an RFC 3339 time"))?;
+    Ok(t.timestamp() as f64 + f64::from(t.timestamp_subsec_micros()) / 1e6)
+}
+
+fn fmt_ts(ts: f64) -> String {
+    chrono::DateTime::from_timestamp(ts as i64, ((ts.fract()) * 1e9) as u32)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+        .unwrap_or_default()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn print_history_rows(rows: &[Value], h: &HistoryArgs, header: bool) {
+    if h.json {
+        return;
+    }
+    if h.csv {
+        if header {
+            println!("ts,action,id,transaction,message_id,sender,recipient,transportid,remote_host,reason");
+        }
+        for r in rows {
+            let f = |k: &str| csv_field(r[k].as_str().unwrap_or(""));
+            println!(
+                "{},{},{},{},{},{},{},{},{},{}",
+                fmt_ts(r["ts"].as_f64().unwrap_or(0.0)),
+                f("action"),
+                f("id"),
+                f("transaction"),
+                f("message_id"),
+                f("sender"),
+                f("recipient"),
+                f("transportid"),
+                f("remote_host"),
+                f("reason")
+            );
+        }
+        return;
+    }
+    for r in rows {
+        println!(
+            "{} {:<7} id={} tx={} from=<{}> to=<{}> transport={} relay={} {}",
+            fmt_ts(r["ts"].as_f64().unwrap_or(0.0)),
+            r["action"].as_str().unwrap_or(""),
+            r["id"].as_str().unwrap_or("-"),
+            r["transaction"].as_str().unwrap_or("-"),
+            r["sender"].as_str().unwrap_or(""),
+            r["recipient"].as_str().unwrap_or(""),
+            r["transportid"].as_str().unwrap_or(""),
+            r["remote_host"].as_str().unwrap_or("-"),
+            r["reason"].as_str().unwrap_or(""),
+        );
+    }
+}
+
+async fn history_cmd(cfg: &Config, h: &HistoryArgs) -> anyhow::Result<()> {
+    let mut filter = control::HistoryFilter {
+        since: h.since.as_deref().map(parse_when).transpose()?,
+        until: h.until.as_deref().map(parse_when).transpose()?,
+        sender: h.sender.clone(),
+        recipient: h.recipient.clone(),
+        domain: h.domain.clone(),
+        action: h.action.as_ref().map(|a| a.to_uppercase()),
+        id: h.id.clone(),
+        after: None,
+        limit: Some(h.limit),
+    };
+    let v = ask(
+        cfg,
+        Request::History {
+            query: filter.clone(),
+        },
+    )
+    .await?;
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if h.json && !h.follow {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print_history_rows(&rows, h, true);
+    if !h.follow {
+        return Ok(());
+    }
+    filter.after = rows
+        .last()
+        .and_then(|r| r["hid"].as_str())
+        .map(|s| s.to_string());
+    filter.since = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let v = ask(
+            cfg,
+            Request::History {
+                query: filter.clone(),
+            },
+        )
+        .await?;
+        let rows = v.as_array().cloned().unwrap_or_default();
+        if let Some(last) = rows.last().and_then(|r| r["hid"].as_str()) {
+            filter.after = Some(last.to_string());
+        }
+        if h.json {
+            for r in &rows {
+                println!("{}", serde_json::to_string(r)?);
+            }
+        } else {
+            print_history_rows(&rows, h, false);
+        }
+    }
+}
+
+async fn trace_cmd(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()> {
+    let filter = control::HistoryFilter {
+        id: Some(id.to_string()),
+        ..Default::default()
+    };
+    let history = ask(cfg, Request::History { query: filter }).await?;
+    let queue = ask(cfg, Request::QueueList).await?;
+    let rows = history.as_array().cloned().unwrap_or_default();
+    // Queue entries of this message: by queue id, transaction id or Message-ID.
+    let txs: std::collections::BTreeSet<String> = rows
+        .iter()
+        .filter_map(|r| r["transaction"].as_str().map(|s| s.to_string()))
+        .chain(std::iter::once(id.to_string()))
+        .collect();
+    let entries: Vec<Value> = queue
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e["id"].as_str() == Some(id)
+                || e["transaction"].as_str().is_some_and(|t| txs.contains(t))
+                || e["message_id"].as_str().map(|m| m.trim_matches(['<', '>']))
+                    == Some(id.trim_matches(['<', '>']))
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"history": rows, "queue": entries}))?
+        );
+        return Ok(());
+    }
+    if rows.is_empty() && entries.is_empty() {
+        bail!("nothing known about {id}");
+    }
+    for e in &entries {
+        println!(
+            "{} RECEIVED id={} tx={} from=<{}> client={} [{}] via {} helo={} tls={}",
+            fmt_ts(e["received_at"].as_f64().unwrap_or(0.0)),
+            e["id"].as_str().unwrap_or(""),
+            e["transaction"].as_str().unwrap_or(""),
+            e["sender"].as_str().unwrap_or(""),
+            e["client"]["ip"].as_str().unwrap_or(""),
+            e["client"]["connection"].as_str().unwrap_or(""),
+            e["client"]["serverid"].as_str().unwrap_or(""),
+            e["client"]["helo"].as_str().unwrap_or("-"),
+            e["client"]["tls"].as_str().unwrap_or("no"),
+        );
+    }
+    let h = HistoryArgs {
+        since: None,
+        until: None,
+        sender: None,
+        recipient: None,
+        domain: None,
+        action: None,
+        id: None,
+        limit: 0,
+        json: false,
+        csv: false,
+        follow: false,
+    };
+    print_history_rows(&rows, &h, false);
+    for e in &entries {
+        println!(
+            "now: {} in queue, state {}, attempts {}, next attempt {}, last error: {}",
+            e["id"].as_str().unwrap_or(""),
+            e["state"].as_str().unwrap_or(""),
+            e["attempts"].as_u64().unwrap_or(0),
+            fmt_ts(e["next_attempt"].as_f64().unwrap_or(0.0)),
+            e["last_error"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
 async fn queue_cmd(cfg: &Config, action: &QueueCmd) -> anyhow::Result<()> {
+    let act = |name: &str, ids: &Vec<String>| -> Vec<Request> {
+        ids.iter()
+            .map(|id| Request::QueueAction {
+                action: name.to_string(),
+                id: id.clone(),
+            })
+            .collect()
+    };
+    let batch = match action {
+        QueueCmd::Hold { ids } => Some(act("hold", ids)),
+        QueueCmd::Release { ids } => Some(act("release", ids)),
+        QueueCmd::Retry { ids } => Some(act("retry", ids)),
+        QueueCmd::Delete { ids } => Some(act("delete", ids)),
+        QueueCmd::Bounce { ids } => Some(act("bounce", ids)),
+        _ => None,
+    };
+    if let Some(reqs) = batch {
+        if reqs.is_empty() {
+            bail!("give at least one queue id");
+        }
+        let mut failed = 0;
+        for r in reqs {
+            match ask(cfg, r).await {
+                Ok(v) => println!(
+                    "{}: {}",
+                    v["id"].as_str().unwrap_or(""),
+                    v["action"].as_str().unwrap_or("")
+                ),
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    failed += 1;
+                }
+            }
+        }
+        if failed > 0 {
+            bail!(
+                "{failed} entr{} failed",
+                if failed == 1 { "y" } else { "ies" }
+            );
+        }
+        return Ok(());
+    }
     match action {
+        QueueCmd::Stats { json } => {
+            let v = ask(cfg, Request::QueueStats).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("entries: {}", v["entries"]);
+                println!(
+                    "oldest: {}",
+                    v["oldest_age_seconds"]
+                        .as_f64()
+                        .map(
+                            |s| humantime::format_duration(Duration::from_secs(s as u64))
+                                .to_string()
+                        )
+                        .unwrap_or_else(|| "-".into())
+                );
+                for k in ["by_state", "by_transport", "by_destination"] {
+                    println!("{k}:");
+                    if let Some(m) = v[k].as_object() {
+                        for (name, n) in m {
+                            println!("  {name:<30} {n}");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
         QueueCmd::List { json } => {
             let v = ask(cfg, Request::QueueList).await?;
             if *json {
@@ -285,5 +622,6 @@ async fn queue_cmd(cfg: &Config, action: &QueueCmd) -> anyhow::Result<()> {
             std::io::stdout().write_all(&raw)?;
             Ok(())
         }
+        _ => unreachable!("handled above"),
     }
 }

@@ -18,8 +18,148 @@ use crate::store::Store;
 pub enum Request {
     Ping,
     QueueList,
-    QueueShow { id: String },
+    QueueShow {
+        id: String,
+    },
+    /// hold | release | retry | delete | bounce
+    QueueAction {
+        action: String,
+        id: String,
+    },
+    QueueStats,
+    History {
+        query: HistoryFilter,
+    },
     Reload,
+}
+
+/// `sluice history` filters, as sent over the socket.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistoryFilter {
+    pub since: Option<f64>,
+    pub until: Option<f64>,
+    pub sender: Option<String>,
+    pub recipient: Option<String>,
+    pub domain: Option<String>,
+    pub action: Option<String>,
+    pub id: Option<String>,
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl HistoryFilter {
+    pub fn to_query(&self) -> crate::store::history::HistoryQuery {
+        crate::store::history::HistoryQuery {
+            since: self.since,
+            until: self.until,
+            sender: self.sender.clone(),
+            recipient: self.recipient.clone(),
+            domain: self.domain.clone(),
+            action: self.action.clone(),
+            id: self.id.clone(),
+            after: self.after.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
+pub fn history_json(store: &Store, f: &HistoryFilter) -> Result<Value, String> {
+    let rows = store
+        .query_history(&f.to_query())
+        .map_err(|e| e.to_string())?;
+    Ok(Value::Array(
+        rows.into_iter()
+            .map(|(hid, r)| {
+                let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+                v["hid"] = Value::String(hid);
+                v
+            })
+            .collect(),
+    ))
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// hold, release, retry (now), delete (DELETE history, no report), bounce
+/// (the scheduler fails it at once: ERROR history and a DSN to the sender).
+pub fn queue_action(store: &Store, action: &str, id: &str) -> Result<Value, String> {
+    use crate::store::queue::QueueState;
+    let Some(mut e) = store.get_entry(id).map_err(|e| e.to_string())? else {
+        return Err(format!("no queue entry {id}"));
+    };
+    match action {
+        "hold" => e.state = QueueState::Held,
+        "release" | "retry" => {
+            e.state = QueueState::Queued;
+            e.next_attempt = now_secs();
+        }
+        "bounce" => {
+            e.state = QueueState::Queued;
+            e.next_attempt = now_secs();
+            e.metadata.insert("_bounce".into(), "operator".into());
+        }
+        "delete" => {
+            let (act, reason) = ("DELETE", "deleted by operator");
+            let recs: Vec<_> = e
+                .recipients
+                .iter()
+                .map(|r| crate::store::history::HistoryRecord {
+                    ts: now_secs(),
+                    action: act.into(),
+                    id: e.id.clone(),
+                    transaction: e.transaction.clone(),
+                    message_id: e.message_id.clone(),
+                    sender: e.sender.clone(),
+                    recipient: r.recipient.clone(),
+                    transportid: e.transportid.clone(),
+                    size: e.size,
+                    reason: reason.into(),
+                    metadata: e.metadata.clone(),
+                    ..Default::default()
+                })
+                .collect();
+            store.append_history(&recs).map_err(|e| e.to_string())?;
+            store.remove_entry(id).map_err(|e| e.to_string())?;
+            return Ok(json!({"id": id, "action": action}));
+        }
+        other => return Err(format!("unknown queue action {other:?}")),
+    }
+    store.update_entry(&e).map_err(|e| e.to_string())?;
+    Ok(json!({"id": id, "action": action, "state": e.state.as_str()}))
+}
+
+pub fn queue_stats(store: &Store) -> Result<Value, String> {
+    let entries = store.list_entries().map_err(|e| e.to_string())?;
+    let mut by_state = std::collections::BTreeMap::<String, u64>::new();
+    let mut by_transport = std::collections::BTreeMap::<String, u64>::new();
+    let mut by_domain = std::collections::BTreeMap::<String, u64>::new();
+    let mut oldest: Option<f64> = None;
+    for e in &entries {
+        *by_state.entry(e.state.as_str().into()).or_default() += 1;
+        *by_transport.entry(e.transportid.clone()).or_default() += 1;
+        for r in &e.recipients {
+            let d = r
+                .recipient
+                .rsplit_once('@')
+                .map(|(_, d)| d)
+                .unwrap_or("")
+                .to_string();
+            *by_domain.entry(d).or_default() += 1;
+        }
+        oldest = Some(oldest.map_or(e.received_at, |o: f64| o.min(e.received_at)));
+    }
+    Ok(json!({
+        "entries": entries.len(),
+        "by_state": by_state,
+        "by_transport": by_transport,
+        "by_destination": by_domain,
+        "oldest_age_seconds": oldest.map(|o| (now_secs() - o).max(0.0)),
+    }))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +256,9 @@ async fn handle(stream: UnixStream, store: Store, reload: ReloadFn) -> std::io::
                     Request::Ping => Ok(json!("pong")),
                     Request::QueueList => queue_list_json(&store),
                     Request::QueueShow { id } => queue_show_json(&store, &id),
+                    Request::QueueAction { action, id } => queue_action(&store, &action, &id),
+                    Request::QueueStats => queue_stats(&store),
+                    Request::History { query } => history_json(&store, &query),
                     Request::Reload => reload().map(Value::String),
                 })
                 .await

@@ -217,6 +217,13 @@ impl DeliveryService {
         // predelivery may reroute, hold off or cancel.
         let mut transportid = entry.transportid.clone();
         let mut forced: Option<Outcome> = None;
+        if entry.metadata.remove("_bounce").is_some() {
+            forced = Some(Outcome::Failed {
+                reply: SmtpReply::with(550, "5.0.0", "bounced by the operator"),
+                host: None,
+                ip: None,
+            });
+        }
         if let Some(out) = self
             .run_delivery_hook(Hook::PreDelivery, self.delivery_info(&entry, None, None))
             .await

@@ -259,3 +259,188 @@ pub fn stored_without_received(raw: &[u8]) -> Vec<u8> {
         i = e;
     }
 }
+
+/// The sink's answer rule, swappable while it runs.
+pub type SinkRule = Arc<std::sync::Mutex<Box<dyn Fn(&str) -> SinkAnswer + Send>>>;
+
+/// What a sink answers, decided per recipient address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkAnswer {
+    Accept,
+    TempFail,
+    PermFail,
+    /// LMTP only: accept at RCPT, refuse after DATA.
+    FailAfterData,
+}
+
+/// A message a sink received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub from: String,
+    pub to: Vec<String>,
+    pub mail_params: String,
+    pub rcpt_params: Vec<String>,
+    pub data: Vec<u8>,
+}
+
+/// A next hop on loopback: SMTP or LMTP, answering by a rule, recording
+/// what it accepted. Advertises PIPELINING, SIZE, 8BITMIME, DSN (and
+/// SMTPUTF8 unless `no_utf8`).
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub received: Arc<std::sync::Mutex<Vec<Received>>>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    pub rule: SinkRule,
+}
+
+impl Sink {
+    pub async fn start(lmtp: bool, no_utf8: bool) -> Sink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let rule: SinkRule = Arc::new(std::sync::Mutex::new(Box::new(|_: &str| {
+            SinkAnswer::Accept
+        })));
+        let (rec, conns, rl) = (received.clone(), connections.clone(), rule.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (rec, rl) = (rec.clone(), rl.clone());
+                tokio::spawn(async move {
+                    let _ = sink_session(s, lmtp, no_utf8, rec, rl).await;
+                });
+            }
+        });
+        Sink {
+            addr,
+            received,
+            connections,
+            rule,
+        }
+    }
+
+    pub fn set_rule(&self, f: impl Fn(&str) -> SinkAnswer + Send + 'static) {
+        *self.rule.lock().unwrap() = Box::new(f);
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Wait (bounded) until `n` messages arrived.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        for _ in 0..300 {
+            if self.received.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.messages()
+    }
+}
+
+async fn sink_session(
+    s: TcpStream,
+    lmtp: bool,
+    no_utf8: bool,
+    rec: Arc<std::sync::Mutex<Vec<Received>>>,
+    rule: SinkRule,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let (r, mut w) = s.into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    w.write_all(b"220 sink.test ESMTP\r\n").await?;
+    let mut from = String::new();
+    let mut mail_params = String::new();
+    let mut to: Vec<(String, String, SinkAnswer)> = Vec::new();
+    let mut line = String::new();
+    for _ in 0..10_000 {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let l = line.trim_end().to_string();
+        let up = l.to_ascii_uppercase();
+        if up.starts_with("EHLO") || up.starts_with("LHLO") {
+            let utf8 = if no_utf8 { "" } else { "250-SMTPUTF8\r\n" };
+            w.write_all(format!("250-sink.test\r\n250-PIPELINING\r\n250-SIZE 10000000\r\n250-8BITMIME\r\n{utf8}250 DSN\r\n").as_bytes()).await?;
+        } else if up.starts_with("MAIL FROM:") {
+            let rest = &l[10..];
+            let end = rest.find('>').unwrap_or(0);
+            from = rest[1..end].to_string();
+            mail_params = rest[end + 1..].trim().to_string();
+            to.clear();
+            w.write_all(b"250 2.1.0 ok\r\n").await?;
+        } else if up.starts_with("RCPT TO:") {
+            let rest = &l[8..];
+            let end = rest.find('>').unwrap_or(0);
+            let addr = rest[1..end].to_string();
+            let ans = (rule.lock().unwrap())(&addr);
+            match ans {
+                SinkAnswer::TempFail => w.write_all(b"451 4.2.0 try later\r\n").await?,
+                SinkAnswer::PermFail => w.write_all(b"550 5.1.1 no such user\r\n").await?,
+                _ => {
+                    to.push((addr, rest[end + 1..].trim().to_string(), ans));
+                    w.write_all(b"250 2.1.5 ok\r\n").await?
+                }
+            }
+        } else if up == "DATA" {
+            if to.is_empty() {
+                w.write_all(b"554 5.5.1 no valid recipients\r\n").await?;
+                continue;
+            }
+            w.write_all(b"354 go\r\n").await?;
+            let mut data = Vec::new();
+            loop {
+                let mut dl = Vec::new();
+                if r.read_until(b'\n', &mut dl).await? == 0 {
+                    return Ok(());
+                }
+                if dl == b".\r\n" {
+                    break;
+                }
+                if dl.starts_with(b"..") {
+                    dl.remove(0);
+                }
+                data.extend_from_slice(&dl);
+            }
+            let accepted: Vec<&(String, String, SinkAnswer)> = to
+                .iter()
+                .filter(|t| t.2 != SinkAnswer::FailAfterData)
+                .collect();
+            if !accepted.is_empty() {
+                rec.lock().unwrap().push(Received {
+                    from: from.clone(),
+                    to: accepted.iter().map(|t| t.0.clone()).collect(),
+                    mail_params: mail_params.clone(),
+                    rcpt_params: accepted.iter().map(|t| t.1.clone()).collect(),
+                    data,
+                });
+            }
+            if lmtp {
+                for t in &to {
+                    if t.2 == SinkAnswer::FailAfterData {
+                        w.write_all(b"552 5.2.2 mailbox full\r\n").await?;
+                    } else {
+                        w.write_all(b"250 2.0.0 delivered\r\n").await?;
+                    }
+                }
+            } else {
+                w.write_all(b"250 2.0.0 queued as SINK\r\n").await?;
+            }
+            to.clear();
+        } else if up == "RSET" || up == "NOOP" {
+            w.write_all(b"250 2.0.0 ok\r\n").await?;
+        } else if up == "QUIT" {
+            w.write_all(b"221 2.0.0 bye\r\n").await?;
+            return Ok(());
+        } else {
+            w.write_all(b"502 5.5.1 unknown\r\n").await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! Delivery end to end: client → Sluice → sink over loopback. Static routes
+//! and failover, per-recipient results, retries, DSNs, LMTP, hold/release,
+//! and the history that records all of it.
+
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+use sluice::control::{request, HistoryFilter, Request};
+
+fn transport(sinks: &[&str], extra: &str) -> String {
+    let hosts: Vec<String> = sinks.iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        "[queue]\nmin_retry_delay = \"1s\"\nmax_retry_delay = \"2s\"\n{extra}\n[transport.default]\nhost = [{}]\ntls = \"none\"\nconnect_timeout = \"2s\"\n",
+        hosts.join(", ")
+    )
+}
+
+async fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_end_to_end_with_failover_and_history() {
+    let sink = Sink::start(false, false).await;
+    // A dead first hop (nothing listens there), then the sink.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let srv = TestServer::start(&transport(&[&dead.to_string(), &sink.addr.to_string()], "")).await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    c.cmd("MAIL FROM:<s@example.net> RET=HDRS ENVID=env1", "250")
+        .await;
+    c.cmd(
+        "RCPT TO:<a@example.org> NOTIFY=FAILURE ORCPT=rfc822;A@example.org",
+        "250",
+    )
+    .await;
+    c.cmd("RCPT TO:<b@example.org>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send_raw(
+        b"Subject: relay\r\nMessage-ID: <relay-1@example.net>\r\n\r\n..dot line\r\nbody\r\n.\r\n",
+    )
+    .await;
+    let r = c.expect("250").await;
+    let qid = r.text.rsplit(' ').next().unwrap().to_string();
+    let got = sink.wait_for(1).await;
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert_eq!(m.from, "s@example.net");
+    assert_eq!(m.to, ["a@example.org", "b@example.org"]);
+    assert!(
+        m.mail_params.contains("RET=HDRS") && m.mail_params.contains("ENVID=env1"),
+        "{}",
+        m.mail_params
+    );
+    assert!(
+        m.rcpt_params[0].contains("NOTIFY=FAILURE")
+            && m.rcpt_params[0].contains("ORCPT=rfc822;A@example.org")
+    );
+    let stored_tail =
+        b"Subject: relay\r\nMessage-ID: <relay-1@example.net>\r\n\r\n.dot line\r\nbody\r\n";
+    assert!(
+        m.data.ends_with(stored_tail),
+        "{}",
+        String::from_utf8_lossy(&m.data)
+    );
+    assert!(m.data.starts_with(b"Received: from client.example.net"));
+    assert!(
+        wait_until(|| srv.store().queue_len() == 0).await,
+        "entry not removed"
+    );
+    // History: DELIVER per recipient, findable by queue id, message-id and recipient.
+    let sock = srv.dir.path().join("var/control.sock");
+    for id in [qid.as_str(), "relay-1@example.net", "<relay-1@example.net>"] {
+        let v = request(
+            &sock,
+            &Request::History {
+                query: HistoryFilter {
+                    id: Some(id.into()),
+                    ..Default::default()
+                },
+            },
+        )
+        .await
+        .unwrap();
+        let rows = v.as_array().unwrap();
+        assert_eq!(rows.len(), 2, "by {id}: {v}");
+        assert!(rows.iter().all(|r| r["action"] == "DELIVER"));
+        assert_eq!(rows[0]["remote_ip"], "127.0.0.1");
+    }
+    let v = request(
+        &sock,
+        &Request::History {
+            query: HistoryFilter {
+                recipient: Some("B@example.org".into()),
+                ..Default::default()
+            },
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let v = request(
+        &sock,
+        &Request::History {
+            query: HistoryFilter {
+                action: Some("DEFER".into()),
+                ..Default::default()
+            },
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        0,
+        "failover happened within one attempt"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failure_bounces_but_never_to_the_null_sender() {
+    let sink = Sink::start(false, false).await;
+    sink.set_rule(|a| {
+        if a.starts_with("gone") {
+            SinkAnswer::PermFail
+        } else {
+            SinkAnswer::Accept
+        }
+    });
+    let srv = TestServer::start(&transport(&[&sink.addr.to_string()], "")).await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    c.send_message(
+        "sender@example.net",
+        &["gone@example.org", "ok@example.org"],
+        MSG,
+        "250",
+    )
+    .await;
+    // The good recipient, then the bounce to the sender (same sink: default transport).
+    let got = sink.wait_for(2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].to, ["ok@example.org"]);
+    let dsn = &got[1];
+    assert_eq!(dsn.from, "", "bounces come from the null sender");
+    assert_eq!(dsn.to, ["sender@example.net"]);
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(
+        text.contains("Content-Type: multipart/report; report-type=delivery-status"),
+        "{text}"
+    );
+    assert!(text.contains("Final-Recipient: rfc822; gone@example.org"));
+    assert!(text.contains("Action: failed"));
+    assert!(text.contains("Status: 5.1.1"));
+    assert!(text.contains("Diagnostic-Code: smtp; 550 no such user"));
+    assert!(text.contains("Content-Type: message/rfc822"));
+    assert!(
+        text.contains("Subject: test"),
+        "original attached (RET=FULL default)"
+    );
+    let h = srv.store().history_all().unwrap();
+    assert!(h
+        .iter()
+        .any(|r| r.action == "ERROR" && r.recipient == "gone@example.org"));
+    // A bounce of a bounce is never sent.
+    let before = sink.messages().len();
+    c.send_message("", &["gone2@example.org"], MSG, "250").await;
+    assert!(
+        wait_until(|| srv
+            .store()
+            .history_all()
+            .unwrap()
+            .iter()
+            .any(|r| r.recipient == "gone2@example.org"))
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sink.messages().len(),
+        before,
+        "nothing sent to the null sender"
+    );
+    assert!(wait_until(|| srv.store().queue_len() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_failure_retries_with_backoff_then_delivers() {
+    let sink = Sink::start(false, false).await;
+    sink.set_rule(|_| SinkAnswer::TempFail);
+    let srv = TestServer::start(&transport(&[&sink.addr.to_string()], "")).await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    let r = c
+        .send_message("s@example.net", &["later@example.org"], MSG, "250")
+        .await;
+    let qid = r.text.rsplit(' ').next().unwrap().to_string();
+    assert!(
+        wait_until(|| srv
+            .store()
+            .get_entry(&qid)
+            .unwrap()
+            .is_some_and(|e| e.attempts >= 1))
+        .await
+    );
+    let e = srv.store().get_entry(&qid).unwrap().unwrap();
+    assert!(
+        e.next_attempt > e.received_at,
+        "rescheduled into the future"
+    );
+    assert!(
+        e.last_error.as_deref().unwrap_or("").contains("451"),
+        "{:?}",
+        e.last_error
+    );
+    let h = srv.store().history_all().unwrap();
+    let defer = h
+        .iter()
+        .find(|r| r.action == "DEFER")
+        .expect("DEFER recorded");
+    assert!(defer.next_retry.is_some());
+    sink.set_rule(|_| SinkAnswer::Accept);
+    let got = sink.wait_for(1).await;
+    assert_eq!(got.len(), 1, "delivered on a retry");
+    assert!(wait_until(|| srv.store().queue_len() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmtp_partial_failure_and_smtputf8_refusal() {
+    let lmtp = Sink::start(true, true).await;
+    lmtp.set_rule(|a| {
+        if a.starts_with("full") {
+            SinkAnswer::FailAfterData
+        } else {
+            SinkAnswer::Accept
+        }
+    });
+    let srv = TestServer::start(&format!(
+        "{}\n[transport.default]\nhost = {:?}\nkind = \"lmtp\"\ntls = \"none\"\n[relay]\ndomains = [\"example.org\", \"例子.广告\"]\n",
+        "[queue]\nmin_retry_delay = \"1s\"\n",
+        lmtp.addr.to_string()
+    ))
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    c.send_message("", &["ok@example.org", "full@example.org"], MSG, "250")
+        .await;
+    let got = lmtp.wait_for(1).await;
+    assert_eq!(got[0].to, ["ok@example.org"]);
+    assert!(
+        wait_until(|| {
+            let h = srv.store().history_all().unwrap();
+            h.iter()
+                .any(|r| r.action == "DELIVER" && r.recipient == "ok@example.org")
+                && h.iter().any(|r| {
+                    r.action == "ERROR"
+                        && r.recipient == "full@example.org"
+                        && r.reason.contains("552")
+                })
+        })
+        .await
+    );
+    // The peer lacks SMTPUTF8: a UTF-8 message fails permanently with 5.6.7.
+    c.cmd("MAIL FROM:<> SMTPUTF8", "250").await;
+    c.cmd("RCPT TO:<用户@例子.广告>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send_raw(b"Subject: x\r\n\r\ny\r\n.\r\n").await;
+    c.expect("250").await;
+    assert!(
+        wait_until(|| srv
+            .store()
+            .history_all()
+            .unwrap()
+            .iter()
+            .any(|r| r.action == "ERROR" && r.reason.contains("5.6.7")))
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_release_and_operator_actions() {
+    let sink = Sink::start(false, false).await;
+    let sdir = tempfile::tempdir().unwrap();
+    let eod = sdir.path().join("eod.lua");
+    std::fs::write(&eod, r#"for _, r in ipairs(transaction.recipients) do arguments.mail:queue(transaction.sender, r.recipient, "default", {hold = true}) end Accept()"#).unwrap();
+    let srv = TestServer::start(&format!(
+        "{}\n[scripts]\neod = {:?}\n",
+        transport(&[&sink.addr.to_string()], ""),
+        eod
+    ))
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    let r = c
+        .send_message("s@example.net", &["a@example.org"], MSG, "250")
+        .await;
+    let qid = r.text.rsplit(' ').next().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sink.messages().is_empty(), "held entries are not delivered");
+    let sock = srv.dir.path().join("var/control.sock");
+    let stats = request(&sock, &Request::QueueStats).await.unwrap();
+    assert_eq!(stats["by_state"]["held"], 1);
+    request(
+        &sock,
+        &Request::QueueAction {
+            action: "release".into(),
+            id: qid.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(sink.wait_for(1).await.len(), 1);
+    // delete writes DELETE history and sends nothing.
+    let r = c
+        .send_message("s@example.net", &["b@example.org"], MSG, "250")
+        .await;
+    let qid2 = r.text.rsplit(' ').next().unwrap().to_string();
+    request(
+        &sock,
+        &Request::QueueAction {
+            action: "delete".into(),
+            id: qid2.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(srv.store().get_entry(&qid2).unwrap().is_none());
+    assert!(srv
+        .store()
+        .history_all()
+        .unwrap()
+        .iter()
+        .any(|h| h.action == "DELETE" && h.id == qid2));
+    // bounce fails it now, with a report to the sender.
+    let r = c
+        .send_message("s@example.net", &["c@example.org"], MSG, "250")
+        .await;
+    let qid3 = r.text.rsplit(' ').next().unwrap().to_string();
+    request(
+        &sock,
+        &Request::QueueAction {
+            action: "bounce".into(),
+            id: qid3.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    let got = sink.wait_for(2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].to, ["s@example.net"]);
+    assert!(String::from_utf8_lossy(&got[1].data).contains("bounced by the operator"));
+}
