@@ -107,6 +107,12 @@ impl<'a> Parser<'a> {
         Err(())
     }
 
+    /// Report an error in a statement that was read to its end.
+    fn report<T>(&mut self, pos: Pos, msg: impl Into<String>) -> Result<Option<T>, ()> {
+        self.errors.push((pos, msg.into()));
+        Ok(None)
+    }
+
     fn expect(&mut self, want: Tok, context: &str) -> Result<Pos, ()> {
         let t = self.peek().clone();
         if t.tok == want {
@@ -237,7 +243,8 @@ impl<'a> Parser<'a> {
                     return self.err(t.pos, format!("expected `}}` before {}", t.tok.describe()));
                 }
                 _ => match self.stmt() {
-                    Ok(s) => body.push(s),
+                    Ok(Some(s)) => body.push(s),
+                    Ok(None) => {}
                     Err(()) => self.skip_stmt(),
                 },
             }
@@ -276,7 +283,9 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn stmt(&mut self) -> Result<Stmt, ()> {
+    /// A statement; `Ok(None)` when it was read to its end but is invalid
+    /// (reported already).
+    fn stmt(&mut self) -> Result<Option<Stmt>, ()> {
         let t = self.peek().clone();
         let Tok::Ident(word) = &t.tok else {
             return self.err(
@@ -302,7 +311,7 @@ impl<'a> Parser<'a> {
                         "call" => "call (method)",
                         _ => "export (variable)",
                     };
-                    return self.err(
+                    return self.report(
                         pos,
                         format!(
                             "`{word}` takes {want} argument{}, found {}: {usage}",
@@ -320,7 +329,7 @@ impl<'a> Parser<'a> {
                             "call" => "a method name",
                             _ => "a variable name",
                         };
-                        return self.err(other.pos(), format!("`{word}` expects {what} first"));
+                        return self.report(other.pos(), format!("`{word}` expects {what} first"));
                     }
                 };
                 let kind = match kw.as_str() {
@@ -328,7 +337,7 @@ impl<'a> Parser<'a> {
                         let value = match args.next().unwrap() {
                             Arg::Value(v) => v,
                             other => {
-                                return self.err(
+                                return self.report(
                                     other.pos(),
                                     "`set` expects a string value (write \"%variable%\" to copy a variable)",
                                 )
@@ -339,7 +348,7 @@ impl<'a> Parser<'a> {
                     "call" => StmtKind::Call(name),
                     _ => StmtKind::Export(name),
                 };
-                Ok(Stmt { pos, kind })
+                Ok(Some(Stmt { pos, kind }))
             }
             "return" => {
                 self.next();
@@ -348,12 +357,12 @@ impl<'a> Parser<'a> {
                     self.expect(Tok::RParen, "after `return (`")?;
                 }
                 self.expect(Tok::Semi, "after `return`")?;
-                Ok(Stmt {
+                Ok(Some(Stmt {
                     pos,
                     kind: StmtKind::Return,
-                })
+                }))
             }
-            "if" => self.if_stmt(),
+            "if" => self.if_stmt().map(Some),
             "switch" => {
                 self.next();
                 self.expect(Tok::LBrace, "after `switch`")?;
@@ -394,10 +403,10 @@ impl<'a> Parser<'a> {
                         }
                     }
                 }
-                Ok(Stmt {
+                Ok(Some(Stmt {
                     pos,
                     kind: StmtKind::Switch { cases, default },
-                })
+                }))
             }
             _ => {
                 let hint = if CmpOp::from_name(word).is_some() {
@@ -449,8 +458,8 @@ impl<'a> Parser<'a> {
         let arg = self.arg()?;
         self.expect(Tok::RParen, &format!("to close the condition of {after}"))?;
         match arg {
-            Arg::Call(name, args) => self.cond(name, args),
-            other => self.err(
+            Arg::Call(name, args) => Ok(self.cond(name, args)),
+            other => self.report_cond(
                 t.pos,
                 format!(
                     "expected a condition such as is (variable, \"value\"), found {}",
@@ -538,9 +547,24 @@ impl<'a> Parser<'a> {
         }
     }
 
+    fn report_cond(&mut self, pos: Pos, msg: impl Into<String>) -> Result<Cond, ()> {
+        self.errors.push((pos, msg.into()));
+        Ok(Cond {
+            pos,
+            kind: CondKind::Invalid,
+        })
+    }
+
     /// Turn a generic call into a condition, reporting arity and kind errors
-    /// (and going on with the other conditions of a group).
-    fn cond(&mut self, name: Name, args: Vec<Arg>) -> Result<Cond, ()> {
+    /// (an invalid condition is kept so the rest is still checked).
+    fn cond(&mut self, name: Name, args: Vec<Arg>) -> Cond {
+        match self.cond_inner(name, args) {
+            Ok(c) => c,
+            Err(c) => c,
+        }
+    }
+
+    fn cond_inner(&mut self, name: Name, args: Vec<Arg>) -> Result<Cond, Cond> {
         let pos = name.pos;
         let lname = name.key();
         let group = matches!(lname.as_str(), "not" | "allof" | "anyof");
@@ -548,13 +572,10 @@ impl<'a> Parser<'a> {
             let mut subs = Vec::new();
             for a in args {
                 match a {
-                    Arg::Call(n, a) => match self.cond(n, a) {
-                        Ok(c) => subs.push(c),
-                        Err(()) => subs.push(Cond {
-                            pos,
-                            kind: CondKind::Invalid,
-                        }),
-                    },
+                    Arg::Call(n, a) => {
+                        let c = self.cond(n, a);
+                        subs.push(c)
+                    }
                     other => {
                         self.errors.push((
                             other.pos(),
@@ -569,15 +590,17 @@ impl<'a> Parser<'a> {
             }
             let kind = if lname == "not" {
                 if subs.len() != 1 {
-                    return self.err(
+                    return Err(self.invalid(
                         pos,
                         format!("`not` takes 1 condition, found {}", subs.len()),
-                    );
+                    ));
                 }
                 CondKind::Not(Box::new(subs.pop().unwrap()))
             } else {
                 if subs.is_empty() {
-                    return self.err(pos, format!("`{}` needs at least 1 condition", name.text));
+                    return Err(
+                        self.invalid(pos, format!("`{}` needs at least 1 condition", name.text))
+                    );
                 }
                 if lname == "allof" {
                     CondKind::AllOf(subs)
@@ -588,52 +611,60 @@ impl<'a> Parser<'a> {
             return Ok(Cond { pos, kind });
         }
         let Some(op) = CmpOp::from_name(&name.text) else {
-            return self.err(
+            return Err(self.invalid(
                 pos,
                 format!(
                     "unknown condition `{}` (expected is, isCase, match, lessThan, greaterThan, greaterOrEqual, lessOrEqual, ipRange, not, allOf, anyOf)",
                     name.text
                 ),
-            );
+            ));
         };
         if args.len() != 2 {
-            return self.err(
+            return Err(self.invalid(
                 pos,
                 format!(
                     "`{}` takes 2 arguments (variable, value), found {}",
                     name.text,
                     args.len()
                 ),
-            );
+            ));
         }
         let mut args = args.into_iter();
         let var = match args.next().unwrap() {
             Arg::Ident(n) => n,
             other => {
-                return self.err(
+                return Err(self.invalid(
                     other.pos(),
                     format!(
                         "the first argument of `{}` must be a variable name",
                         name.text
                     ),
-                )
+                ))
             }
         };
         let value = match args.next().unwrap() {
             Arg::Value(v) => v,
             other => {
-                return self.err(
+                return Err(self.invalid(
                     other.pos(),
                     format!(
                         "the second argument of `{}` must be a string (write \"%variable%\" to compare with a variable)",
                         name.text
                     ),
-                )
+                ))
             }
         };
         Ok(Cond {
             pos,
             kind: CondKind::Cmp { op, var, value },
         })
+    }
+
+    fn invalid(&mut self, pos: Pos, msg: impl Into<String>) -> Cond {
+        self.errors.push((pos, msg.into()));
+        Cond {
+            pos,
+            kind: CondKind::Invalid,
+        }
     }
 }
