@@ -22,7 +22,8 @@
 --   ndr, dsn onDelivery* settings (sendNDR, ndrSubject, …, dsnSubject, …)
 --            for the bounce / notice code
 --
--- Operator settings (set them from a module of your own on lib_path):
+-- Operator settings (set them in lib_path/axigen_local.lua, which the
+-- runtime loads before the first hook):
 --   require("axigen").local_domains = {"example.org", …}
 --       makes isRcptDomainLocal / isRcptLocal known and lets
 --       localDelivery / remoteDelivery (when a policy sets them) decide.
@@ -133,7 +134,18 @@ local SPF_NAMES = {
 ---------------------------------------------------------------------------
 -- Starting a hook run
 
+-- lib_path/axigen_local.lua, when present, is loaded once before the first
+-- hook runs: the place for local_domains, filters and scanner stubs.
+local local_loaded = false
+
 function M.begin(env, hook)
+  if not local_loaded then
+    local_loaded = true
+    local ok, err = pcall(require, "axigen_local")
+    if not ok and not tostring(err):find("not found", 1, true) and log and log.error then
+      log.error("axigen: loading axigen_local: " .. tostring(err))
+    end
+  end
   local ctx = env.context
   if type(ctx) ~= "table" then
     ctx = {}
@@ -169,16 +181,22 @@ function M.begin(env, hook)
     self.spf_failed_before = lower(str(st.session.spfresult)) == "fail"
     st.counters.mails = (st.counters.mails or 0) + 1
   end
+  if hook == "headers" then
+    -- What an earlier run of this hook recorded (a rejected DATA) is void.
+    st.txn.hdrops_headers = {}
+  end
   if hook == "eod" then
     -- Header changes made in onRcptTo / onHeadersReceived reach the
     -- message here (those hooks have no message to keep them in).
     local mail = self:mail()
     if mail then
-      for _, op in ipairs(st.txn.hdrops or {}) do
-        self:apply_header(mail, op.op, op.name, op.value)
+      for _, ops in ipairs({ st.txn.hdrops or {}, st.txn.hdrops_headers or {} }) do
+        for _, op in ipairs(ops) do
+          self:apply_header(mail, op.op, op.name, op.value)
+        end
       end
     end
-    st.txn.hdrops = {}
+    st.txn.hdrops, st.txn.hdrops_headers = {}, {}
   end
   return self
 end
@@ -729,7 +747,9 @@ function Ax:header_op(op)
   end
   if self.hook ~= "eod" then
     -- Keep the change for the message queued at end of data.
-    table.insert(self.st.txn.hdrops, { op = op, name = name, value = value })
+    local list_ = self.hook == "headers" and "hdrops_headers" or "hdrops"
+    self.st.txn[list_] = self.st.txn[list_] or {}
+    table.insert(self.st.txn[list_], { op = op, name = name, value = value })
   end
 end
 
