@@ -1,0 +1,1178 @@
+-- axigen.lua — the runtime of Axigen policies compiled to Lua by Sluice
+-- (src/axigen). A generated hook script does
+--
+--   local ax = require("axigen").begin(_ENV, "rcptto")
+--   ax:event("onRcptTo", function() ... end)
+--   ax:finish()
+--
+-- and the code in between reads and sets Axigen variables (ax:get/ax:set),
+-- tests conditions (ax:is, ax:isCase, ax:match, ax:lessThan, …, ax:ipRange)
+-- and calls predefined methods (ax:checkSPF(), ax:addHeader(), …).
+--
+-- State between hooks lives in `context.axigen` (plain data):
+--   exports  exported custom variables (lowercase name → value)
+--   session  variables that outlive one event: limits, switches, check
+--            results (maxDataSize, allowStartTLS, SPFResult, …)
+--   txn      this transaction: pending header changes, added / discarded /
+--            rewritten recipients, per-recipient folder and relay host,
+--            delayDelivery
+--   filters  filters registered with addFilter
+--   relay    onRelay settings (remoteSmtpHost, remoteSmtpPort, sslEnabled,
+--            …) for the delivery code
+--   ndr, dsn onDelivery* settings (sendNDR, ndrSubject, …, dsnSubject, …)
+--            for the bounce / notice code
+--
+-- Operator settings (set them in lib_path/axigen_local.lua, which the
+-- runtime loads before the first hook):
+--   require("axigen").local_domains = {"example.org", …}
+--       makes isRcptDomainLocal / isRcptLocal known and lets
+--       localDelivery / remoteDelivery (when a policy sets them) decide.
+--   require("axigen").filters.NAME = function(f) … return action, text end
+--       a filter addFilter can add and executeFilters runs; `f` has
+--       get(variable), mail, event, hook. action: accept, continue,
+--       discard, tmpreject, reject.
+--
+-- Scanners: SPFResult calls spf.check, GeoIPResult geoip.lookup,
+-- checkDNSBL dnsbl.check, checkReverseDNS reverse_dns, checkSenderMX
+-- sender_mx when those globals exist. Without them DNSBL, reverse DNS and
+-- sender MX fall back to dns.query / dns.fcrdns; SPF and GeoIP read as ""
+-- and log a warning.
+
+local M = {}
+
+M.local_domains = {}
+M.filters = {}
+
+local Ax = {}
+Ax.__index = Ax
+
+local lower, upper, format = string.lower, string.upper, string.format
+
+local function str(v)
+  if v == nil then
+    return ""
+  end
+  return tostring(v)
+end
+
+local function trim(s)
+  return (str(s):gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+local function num(s)
+  return tonumber(trim(s))
+end
+
+local function split_addr(a)
+  a = str(a)
+  local l, d = a:match("^(.*)@([^@]*)$")
+  if l then
+    return l, d
+  end
+  return a, ""
+end
+
+local function list(s)
+  local out = {}
+  for item in str(s):gmatch("[^%s,;]+") do
+    out[#out + 1] = item
+  end
+  return out
+end
+
+local function contains_ci(t, v)
+  v = lower(str(v))
+  for _, x in ipairs(t) do
+    if lower(str(x)) == v then
+      return true
+    end
+  end
+  return false
+end
+
+local function warn(self, msg)
+  self.warned = self.warned or {}
+  if not self.warned[msg] then
+    self.warned[msg] = true
+    if log and log.warn then
+      log.warn("axigen: " .. msg)
+    end
+  end
+end
+
+-- Variables that outlive the event that sets them (kept in context).
+local SESSION = {}
+for _, k in ipairs({
+  "maxdatasize", "maxrcptcount", "maxreceivedheaders", "allowstarttls",
+  "allowpipelining", "allow8bitmime", "allowbinarydata", "allowdsn",
+  "localdelivery", "remotedelivery", "spfresult", "spfexplanation",
+  "reversednsresult", "sendermxcheckresult", "dnsblserver", "dnsblresult",
+  "dnsblexplanation", "geoipresult", "isgeoipbanned", "allowedcountries",
+  "bannedcountries", "actiongeoipban", "overquotaaction",
+}) do
+  SESSION[k] = true
+end
+
+local RELAY_KEYS = {
+  "localinterface", "remotesmtphost", "remotesmtpport", "remotesmtpip", "authuser",
+  "authpasswd", "atuhpasswd", "maxconnections", "maxrcptcount", "smtpconnecttimeout",
+  "chunksize", "allowstarttls", "allowpipelining", "allow8bitmime", "allowbinarydata",
+  "requestauth", "strict7bitmime", "sslenabled", "allowedsslversions",
+  "plainconnauthtypes", "secureconnauthtypes",
+}
+local NDR_KEYS = {
+  "sendndr", "ndrattachsource", "ndrsubject", "ndrsender", "ndrmessage",
+  "ndrrcptmessage", "ndrmessagefooter", "mailfrom",
+}
+local DSN_KEYS = { "dsnsender", "dsnsubject", "dsnmessage", "dsnrcptmessage", "dsnmessagefooter" }
+
+local SPF_NAMES = {
+  pass = "Pass", fail = "Fail", softfail = "SoftFail", neutral = "Neutral",
+  none = "None", temperror = "TempError", permerror = "PermError",
+}
+
+---------------------------------------------------------------------------
+-- Starting a hook run
+
+-- lib_path/axigen_local.lua, when present, is loaded once before the first
+-- hook runs: the place for local_domains, filters and scanner stubs.
+local local_loaded = false
+
+function M.begin(env, hook)
+  if not local_loaded then
+    local_loaded = true
+    local ok, err = pcall(require, "axigen_local")
+    if not ok and not tostring(err):find("not found", 1, true) and log and log.error then
+      log.error("axigen: loading axigen_local: " .. tostring(err))
+    end
+  end
+  local ctx = env.context
+  if type(ctx) ~= "table" then
+    ctx = {}
+    env.context = ctx
+  end
+  local st = ctx.axigen
+  if type(st) ~= "table" then
+    st = {}
+    ctx.axigen = st
+  end
+  st.exports = st.exports or {}
+  st.session = st.session or {}
+  st.counters = st.counters or { mails = 0, size = 0 }
+  st.filters = st.filters or {}
+  local txn = env.transaction
+  local tid = txn and txn.id or nil
+  if st.txn == nil or hook == "mailfrom" or (tid ~= nil and st.txn.id ~= nil and st.txn.id ~= tid) then
+    st.txn = { id = tid, added = {}, discarded = {}, rewrite = {}, folder = {}, relay = {}, hdrops = {} }
+  elseif st.txn.id == nil then
+    st.txn.id = tid
+  end
+  local self = setmetatable({
+    env = env,
+    hook = hook,
+    st = st,
+    vars = {},
+    accepted = false,
+    executed = {},
+    eod_added = {},
+  }, Ax)
+  if hook == "mailfrom" then
+    -- Axigen: once SPFResult is Fail, the following MAIL FROM commands fail.
+    self.spf_failed_before = lower(str(st.session.spfresult)) == "fail"
+    st.counters.mails = (st.counters.mails or 0) + 1
+  end
+  if hook == "headers" then
+    -- What an earlier run of this hook recorded (a rejected DATA) is void.
+    st.txn.hdrops_headers = {}
+  end
+  if hook == "eod" then
+    -- Header changes made in onRcptTo / onHeadersReceived reach the
+    -- message here (those hooks have no message to keep them in).
+    local mail = self:mail()
+    if mail then
+      for _, ops in ipairs({ st.txn.hdrops or {}, st.txn.hdrops_headers or {} }) do
+        for _, op in ipairs(ops) do
+          self:apply_header(mail, op.op, op.name, op.value)
+        end
+      end
+    end
+    st.txn.hdrops, st.txn.hdrops_headers = {}, {}
+  end
+  return self
+end
+
+function Ax:mail()
+  local a = self.env.arguments
+  return a and a.mail or nil
+end
+
+---------------------------------------------------------------------------
+-- Variables
+
+local getters = {}
+
+local function conn(self)
+  return self.env.connection or {}
+end
+local function args(self)
+  return self.env.arguments or {}
+end
+local function delivery(self)
+  return self.hook == "predelivery" or self.hook == "postdelivery"
+end
+
+local function next_hop(self)
+  local h = str(args(self).next_hop)
+  local host, port = h:match("^%[?([^%]]*)%]?:(%d+)$")
+  if host then
+    return host, port
+  end
+  return h, ""
+end
+
+getters.smtpport = function(self) return conn(self).localport end
+getters.smtpip = function(self) return conn(self).localip end
+getters.remotesmtpport = function(self)
+  if delivery(self) then
+    local _, p = next_hop(self)
+    return p
+  end
+  return conn(self).remoteport
+end
+getters.remotesmtpip = function(self)
+  if delivery(self) then
+    local h = next_hop(self)
+    if ip and ip.is_valid(h) then
+      return h
+    end
+    return ""
+  end
+  return conn(self).remoteip
+end
+getters.remotesmtphost = function(self)
+  local h = next_hop(self)
+  return h
+end
+getters.issslconnection = function(self)
+  if self.env.connection == nil then
+    return ""
+  end
+  return conn(self).tls and "yes" or "no"
+end
+getters.ehlohost = function(self)
+  if self.hook == "helo" then
+    return args(self).host
+  end
+  local h = conn(self).helo
+  return h and h.host
+end
+getters.isesmtp = function(self)
+  local verb
+  if self.hook == "helo" then
+    verb = args(self).verb
+  else
+    local h = conn(self).helo
+    verb = h and h.verb
+  end
+  if verb == nil then
+    return ""
+  end
+  return upper(verb) == "EHLO" and "yes" or "no"
+end
+getters.authuser = function(self)
+  if delivery(self) then
+    return ""
+  end
+  local a = conn(self).auth
+  return a and a.username
+end
+getters.mailcount = function(self) return self.st.counters.mails or 0 end
+getters.totalmailsize = function(self) return self.st.counters.size or 0 end
+
+getters.mailfrom = function(self)
+  if self.hook == "mailfrom" then
+    return args(self).address
+  elseif delivery(self) then
+    return args(self).sender
+  end
+  local t = self.env.transaction
+  return t and t.sender
+end
+getters.mailfromlocalpart = function(self)
+  local l = split_addr(self:get("mailFrom"))
+  return l
+end
+getters.mailfromdomain = function(self)
+  local _, d = split_addr(self:get("mailFrom"))
+  return d
+end
+local function mail_param(self, name)
+  local p
+  if self.hook == "mailfrom" then
+    p = args(self).params
+  else
+    local t = self.env.transaction
+    p = t and t.senderparams
+  end
+  return p and p[name]
+end
+getters.mailfromauthuser = function(self) return mail_param(self, "AUTH") end
+getters.mailfromsize = function(self) return mail_param(self, "SIZE") end
+getters.rcptcount = function(self)
+  if delivery(self) then
+    return 1
+  end
+  local t = self.env.transaction
+  local n = t and t.recipients and #t.recipients or 0
+  return n + #(self.st.txn.added or {})
+end
+getters.currentrcpt = function(self)
+  if self.hook == "rcptto" then
+    return args(self).address
+  end
+  return ""
+end
+getters.currentrcptlocalpart = function(self)
+  local l = split_addr(self:get("currentRcpt"))
+  return l
+end
+getters.currentrcptfolder = function(self)
+  if self.hook == "rcptto" then
+    return "INBOX"
+  end
+  return ""
+end
+local function rcpt_local(self)
+  if #M.local_domains == 0 or self.hook ~= "rcptto" then
+    return ""
+  end
+  local _, d = split_addr(self:get("currentRcpt"))
+  return contains_ci(M.local_domains, d) and "yes" or "no"
+end
+getters.isrcptdomainlocal = rcpt_local
+getters.isrcptlocal = rcpt_local
+getters.isoverquota = function(self) return self.hook == "rcptto" and "no" or "" end
+
+-- Defaults of limits and switches (as Axigen documents them).
+local defaults = {
+  maxdatasize = "10240", maxreceivedheaders = "30", maxrcptcount = "1000",
+  allowstarttls = "yes", allowpipelining = "yes", allow8bitmime = "yes",
+  allowbinarydata = "yes", allowdsn = "yes", localdelivery = "all",
+  remotedelivery = "auth", actiongeoipban = "reject",
+}
+for k, v in pairs(defaults) do
+  getters[k] = function(self)
+    if delivery(self) and k == "maxrcptcount" then
+      return "0"
+    end
+    return v
+  end
+end
+
+getters.spfresult = function(self)
+  self:scan_spf()
+  return self.st.session.spfresult
+end
+getters.spfexplanation = function(self)
+  self:scan_spf()
+  return self.st.session.spfexplanation
+end
+getters.geoipresult = function(self)
+  return self:country()
+end
+
+-- Delivery events.
+local function result(self)
+  return args(self).result or {}
+end
+getters.isfromlocaldomain = function() return "no" end
+getters.ndrretrycount = function(self) return args(self).attempt end
+getters.ndrrcptaddress = function(self) return args(self).recipient end
+getters.dsnrcptaddress = function(self) return args(self).recipient end
+getters.ndrrcptfailinfo = function(self)
+  local r = result(self)
+  if r.code == nil then
+    return ""
+  end
+  return trim(format("%s %s %s", str(r.code), str(r.enhanced), str(r.text)):gsub("%s+", " "))
+end
+getters.dsnrcptstatus = getters.ndrrcptfailinfo
+getters.sendndr = function(self)
+  return self.event_name == "onDeliveryFailure" and "yes" or "no"
+end
+
+--- The value of an Axigen variable (names are case-insensitive); "" when
+--- it is not known.
+function Ax:get(name)
+  local k = lower(name)
+  local v = self.vars[k]
+  if v ~= nil then
+    return v
+  end
+  v = self.st.session[k]
+  if v ~= nil then
+    return str(v)
+  end
+  local g = getters[k]
+  if g then
+    return str(g(self))
+  end
+  return ""
+end
+
+function Ax:set(name, value)
+  local k = lower(name)
+  value = str(value)
+  self.vars[k] = value
+  if SESSION[k] then
+    self.st.session[k] = value
+  elseif k == "delaydelivery" then
+    self.st.txn.delay = value
+  end
+end
+
+function Ax:export(name)
+  local k = lower(name)
+  self.st.exports[k] = self:get(k)
+end
+
+---------------------------------------------------------------------------
+-- Conditions
+
+function Ax:is(name, value)
+  return self:get(name) == str(value)
+end
+
+function Ax:isCase(name, value)
+  return lower(self:get(name)) == lower(str(value))
+end
+
+function Ax:match(name, pattern)
+  local ok, r = pcall(re.match, str(pattern), self:get(name))
+  if not ok then
+    warn(self, "match: " .. str(r))
+    return false
+  end
+  return r
+end
+
+local function numbers(self, name, value)
+  return num(self:get(name)), num(value)
+end
+
+function Ax:lessThan(name, value)
+  local a, b = numbers(self, name, value)
+  return a ~= nil and b ~= nil and a < b
+end
+function Ax:greaterThan(name, value)
+  local a, b = numbers(self, name, value)
+  return a ~= nil and b ~= nil and a > b
+end
+function Ax:greaterOrEqual(name, value)
+  local a, b = numbers(self, name, value)
+  return a ~= nil and b ~= nil and a >= b
+end
+function Ax:lessOrEqual(name, value)
+  local a, b = numbers(self, name, value)
+  return a ~= nil and b ~= nil and a <= b
+end
+
+local function ip4(s)
+  local a, b, c, d = str(s):match("^%s*(%d+)%.(%d+)%.(%d+)%.(%d+)%s*$")
+  if not a then
+    return nil
+  end
+  a, b, c, d = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+  if a > 255 or b > 255 or c > 255 or d > 255 then
+    return nil
+  end
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+
+--- ipRange: `range` is a list of CIDR networks (ranges written as
+--- literals are converted when the policy is compiled) or a string built at
+--- run time (a-b, a/len, a/netmask, a single address).
+function Ax:ipRange(name, range)
+  local v = trim(self:get(name))
+  if v == "" or not ip.is_valid(v) then
+    return false
+  end
+  if type(range) == "table" then
+    return ip.in_network(v, range)
+  end
+  range = trim(range)
+  local a, b = range:match("^(.-)%s*%-%s*(.+)$")
+  if a then
+    local x, lo, hi = ip4(v:gsub("^::ffff:", "")), ip4(a), ip4(b)
+    if lo and hi then
+      return x ~= nil and x >= lo and x <= hi
+    end
+    warn(self, "ipRange: unsupported range " .. range)
+    return false
+  end
+  local base, mask = range:match("^(.-)/(.+)$")
+  if base and ip4(mask) then
+    local m = ip4(mask)
+    local len = 0
+    while len < 32 and m >= 2 ^ (31 - len) do
+      m = m - 2 ^ (31 - len)
+      len = len + 1
+    end
+    range = base .. "/" .. len
+  end
+  local ok, r = pcall(ip.in_network, v, range)
+  if not ok then
+    warn(self, "ipRange: bad range " .. range)
+    return false
+  end
+  return r
+end
+
+---------------------------------------------------------------------------
+-- Scans (SPF, DNSBL, reverse DNS, sender MX, GeoIP)
+
+local function global(self, name)
+  return self.env[name]
+end
+
+function Ax:scan_spf(force)
+  local s = self.st.session
+  if s.spfresult ~= nil and not force then
+    return
+  end
+  local spf = global(self, "spf")
+  if type(spf) ~= "table" or type(spf.check) ~= "function" then
+    warn(self, "SPFResult needs the SPF scanner (spf.check), which is not available; it reads as \"\"")
+    return
+  end
+  local c = conn(self)
+  local h = c.helo
+  local sender = self:get("mailFrom")
+  local r, expl = spf.check({
+    ip = c.remoteip,
+    helo = h and h.host or "",
+    sender = sender,
+    domain = select(2, split_addr(sender)),
+  })
+  if type(r) == "table" then
+    r, expl = r.result, r.explanation
+  end
+  local res = lower(str(r))
+  s.spfresult = SPF_NAMES[res] or str(r)
+  s.spfexplanation = str(expl)
+end
+
+function Ax:checkSPF()
+  self.vars.spfresult, self.vars.spfexplanation = nil, nil
+  self:scan_spf(true)
+end
+
+function Ax:checkReverseDNS()
+  local c = conn(self)
+  local f = global(self, "reverse_dns")
+  local r
+  if type(f) == "function" then
+    r = f(c.remoteip)
+    if type(r) == "string" and SPF_NAMES[lower(r)] then
+      r = SPF_NAMES[lower(r)]
+    else
+      r = r and "Pass" or "Fail"
+    end
+  elseif c.remoteptr ~= nil and c.remoteptr ~= "" then
+    r = "Pass"
+  elseif dns and dns.fcrdns and c.remoteip then
+    r = dns.fcrdns(c.remoteip) and "Pass" or "Fail"
+  else
+    warn(self, "checkReverseDNS: no resolver available")
+    r = ""
+  end
+  self:set("ReverseDNSResult", r)
+end
+
+local function reversed_v4(addr)
+  local a, b, c, d = str(addr):match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if not a then
+    return nil
+  end
+  return d .. "." .. c .. "." .. b .. "." .. a
+end
+
+function Ax:checkDNSBL()
+  local server = trim(self:get("DNSBLServer"))
+  local ipaddr = str(conn(self).remoteip):gsub("^::ffff:", "")
+  local res, expl = "", ""
+  if server == "" then
+    expl = "DNSBLServer is not set"
+  else
+    local f = global(self, "dnsbl")
+    if type(f) == "table" and type(f.check) == "function" then
+      local r, e = f.check(ipaddr, server)
+      if type(r) == "table" then
+        r, e = r.result, r.explanation
+      end
+      res, expl = str(r), str(e)
+    elseif dns and dns.query then
+      local rev = reversed_v4(ipaddr)
+      if rev then
+        local name = rev .. "." .. server
+        local a = dns.query(name, "A")
+        if a and a[1] then
+          res = str(a[1])
+          local t = dns.query(name, "TXT")
+          expl = t and t[1] and str(t[1]) or ("listed in " .. server)
+        end
+      else
+        warn(self, "checkDNSBL: only IPv4 clients are looked up without the dnsbl scanner")
+      end
+    else
+      warn(self, "checkDNSBL: no resolver available")
+    end
+  end
+  self:set("DNSBLResult", res)
+  self:set("DNSBLExplanation", expl)
+end
+
+function Ax:checkSenderMX()
+  local _, domain = split_addr(self:get("mailFrom"))
+  local r
+  local f = global(self, "sender_mx")
+  if self:get("mailFrom") == "" then
+    r = "Neutral"
+  elseif type(f) == "function" then
+    local x = f(domain)
+    r = type(x) == "string" and x or (x and "Pass" or "Fail")
+  elseif dns and dns.query then
+    local mx, err = dns.query(domain, "MX")
+    if mx and #mx > 0 then
+      r = "Pass"
+    else
+      local a, err2 = dns.query(domain, "A")
+      if a and #a > 0 then
+        r = "Pass"
+      elseif err and err2 and not tostring(err):lower():find("no record") and not tostring(err):lower():find("nxdomain") then
+        r = "Error"
+      else
+        r = "Fail"
+      end
+    end
+  else
+    r = "Error"
+  end
+  self.st.session.sendermxcheckresult = r
+  self.vars.sendermxcheckresult = r
+end
+
+function Ax:country()
+  local s = self.st.session
+  if s.geoipresult ~= nil then
+    return s.geoipresult
+  end
+  local g = global(self, "geoip")
+  if type(g) ~= "table" or type(g.lookup) ~= "function" then
+    warn(self, "GeoIPResult needs the GeoIP scanner (geoip.lookup), which is not available; it reads as \"\"")
+    return ""
+  end
+  local r = g.lookup(conn(self).remoteip)
+  if type(r) == "table" then
+    r = r.country or r.iso_code or r.code
+  end
+  s.geoipresult = upper(str(r))
+  return s.geoipresult
+end
+
+function Ax:checkGeoIp()
+  local country = self:country()
+  local allowed, banned = list(self:get("AllowedCountries")), list(self:get("BannedCountries"))
+  local is_banned = country ~= ""
+    and (contains_ci(banned, country) or (#allowed > 0 and not contains_ci(allowed, country)))
+  self.st.session.isgeoipbanned = is_banned and "yes" or "no"
+  self.vars.isgeoipbanned = nil
+  if is_banned then
+    local action = lower(self:get("ActionGeoIPBan"))
+    if action ~= "accept" and action ~= "" then
+      self.vars.smtpaction = action
+      if self:get("smtpExplanation") == "" then
+        self.vars.smtpexplanation = "Connections from " .. country .. " are not accepted"
+      end
+    end
+  end
+end
+
+---------------------------------------------------------------------------
+-- Headers
+
+function Ax:apply_header(mail, op, name, value)
+  if name == "" then
+    return
+  end
+  if op == "add" then
+    mail:addHeader(name, value)
+  elseif op == "addifnotexists" then
+    if mail:getHeader(name) == nil then
+      mail:addHeader(name, value)
+    end
+  elseif op == "removefirst" then
+    mail:delHeader(name, { index = 1 })
+  elseif op == "remove" then
+    mail:delHeader(name)
+  elseif op == "removevalue" then
+    for i, v in ipairs(mail:getHeaders(name)) do
+      if trim(v) == trim(value) then
+        mail:delHeader(name, { index = i })
+        break
+      end
+    end
+  elseif op == "modify" then
+    if mail:getHeader(name) ~= nil then
+      mail:setHeader(name, value, { index = 1 })
+    else
+      mail:addHeader(name, value)
+    end
+  elseif op == "modifyifexists" then
+    if mail:getHeader(name) ~= nil then
+      mail:setHeader(name, value, { index = 1 })
+    end
+  end
+end
+
+function Ax:header_op(op)
+  local name, value = trim(self:get("HeaderName")), self:get("HeaderValue")
+  if name == "" then
+    warn(self, "header method called with an empty HeaderName")
+    return
+  end
+  local mail = self:mail()
+  if mail then
+    self:apply_header(mail, op, name, value)
+  end
+  if self.hook ~= "eod" then
+    -- Keep the change for the message queued at end of data.
+    local list_ = self.hook == "headers" and "hdrops_headers" or "hdrops"
+    self.st.txn[list_] = self.st.txn[list_] or {}
+    table.insert(self.st.txn[list_], { op = op, name = name, value = value })
+  end
+end
+
+function Ax:addHeader() self:header_op("add") end
+function Ax:addIfNotExistsHeader() self:header_op("addifnotexists") end
+function Ax:removeFirstHeader() self:header_op("removefirst") end
+function Ax:removeHeader() self:header_op("remove") end
+function Ax:removeHeaderValue() self:header_op("removevalue") end
+function Ax:modifyHeader() self:header_op("modify") end
+function Ax:modifyIfExistsHeader() self:header_op("modifyifexists") end
+
+function Ax:readHeader()
+  local mail = self:mail()
+  local values = mail and mail:getHeaders(trim(self:get("HeaderName"))) or {}
+  self:set("HeaderValue", table.concat(values, "\r\n"))
+end
+
+function Ax:checkExistsHeader()
+  local mail = self:mail()
+  local found = mail and mail:getHeader(trim(self:get("HeaderName"))) ~= nil
+  self.vars.existsheader = found and "yes" or "no"
+end
+
+---------------------------------------------------------------------------
+-- Recipients
+
+function Ax:addRcpt()
+  local rcpt = lower(trim(self:get("currentRcpt")))
+  if rcpt == "" then
+    warn(self, "addRcpt with an empty currentRcpt")
+    return
+  end
+  local folder = self:get("currentRcptFolder")
+  local entry = { recipient = rcpt, folder = folder ~= "INBOX" and folder or nil }
+  if self.hook == "rcptto" then
+    table.insert(self.st.txn.added, entry)
+    self.added_current = rcpt
+  else
+    table.insert(self.eod_added, entry)
+  end
+end
+
+function Ax:discardRcpt()
+  if self.hook ~= "rcptto" then
+    warn(self, "discardRcpt has no effect outside onRcptTo")
+    return
+  end
+  self.discard = true
+end
+
+---------------------------------------------------------------------------
+-- Filters
+
+local function glob(pattern, s)
+  if pattern == "" or pattern == "*" then
+    return true
+  end
+  local p = "^" .. pattern:gsub("[%^%$%(%)%%%.%[%]%+%-]", "%%%0"):gsub("%*", ".*"):gsub("%?", ".") .. "$"
+  return lower(s):match(lower(p)) ~= nil
+end
+
+local function resolve_filter(self, spec)
+  local f = M.filters[spec.name] or M.filters[spec.address]
+  if type(f) == "function" then
+    return f
+  end
+  local addr = str(spec.address)
+  local mod, fn = addr:match("^([%w_%.%-]+)%.([%w_]+)$")
+  if mod then
+    local ok, m = pcall(require, mod)
+    if ok and type(m) == "table" and type(m[fn]) == "function" then
+      return m[fn]
+    end
+  end
+  local g = global(self, addr)
+  if type(g) == "function" then
+    return g
+  end
+  return nil
+end
+
+function Ax:addFilter()
+  local spec = {
+    name = trim(self:get("filterName")),
+    type = lower(trim(self:get("filterType"))),
+    address = trim(self:get("filterAddress")),
+  }
+  local res, expl = "ok", ""
+  if spec.name == "" then
+    res, expl = "error", "filterName is not set"
+  elseif resolve_filter(self, spec) == nil then
+    res = "error"
+    expl = "no Lua filter named " .. (spec.address ~= "" and spec.address or spec.name)
+      .. " (Sluice runs filters registered in require(\"axigen\").filters or module.function Lua filters)"
+  else
+    local replaced = false
+    for i, f in ipairs(self.st.filters) do
+      if f.name == spec.name then
+        self.st.filters[i] = spec
+        replaced = true
+      end
+    end
+    if not replaced then
+      table.insert(self.st.filters, spec)
+    end
+  end
+  self.vars.addfilterresult = res
+  self.vars.addfilterexplanation = expl
+end
+
+function Ax:executeFilters()
+  local pattern = trim(self:get("filterNamePattern"))
+  local view = {
+    get = function(name) return self:get(name) end,
+    mail = self:mail(),
+    event = self.event_name,
+    hook = self.hook,
+  }
+  for _, spec in ipairs(self.st.filters) do
+    local k = lower(spec.name)
+    if glob(pattern, spec.name) then
+      local f = resolve_filter(self, spec)
+      local ok, action, expl = false, nil, nil
+      if f then
+        ok, action, expl = pcall(f, view)
+      end
+      if not ok then
+        warn(self, "filter " .. spec.name .. " failed: " .. str(action))
+        self.vars[k .. ".result"] = "error"
+        self.vars[k .. ".action"] = "continue"
+        self.vars[k .. ".explanation"] = str(action)
+      else
+        action = lower(str(action))
+        if action == "" then
+          action = "continue"
+        end
+        local fail = action == "reject" or action == "tmpreject" or action == "discard"
+        self.vars[k .. ".result"] = fail and "fail" or "pass"
+        self.vars[k .. ".action"] = action
+        self.vars[k .. ".explanation"] = str(expl)
+        self.executed[#self.executed + 1] = k
+      end
+    else
+      self.vars[k .. ".result"] = "neutral"
+    end
+  end
+end
+
+---------------------------------------------------------------------------
+-- Events and verdicts
+
+local function reason(text, default)
+  text = trim(text)
+  if text == "" then
+    return default
+  end
+  return text
+end
+
+function Ax:decide(action, explanation)
+  if action == "reject" then
+    Reject(reason(explanation, nil))
+  elseif action == "tmpreject" then
+    Defer(reason(explanation, nil))
+  elseif action == "abort" then
+    Defer(reason(explanation, "Connection closed by policy"), { disconnect = true, reply_codes = { code = 421 } })
+  end
+end
+
+local function delivery_event_applies(self, name)
+  local r = result(self)
+  local code = tonumber(r.code)
+  local class
+  if code then
+    class = math.floor(code / 100)
+  elseif r.local_error then
+    class = 4
+  else
+    return false
+  end
+  if name == "onDeliverySuccess" then
+    return class == 2
+  elseif name == "onDeliveryFailure" then
+    return class == 5
+  elseif name == "onTemporaryDeliveryFailure" then
+    return class == 4
+  end
+  return true
+end
+
+--- Run one event: fresh custom variables (plus exported ones), then the
+--- action it chose.
+function Ax:event(name, fn)
+  if self.hook == "postdelivery" and not delivery_event_applies(self, name) then
+    return
+  end
+  self.event_name = name
+  self.vars = {}
+  for k, v in pairs(self.st.exports) do
+    self.vars[k] = v
+  end
+  self.executed = {}
+  fn()
+  local action = lower(trim(self.vars.smtpaction))
+  if action == "" then
+    -- A filter's action stands when the policy did not choose one.
+    for _, k in ipairs(self.executed) do
+      local a = lower(self:get(k .. ".action"))
+      if a == "reject" or a == "tmpreject" then
+        self:decide(a, self:get(k .. ".explanation"))
+      elseif a == "accept" then
+        self.accepted = true
+      elseif a == "discard" and self.hook == "rcptto" then
+        self.discard = true
+      end
+    end
+  elseif action == "accept" then
+    self.accepted = true
+  else
+    self:decide(action, self.vars.smtpexplanation)
+  end
+  self:after_event()
+end
+
+--- Per-event bookkeeping that must survive the event's variables.
+function Ax:after_event()
+  local h = self.hook
+  if h == "rcptto" then
+    self.rcpt_vars = self.rcpt_vars or {}
+    for _, k in ipairs({ "currentrcpt", "currentrcptfolder", "currentrcptrelayhost" }) do
+      if self.vars[k] ~= nil then
+        self.rcpt_vars[k] = self.vars[k]
+      end
+    end
+  elseif h == "connect" and self.vars.smtpgreeting ~= nil then
+    self.greeting = self.vars.smtpgreeting
+  elseif h == "predelivery" then
+    self.out = self.out or {}
+    for _, k in ipairs(RELAY_KEYS) do
+      if self.vars[k] ~= nil then
+        self.out[k] = self.vars[k]
+      end
+    end
+  elseif h == "postdelivery" then
+    self.out = self.out or {}
+    local keys = self.event_name == "onDeliverySuccess" and DSN_KEYS or NDR_KEYS
+    for _, k in ipairs(keys) do
+      if self.vars[k] ~= nil then
+        self.out[k] = self.vars[k]
+      end
+    end
+  end
+end
+
+local function session_number(self, k)
+  local v = self.st.session[k]
+  if v == nil then
+    return nil
+  end
+  return num(v)
+end
+
+local function received_check(self, mail)
+  local max = session_number(self, "maxreceivedheaders")
+  if max and mail then
+    local n = #mail:getHeaders("Received")
+    if n > max then
+      Reject("Too many Received headers (" .. n .. "): mail loop detected",
+        { reply_codes = { code = 554, enhanced = "5.4.6" } })
+    end
+  end
+end
+
+--- Delay in seconds from "+[[nnh] nnm]nn[s]"; nil for other forms.
+function M.parse_delay(s)
+  s = trim(s)
+  if s:sub(1, 1) ~= "+" then
+    return nil
+  end
+  local total, any = 0, false
+  for n, unit in s:sub(2):gmatch("(%d+)%s*([hHmMsS]?)") do
+    local mul = ({ h = 3600, m = 60, s = 1 })[lower(unit)] or 1
+    total = total + tonumber(n) * mul
+    any = true
+  end
+  return any and total or nil
+end
+
+function Ax:queue_all()
+  local env, txn = self.env, self.st.txn
+  local t = env.transaction or { recipients = {} }
+  local mail = self:mail()
+  local delay
+  if txn.delay ~= nil and trim(txn.delay) ~= "" then
+    delay = M.parse_delay(txn.delay)
+    if delay == nil then
+      warn(self, "delayDelivery " .. txn.delay .. " is not a relative delay (+[[nnh] nnm]nn[s]); delivering now")
+    end
+  end
+  local done = {}
+  local function q(rcpt, transport)
+    rcpt = lower(rcpt)
+    if done[rcpt] then
+      return
+    end
+    done[rcpt] = true
+    local meta = {}
+    if txn.folder[rcpt] then
+      meta.folder = txn.folder[rcpt]
+    end
+    if txn.relay[rcpt] then
+      meta.relayhost = txn.relay[rcpt]
+    end
+    local opts = { metadata = meta }
+    if delay then
+      opts.delay = delay
+    end
+    mail:queue(t.sender, rcpt, transport, opts)
+  end
+  for _, r in ipairs(t.recipients or {}) do
+    local addr = lower(r.recipient)
+    if not txn.discarded[addr] then
+      local transport = r.transportid
+      if transport == nil or transport == "" then
+        transport = "default"
+      end
+      q(txn.rewrite[addr] or addr, transport)
+    end
+  end
+  for _, list_ in ipairs({ txn.added, self.eod_added }) do
+    for _, a in ipairs(list_) do
+      if a.folder and txn.folder[a.recipient] == nil then
+        txn.folder[a.recipient] = a.folder
+      end
+      q(a.recipient, "default")
+    end
+  end
+end
+
+--- After the events: limits, recipient changes, then the verdict. Falls off
+--- the end (the next script of the hook decides) when the policy chose
+--- nothing, except at end of data, where Axigen accepts: the message is
+--- queued for every recipient and accepted.
+function Ax:finish()
+  local h, st = self.hook, self.st
+  if h == "connect" then
+    if self.greeting ~= nil then
+      Reply(self.greeting, { reply_codes = { code = 220, enhanced = false } })
+    end
+  elseif h == "mailfrom" then
+    if self.spf_failed_before then
+      Reject("SPF check failed", { reply_codes = { code = 550, enhanced = "5.7.23" } })
+    end
+  elseif h == "rcptto" then
+    local t = self.env.transaction
+    local orig = lower(str(args(self).address))
+    local max = session_number(self, "maxrcptcount")
+    local have = (t and t.recipients and #t.recipients or 0) + #st.txn.added
+    if max and have >= max and not self.discard then
+      Defer("Too many recipients", { reply_codes = { code = 452, enhanced = "4.5.3" } })
+    end
+    if #M.local_domains > 0 then
+      local _, d = split_addr(orig)
+      local is_local = contains_ci(M.local_domains, d)
+      local key = is_local and "localdelivery" or "remotedelivery"
+      local rule = st.session[key]
+      if rule ~= nil then
+        rule = lower(trim(rule))
+        local authed = getters.authuser(self)
+        if rule == "none" or (rule == "auth" and (authed == nil or authed == "")) then
+          Reject(is_local and "Local delivery is not allowed" or "Relaying denied",
+            { reply_codes = { code = 550, enhanced = "5.7.1" } })
+        end
+      end
+    end
+    local rv = self.rcpt_vars or {}
+    local final = orig
+    if rv.currentrcpt ~= nil then
+      local new = lower(trim(rv.currentrcpt))
+      if new ~= "" and new ~= orig and self.added_current ~= new then
+        st.txn.rewrite[orig] = new
+        final = new
+      end
+    end
+    if rv.currentrcptfolder ~= nil and rv.currentrcptfolder ~= "INBOX" then
+      st.txn.folder[final] = rv.currentrcptfolder
+    end
+    if rv.currentrcptrelayhost ~= nil and rv.currentrcptrelayhost ~= "" then
+      st.txn.relay[final] = rv.currentrcptrelayhost
+    end
+    if self.discard then
+      st.txn.discarded[orig] = true
+      Reply()
+    end
+  elseif h == "headers" then
+    received_check(self, self:mail())
+  elseif h == "eod" then
+    local mail = self:mail()
+    received_check(self, mail)
+    local max = session_number(self, "maxdatasize")
+    if max and mail and mail:getSize() > max * 1024 then
+      Reject("Message size exceeds the limit of " .. math.floor(max) .. " KB",
+        { reply_codes = { code = 552, enhanced = "5.3.4" } })
+    end
+    st.counters.size = (st.counters.size or 0) + (mail and mail:getSize() or 0)
+    self:queue_all()
+    Accept()
+  elseif h == "predelivery" then
+    if self.out and next(self.out) then
+      st.relay = self.out
+    end
+  elseif h == "postdelivery" then
+    if self.out and next(self.out) then
+      if self.event_name == "onDeliverySuccess" then
+        st.dsn = self.out
+      else
+        st.ndr = self.out
+      end
+    end
+  end
+  if self.accepted and h ~= "postdelivery" then
+    Pass()
+  end
+end
+
+return M

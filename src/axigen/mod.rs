@@ -1,0 +1,257 @@
+//! The Axigen policy language (issue 8): legacy `smtpFilters.script` files
+//! compiled to Lua hook scripts at load time.
+//!
+//! Pipeline: [`lexer`] → [`parser`] (with error recovery, so every syntax
+//! error is reported) → [`ast`] → [`check`] (events, methods, recursion,
+//! variables per event, regexes, IP ranges, nesting) → [`codegen`] (one
+//! readable Lua script per hook, each line commented with its `file:line`,
+//! plus a source map). The scripts `require("axigen")`, the runtime in
+//! `lib-lua/axigen.lua`, which computes Axigen variables from `connection`,
+//! `transaction` and `arguments`, implements the predefined methods and
+//! turns `smtpAction` into a verdict.
+//!
+//! Events → hooks: onConnect→connect, onEhlo→helo, onMailFrom→mailfrom,
+//! onRcptTo→rcptto, onHeadersReceived→headers, onBodyChunk, onDataReceived
+//! and onProcessing→eod (in that order; onBodyChunk runs once over the whole
+//! body), onRelay→predelivery, onDeliverySuccess / onDeliveryFailure /
+//! onTemporaryDeliveryFailure→postdelivery (the runtime picks the event
+//! from the delivery result).
+//!
+//! Order with Lua scripts: a compiled hook runs before the `[scripts]` file
+//! of the same hook ([`crate::policy::ScriptSource`]). When the policy
+//! decides (`smtpAction` reject/tmpreject/abort/accept, a greeting, a
+//! discarded recipient, a limit) the chain ends; when it leaves
+//! `smtpAction` unset the Lua script runs next. The generated eod always
+//! ends the chain (it queues the message, as Axigen accepts it).
+
+pub mod ast;
+pub mod check;
+pub mod codegen;
+pub mod lexer;
+pub mod parser;
+#[cfg(test)]
+mod tests;
+pub mod vars;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::policy::{Hook, ScriptSource};
+
+/// A position in a policy file (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pos {
+    pub line: u32,
+    pub col: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding; `Display` is `file:line:col: error: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u32,
+    pub col: u32,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            match self.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            },
+            self.message
+        )
+    }
+}
+
+/// A policy file compiled to hook scripts.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    pub file: PathBuf,
+    pub hooks: Vec<CompiledHook>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledHook {
+    pub hook: Hook,
+    /// A complete hook script, in the same form as a user's Lua hook file.
+    pub lua: String,
+    /// (Lua line, Axigen line) for every generated line that has a source.
+    pub source_map: Vec<(u32, u32)>,
+}
+
+impl CompiledPolicy {
+    pub fn hook(&self, hook: Hook) -> Option<&CompiledHook> {
+        self.hooks.iter().find(|h| h.hook == hook)
+    }
+
+    /// The hooks as engine script sources, named after the policy file (so
+    /// Lua's `name:line:` positions can be rewritten by [`map_error`]).
+    pub fn script_sources(&self) -> Vec<ScriptSource> {
+        self.hooks
+            .iter()
+            .map(|h| ScriptSource {
+                hook: h.hook,
+                name: self.file.display().to_string(),
+                source: h.lua.clone(),
+            })
+            .collect()
+    }
+}
+
+impl CompiledHook {
+    /// The Axigen line of a Lua line: the nearest mapped line at or before it.
+    pub fn axigen_line(&self, lua_line: u32) -> Option<u32> {
+        self.source_map
+            .iter()
+            .take_while(|(l, _)| *l <= lua_line)
+            .last()
+            .map(|(_, a)| *a)
+    }
+}
+
+struct Parsed {
+    items: Vec<ast::Item>,
+    analysis: check::Analysis,
+    diags: Vec<Diagnostic>,
+}
+
+fn parse_and_check(file: &Path, text: &str) -> Parsed {
+    let (toks, lex_errors) = lexer::lex(text);
+    let mut p = parser::Parser::new(&toks);
+    let items = p.file();
+    let mut raw: Vec<(Pos, Severity, String)> = lex_errors
+        .into_iter()
+        .chain(p.errors)
+        .map(|(pos, m)| (pos, Severity::Error, m))
+        .collect();
+    let mut c = check::Checker::new(&items);
+    let analysis = c.run();
+    raw.extend(c.diags);
+    raw.sort_by_key(|(pos, _, _)| *pos);
+    let diags = raw
+        .into_iter()
+        .map(|(pos, severity, message)| Diagnostic {
+            file: file.to_path_buf(),
+            line: pos.line,
+            col: pos.col,
+            severity,
+            message,
+        })
+        .collect();
+    Parsed {
+        items,
+        analysis,
+        diags,
+    }
+}
+
+/// Compile policy text. `Err` holds every diagnostic (errors and warnings,
+/// in file order) when there is at least one error.
+pub fn compile_str(file: &Path, text: &str) -> Result<CompiledPolicy, Vec<Diagnostic>> {
+    let parsed = parse_and_check(file, text);
+    if parsed.diags.iter().any(|d| d.severity == Severity::Error) {
+        return Err(parsed.diags);
+    }
+    let label = file.display().to_string();
+    let hooks = codegen::hooks(&parsed.analysis)
+        .into_iter()
+        .map(|hook| {
+            let (lua, source_map) =
+                codegen::hook_script(&label, &parsed.items, &parsed.analysis, hook).finish();
+            CompiledHook {
+                hook,
+                lua,
+                source_map,
+            }
+        })
+        .collect();
+    Ok(CompiledPolicy {
+        file: file.to_path_buf(),
+        hooks,
+        warnings: parsed.diags,
+    })
+}
+
+fn read(path: &Path) -> Result<String, Vec<Diagnostic>> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            severity: Severity::Error,
+            message: format!("cannot read the policy: {e}"),
+        }]
+    })?;
+    // Real files are sometimes Latin-1; keep them loadable.
+    Ok(match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => e.into_bytes().iter().map(|&b| b as char).collect(),
+    })
+}
+
+pub fn compile_file(path: &Path) -> Result<CompiledPolicy, Vec<Diagnostic>> {
+    compile_str(path, &read(path)?)
+}
+
+/// One readable Lua file showing every hook of the policy (for `sluice
+/// translate`); each generated line ends with `-- file:line`.
+pub fn translate(path: &Path) -> Result<String, Vec<Diagnostic>> {
+    let p = compile_file(path)?;
+    Ok(translation(&p))
+}
+
+/// The text [`translate`] writes, from a compiled policy.
+pub fn translation(p: &CompiledPolicy) -> String {
+    let mut out = format!(
+        "-- Lua translation of the Axigen policy {}.\n\
+         -- Sluice loads each hook below as its own script (before the [scripts]\n\
+         -- file of the same hook); lib-lua/axigen.lua is the runtime.\n",
+        p.file.display()
+    );
+    for w in &p.warnings {
+        out.push_str(&format!("-- {w}\n"));
+    }
+    for h in &p.hooks {
+        out.push_str(&format!("\n-- ======== hook: {} ========\n", h.hook));
+        out.push_str(&h.lua);
+    }
+    out
+}
+
+/// Rewrite `name:LINE:` positions of the hook's generated code in a Lua
+/// error or traceback to the Axigen `file:line`. Positions in `.lua` files
+/// (the runtime, user modules) are left alone.
+pub fn map_error(policy: &CompiledPolicy, hook: Hook, lua_error: &str) -> String {
+    let Some(h) = policy.hook(hook) else {
+        return lua_error.to_string();
+    };
+    let re = regex::Regex::new(r#"([^\s:'"()<>]+):(\d+):"#).expect("static regex");
+    re.replace_all(lua_error, |c: &regex::Captures| {
+        let name = &c[1];
+        let line: u32 = c[2].parse().unwrap_or(0);
+        if name.ends_with(".lua") || name == "[C]" {
+            return c[0].to_string();
+        }
+        match h.axigen_line(line) {
+            Some(a) => format!("{}:{a}:", policy.file.display()),
+            None => c[0].to_string(),
+        }
+    })
+    .into_owned()
+}

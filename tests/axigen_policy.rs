@@ -1,0 +1,556 @@
+//! Axigen policies end to end: corpus files in tests/axigen/ compiled,
+//! written as hook scripts, loaded by the policy engine (with lib-lua/ on
+//! lib_path) and run hook after hook with the context carried along, as the
+//! server would. Asserts the replies, header changes, queued recipients and
+//! routing Axigen would produce.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{json, Value as Json};
+
+use sluice::axigen;
+use sluice::config::Config;
+use sluice::envelope::{Address, ConnectionInfo, HeloInfo, RecipientInfo, TransactionInfo};
+use sluice::policy::{
+    DeliveryInfo, DeliveryResult, Hook, HookArguments, HookInput, HookOutcome, HookVerdict,
+    PolicyEngine,
+};
+
+struct Policy {
+    _dir: tempfile::TempDir,
+    engine: Arc<PolicyEngine>,
+    compiled: axigen::CompiledPolicy,
+}
+
+fn slot(cfg: &mut Config, hook: Hook) -> &mut Option<PathBuf> {
+    let s = &mut cfg.scripts;
+    match hook {
+        Hook::Connect => &mut s.connect,
+        Hook::Helo => &mut s.helo,
+        Hook::Auth => &mut s.auth,
+        Hook::MailFrom => &mut s.mailfrom,
+        Hook::RcptTo => &mut s.rcptto,
+        Hook::Data => &mut s.data,
+        Hook::Headers => &mut s.headers,
+        Hook::Eod => &mut s.eod,
+        Hook::Disconnect => &mut s.disconnect,
+        Hook::Proxy => &mut s.proxy,
+        Hook::PreDelivery => &mut s.predelivery,
+        Hook::PostDelivery => &mut s.postdelivery,
+    }
+}
+
+/// Compile `tests/axigen/NAME.axigen` and load its hooks as `[scripts]` files.
+fn load(name: &str) -> Policy {
+    let src = PathBuf::from(format!("tests/axigen/{name}.axigen"));
+    let compiled = axigen::compile_file(&src).unwrap_or_else(|d| {
+        panic!(
+            "{}",
+            d.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.scripts.lib_path = vec![PathBuf::from("lib-lua"), PathBuf::from("tests/axigen/lib")];
+    for h in &compiled.hooks {
+        let p = dir.path().join(format!("{}.lua", h.hook));
+        std::fs::write(&p, &h.lua).unwrap();
+        *slot(&mut cfg, h.hook) = Some(p);
+    }
+    let engine = PolicyEngine::load(&cfg).unwrap();
+    Policy {
+        _dir: dir,
+        engine,
+        compiled,
+    }
+}
+
+fn conn(ip: &str) -> ConnectionInfo {
+    ConnectionInfo {
+        id: "conn1".into(),
+        remoteip: ip.into(),
+        remoteport: 40000,
+        remoteptr: None,
+        localip: "198.51.100.1".into(),
+        localport: 25,
+        serverid: "inbound".into(),
+        helo: Some(HeloInfo {
+            verb: "EHLO".into(),
+            host: "client.example".into(),
+        }),
+        tls: None,
+        auth: None,
+    }
+}
+
+fn txn(sender: &str, rcpts: &[&str]) -> TransactionInfo {
+    TransactionInfo {
+        id: "txn1".into(),
+        sender: sender.into(),
+        senderaddress: Address::split(sender),
+        recipients: rcpts
+            .iter()
+            .map(|r| RecipientInfo {
+                recipient: r.to_string(),
+                address: Address::split(r),
+                transportid: "default".into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A session: one connection, the context carried from hook to hook.
+struct Session<'a> {
+    p: &'a Policy,
+    conn: ConnectionInfo,
+    context: Json,
+}
+
+impl<'a> Session<'a> {
+    fn new(p: &'a Policy, ip: &str) -> Self {
+        let mut conn = conn(ip);
+        conn.helo = None;
+        Session {
+            p,
+            conn,
+            context: Json::Null,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        hook: Hook,
+        t: Option<TransactionInfo>,
+        a: HookArguments,
+    ) -> HookOutcome {
+        let o = self
+            .p
+            .engine
+            .run(
+                hook,
+                HookInput {
+                    connection: self.conn.clone(),
+                    transaction: t,
+                    arguments: a,
+                    context: self.context.clone(),
+                },
+            )
+            .await;
+        if let Some(e) = &o.error {
+            panic!("{}", axigen::map_error(&self.p.compiled, hook, e));
+        }
+        self.context = o.context.clone();
+        o
+    }
+
+    async fn connect(&mut self) -> HookOutcome {
+        self.run(Hook::Connect, None, HookArguments::None).await
+    }
+
+    async fn helo(&mut self, host: &str) -> HookOutcome {
+        self.conn.helo = None;
+        let o = self
+            .run(
+                Hook::Helo,
+                None,
+                HookArguments::Helo {
+                    verb: "EHLO".into(),
+                    host: host.into(),
+                },
+            )
+            .await;
+        self.conn.helo = Some(HeloInfo {
+            verb: "EHLO".into(),
+            host: host.into(),
+        });
+        o
+    }
+
+    async fn mail_from(&mut self, addr: &str) -> HookOutcome {
+        let t = txn(addr, &[]);
+        self.run(
+            Hook::MailFrom,
+            Some(t),
+            HookArguments::MailFrom {
+                address: addr.into(),
+                params: BTreeMap::new(),
+            },
+        )
+        .await
+    }
+
+    async fn rcpt_to(&mut self, sender: &str, have: &[&str], addr: &str) -> HookOutcome {
+        self.run(
+            Hook::RcptTo,
+            Some(txn(sender, have)),
+            HookArguments::RcptTo {
+                address: addr.into(),
+                params: BTreeMap::new(),
+            },
+        )
+        .await
+    }
+
+    async fn data(&mut self, hook: Hook, sender: &str, rcpts: &[&str], msg: &str) -> HookOutcome {
+        self.run(
+            hook,
+            Some(txn(sender, rcpts)),
+            HookArguments::Mail {
+                message: Bytes::from(msg.to_string()),
+                headers_only: hook == Hook::Headers,
+            },
+        )
+        .await
+    }
+}
+
+fn reply(o: &HookOutcome) -> (u16, String) {
+    let r = o
+        .verdict
+        .reply()
+        .unwrap_or_else(|| panic!("no reply: {:?}", o.verdict));
+    (r.code, r.lines.join("\n"))
+}
+
+fn is_pass(o: &HookOutcome) -> bool {
+    matches!(o.verdict, HookVerdict::Pass { .. })
+}
+
+const MSG: &str = "Received: from client.example\r\nX-Remove-Me: 1\r\nX-Dup: a\r\nX-Dup: b\r\nX-First: 1\r\nX-First: 2\r\nSubject: hello\r\n\r\nbody\r\n";
+
+#[tokio::test]
+async fn basic_policy_session() {
+    let p = load("basic");
+    // onConnect: the greeting, with %smtpIp%.
+    let mut s = Session::new(&p, "192.0.2.7");
+    assert_eq!(
+        reply(&s.connect().await),
+        (220, "Welcome to 198.51.100.1".into())
+    );
+    // ipRange with a netmask, inside a called method.
+    let mut bad = Session::new(&p, "10.56.56.9");
+    assert_eq!(
+        reply(&bad.connect().await),
+        (554, "SPF check failed for <>: <ok>".into())
+    );
+    // SPFResult from the spf scanner (isCase against "Fail").
+    let mut spf = Session::new(&p, "192.0.2.66");
+    assert_eq!(
+        reply(&spf.connect().await),
+        (
+            554,
+            "SPF check failed for <>: <192.0.2.66 is not allowed>".into()
+        )
+    );
+    // onEhlo.
+    assert_eq!(
+        reply(&s.helo("BAD.example").await),
+        (550, "Go away <BAD.example>".into())
+    );
+    assert!(is_pass(&s.helo("client.example").await));
+    // onMailFrom: allOf + not + ipRange.
+    assert_eq!(
+        reply(&s.mail_from("x@spam.example").await),
+        (451, "Try later, x@spam.example".into())
+    );
+    let mut inside = Session::new(&p, "10.1.2.3");
+    assert!(is_pass(&inside.mail_from("x@spam.example").await));
+    assert!(is_pass(&s.mail_from("alice@sender.example").await));
+    // onRcptTo: switch; discardRcpt answers 250 without adding.
+    let o = s
+        .rcpt_to("alice@sender.example", &[], "blackhole@example.org")
+        .await;
+    assert!(
+        matches!(o.verdict, HookVerdict::Reply { .. }),
+        "{:?}",
+        o.verdict
+    );
+    assert_eq!(reply(&o).0, 250);
+    // 192.0.2.7 is in 192.0.2.1-192.0.2.20: a header for the message.
+    let o = s
+        .rcpt_to("alice@sender.example", &[], "a@example.org")
+        .await;
+    assert!(is_pass(&o));
+    // onDataReceived: header added, smtpAction accept → queued for everyone.
+    let o = s
+        .data(
+            Hook::Eod,
+            "alice@sender.example",
+            &["a@example.org", "b@example.org"],
+            MSG,
+        )
+        .await;
+    assert!(
+        matches!(o.verdict, HookVerdict::Accept { .. }),
+        "{:?}",
+        o.verdict
+    );
+    let rcpts: Vec<&str> = o.queued.iter().map(|q| q.recipient.as_str()).collect();
+    assert_eq!(rcpts, ["a@example.org", "b@example.org"]);
+    let m = String::from_utf8_lossy(&o.queued[0].message).to_string();
+    assert!(
+        m.starts_with("X-Policy: checked by client.example\r\nX-Range: in range\r\nReceived:"),
+        "{m}"
+    );
+    assert_eq!(o.queued[0].transportid, "default");
+    assert_eq!(o.queued[0].sender, "alice@sender.example");
+    // rcptCount > 5 → reject, nothing queued.
+    let many = ["1@x", "2@x", "3@x", "4@x", "5@x", "6@x"];
+    let o = s.data(Hook::Eod, "alice@sender.example", &many, MSG).await;
+    assert_eq!(reply(&o), (550, "too many".into()));
+    assert!(o.queued.is_empty());
+    // maxDataSize (35840 KB, set at connect) is enforced at end of data.
+    let ctx = s.context.clone();
+    assert_eq!(ctx["axigen"]["session"]["maxdatasize"], json!("35840"));
+}
+
+#[tokio::test]
+async fn every_method_session() {
+    let p = load("methods");
+    // checkGeoIp with AllowedCountries: CN is banned, the default action rejects.
+    let mut cn = Session::new(&p, "192.0.2.99");
+    assert_eq!(
+        reply(&cn.connect().await),
+        (554, "Connections from CN are not accepted".into())
+    );
+    let mut s = Session::new(&p, "192.0.2.7");
+    assert!(is_pass(&s.connect().await));
+    assert_eq!(s.context["axigen"]["exports"]["tag"], json!("c-192.0.2.7"));
+    assert_eq!(s.context["axigen"]["session"]["isgeoipbanned"], json!("no"));
+    // onEhlo: abort closes with 421; else-if with %% in the text.
+    let o = s.helo("abort.example").await;
+    assert_eq!(reply(&o).0, 421);
+    assert!(o.verdict.disconnect());
+    assert_eq!(
+        reply(&s.helo("tmp.example").await),
+        (451, "later, tmp.example (100% sure)".into())
+    );
+    assert!(is_pass(&s.helo("client.example").await));
+    assert_eq!(
+        s.context["axigen"]["session"]["reversednsresult"],
+        json!("Pass")
+    );
+    // onMailFrom: checkDNSBL / checkSenderMX / checkSPF.
+    let mut listed = Session::new(&p, "192.0.2.50");
+    assert_eq!(
+        reply(&listed.mail_from("x@sender.example").await),
+        (550, "listed: listed in zen.example.org".into())
+    );
+    assert!(is_pass(&s.mail_from("alice@sender.example").await));
+    let sess = &s.context["axigen"]["session"];
+    assert_eq!(sess["sendermxcheckresult"], json!("Pass"));
+    assert_eq!(sess["spfresult"], json!("Pass"));
+    assert_eq!(s.context["axigen"]["txn"]["delay"], json!("+1m 30s"));
+    // onRcptTo: a Lua filter (module.function) rejects.
+    let from = "alice@sender.example";
+    assert_eq!(
+        reply(&s.rcpt_to(from, &[], "bad@example.org").await),
+        (550, "bad rcpt".into())
+    );
+    assert_eq!(s.context["axigen"]["filters"][0]["name"], json!("lua1"));
+    // addRcpt, a rewrite with a relay host, discardRcpt.
+    assert!(is_pass(&s.rcpt_to(from, &[], "copy@example.org").await));
+    assert!(is_pass(&s.rcpt_to(from, &[], "old@example.org").await));
+    let o = s
+        .rcpt_to(from, &["copy@example.org"], "drop@example.org")
+        .await;
+    assert_eq!(reply(&o).0, 250);
+    // maxRcptCount 2 (set at connect): copy@ and the added archive@ count.
+    let o = s
+        .rcpt_to(
+            from,
+            &["copy@example.org", "old@example.org"],
+            "x@example.org",
+        )
+        .await;
+    assert_eq!(reply(&o), (452, "Too many recipients".into()));
+    // ipRange with a range built at run time from an exported variable.
+    let mut blocked = Session::new(&p, "203.0.113.9");
+    blocked.connect().await;
+    assert_eq!(
+        reply(&blocked.rcpt_to(from, &[], "y@example.org").await).0,
+        550
+    );
+    // onHeadersReceived: readHeader + match.
+    let spam = MSG.replace("Subject: hello", "Subject: Buy VIAGRA now");
+    assert_eq!(
+        reply(
+            &s.data(Hook::Headers, from, &["copy@example.org"], &spam)
+                .await
+        ),
+        (550, "spam subject".into())
+    );
+    let o = s
+        .data(Hook::Headers, from, &["copy@example.org"], MSG)
+        .await;
+    assert!(is_pass(&o));
+    // Eod: header changes from onHeadersReceived replayed, then onDataReceived
+    // and onProcessing; recipients as the policy left them.
+    let o = s
+        .data(
+            Hook::Eod,
+            from,
+            &["copy@example.org", "old@example.org"],
+            MSG,
+        )
+        .await;
+    assert!(
+        matches!(o.verdict, HookVerdict::Accept { .. }),
+        "{:?}",
+        o.verdict
+    );
+    let rcpts: Vec<&str> = o.queued.iter().map(|q| q.recipient.as_str()).collect();
+    assert_eq!(
+        rcpts,
+        ["copy@example.org", "new@example.org", "archive@example.org"]
+    );
+    assert_eq!(
+        o.queued[1].metadata.get("relayhost").map(|s| s.as_str()),
+        Some("[172.30.150.10]")
+    );
+    assert_eq!(o.queued[0].delay, Some(std::time::Duration::from_secs(90)));
+    let m = String::from_utf8_lossy(&o.queued[0].message).to_string();
+    let headers = m.split("\r\n\r\n").next().unwrap();
+    assert_eq!(
+        headers,
+        "X-Processed: yes\r\nX-Tagged: c-192.0.2.7\r\nX-Mod: modified\r\nX-Tag: c-192.0.2.7\r\n\
+         Received: from client.example\r\nX-Dup: a\r\nX-First: 2\r\nSubject: hello"
+    );
+}
+
+#[tokio::test]
+async fn delivery_events() {
+    let p = load("methods");
+    let mut s = Session::new(&p, "192.0.2.7");
+    let d = |code: Option<u16>| DeliveryInfo {
+        queue_id: "q1".into(),
+        sender: "alice@sender.example".into(),
+        recipient: "bob@example.org".into(),
+        transportid: "default".into(),
+        attempt: 2,
+        next_hop: Some("mx.example.org:25".into()),
+        result: code.map(|c| DeliveryResult {
+            code: c,
+            enhanced: Some(format!("{}.0.0", c / 100)),
+            text: "said".into(),
+            local_error: false,
+        }),
+        ..Default::default()
+    };
+    // onRelay: routing for the delivery code.
+    let o = s
+        .run(Hook::PreDelivery, None, HookArguments::Delivery(d(None)))
+        .await;
+    assert!(is_pass(&o));
+    assert_eq!(
+        o.context["axigen"]["relay"],
+        json!({"remotesmtphost": "[172.30.150.10]", "remotesmtpport": "2525", "sslenabled": "yes"})
+    );
+    // The result code picks the event.
+    let o = s
+        .run(
+            Hook::PostDelivery,
+            None,
+            HookArguments::Delivery(d(Some(550))),
+        )
+        .await;
+    assert_eq!(
+        o.context["axigen"]["ndr"],
+        json!({"ndrsubject": "Undeliverable: bob@example.org", "sendndr": "no"})
+    );
+    let o = s
+        .run(
+            Hook::PostDelivery,
+            None,
+            HookArguments::Delivery(d(Some(250))),
+        )
+        .await;
+    assert_eq!(
+        o.context["axigen"]["dsn"],
+        json!({"dsnsubject": "Delivered to bob@example.org"})
+    );
+    let o = s
+        .run(
+            Hook::PostDelivery,
+            None,
+            HookArguments::Delivery(d(Some(451))),
+        )
+        .await;
+    assert_eq!(o.context["axigen"]["ndr"], json!({"ndrmessage": "retry 2"}));
+}
+
+/// A compiled policy and a Lua script of the same hook: the policy runs
+/// first; when it decides nothing the script decides.
+#[tokio::test]
+async fn policy_then_lua_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.axigen");
+    std::fs::write(
+        &policy,
+        "event onRcptTo {\n\tif (isCase (currentRcpt, \"vip@example.org\")) {\n\t\tset (smtpAction, \"accept\");\n\t}\n\tset (n, \"%nothing%\");\n}\n",
+    )
+    .unwrap();
+    let c = axigen::compile_file(&policy).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let lua = dir.path().join("rcptto.lua");
+    std::fs::write(&lua, "Reject('lua says no')").unwrap();
+    let mut cfg = Config::default();
+    cfg.scripts.lib_path = vec![PathBuf::from("lib-lua")];
+    cfg.scripts.rcptto = Some(lua);
+    let engine = PolicyEngine::load_with(&cfg, &c.script_sources()).unwrap();
+    let run = |addr: &str| {
+        engine.run(
+            Hook::RcptTo,
+            HookInput {
+                connection: conn("192.0.2.7"),
+                transaction: Some(txn("a@b.example", &[])),
+                arguments: HookArguments::RcptTo {
+                    address: addr.into(),
+                    params: BTreeMap::new(),
+                },
+                context: Json::Null,
+            },
+        )
+    };
+    assert!(is_pass(&run("vip@example.org").await));
+    assert_eq!(
+        reply(&run("other@example.org").await),
+        (550, "lua says no".into())
+    );
+}
+
+/// A runtime error in generated code is reported at the Axigen line.
+#[tokio::test]
+async fn runtime_errors_name_the_policy_line() {
+    let src = Path::new("tests/axigen/broken.axigen");
+    let text = "event onConnect {\n\tset (a, \"1\");\n\tcall (addFilter);\n}\n";
+    let mut c = axigen::compile_str(src, text).unwrap();
+    // Make the runtime fail inside the generated code: a missing method.
+    let h = &mut c.hooks[0];
+    h.lua = h.lua.replace("ax:addFilter()", "ax:noSuchMethod()");
+    let mut cfg = Config::default();
+    cfg.scripts.lib_path = vec![PathBuf::from("lib-lua")];
+    let engine = PolicyEngine::load_with(&cfg, &c.script_sources()).unwrap();
+    let o = engine
+        .run(
+            Hook::Connect,
+            HookInput {
+                connection: conn("192.0.2.7"),
+                transaction: None,
+                arguments: HookArguments::None,
+                context: Json::Null,
+            },
+        )
+        .await;
+    let err = o.error.expect("an error");
+    let mapped = axigen::map_error(&c, Hook::Connect, &err);
+    assert!(mapped.contains("tests/axigen/broken.axigen:3:"), "{mapped}");
+}
