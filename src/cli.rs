@@ -46,6 +46,13 @@ pub enum Cmd {
     },
     /// SMTP load generator: msgs/s and end-of-data → 250 latency.
     Bench(BenchArgs),
+    /// Compile an Axigen policy file to Lua and print (or write) it.
+    Translate {
+        file: PathBuf,
+        /// Write the Lua here instead of standard output.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
     /// Query the delivery history.
     History(HistoryArgs),
     /// One message's whole story: every history record and its queue state.
@@ -189,8 +196,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if cfg.needs_tls() {
                 crate::tls::server_config(&cfg.tls).context("[tls]")?;
             }
-            crate::policy::PolicyEngine::check(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let sources = crate::daemon::axigen_sources(&cfg)?;
+            crate::policy::PolicyEngine::check_with(&cfg, &sources)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("config OK");
+            Ok(())
+        }
+        Cmd::Translate { file, output } => {
+            let lua = crate::axigen::translate(file)
+                .map_err(|d| anyhow::anyhow!("{}", crate::axigen::render_diagnostics(&d)))?;
+            match output {
+                Some(o) => {
+                    std::fs::write(o, lua).with_context(|| format!("writing {}", o.display()))?
+                }
+                None => print!("{lua}"),
+            }
             Ok(())
         }
         Cmd::History(h) => {

@@ -255,3 +255,35 @@ pub fn map_error(policy: &CompiledPolicy, hook: Hook, lua_error: &str) -> String
     })
     .into_owned()
 }
+
+/// Compile every `[scripts] axigen` file: the engine's extra script sources
+/// (in file order) and the warnings; or every error of every file.
+pub fn config_sources(
+    paths: &[std::path::PathBuf],
+) -> Result<(Vec<ScriptSource>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut sources = Vec::new();
+    let mut warnings = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        match compile_file(p) {
+            Ok(c) => {
+                sources.extend(c.script_sources());
+                warnings.extend(c.warnings.iter().cloned());
+            }
+            Err(d) => errors.extend(d),
+        }
+    }
+    if errors.iter().any(|d| d.severity == Severity::Error) {
+        return Err(errors);
+    }
+    warnings.extend(errors);
+    Ok((sources, warnings))
+}
+
+/// Diagnostics one per line, for error messages.
+pub fn render_diagnostics(d: &[Diagnostic]) -> String {
+    d.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
