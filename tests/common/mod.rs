@@ -291,6 +291,8 @@ pub struct Sink {
     pub received: Arc<std::sync::Mutex<Vec<Received>>>,
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     pub rule: SinkRule,
+    /// Milliseconds to wait before answering the end of data (a slow next hop).
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Sink {
@@ -302,16 +304,22 @@ impl Sink {
         let rule: SinkRule = Arc::new(std::sync::Mutex::new(Box::new(|_: &str| {
             SinkAnswer::Accept
         })));
-        let (rec, conns, rl) = (received.clone(), connections.clone(), rule.clone());
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (rec, conns, rl, dl) = (
+            received.clone(),
+            connections.clone(),
+            rule.clone(),
+            delay_ms.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
                 conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (rec, rl) = (rec.clone(), rl.clone());
+                let (rec, rl, dl) = (rec.clone(), rl.clone(), dl.clone());
                 tokio::spawn(async move {
-                    let _ = sink_session(s, lmtp, no_utf8, rec, rl).await;
+                    let _ = sink_session(s, lmtp, no_utf8, rec, rl, dl).await;
                 });
             }
         });
@@ -320,6 +328,7 @@ impl Sink {
             received,
             connections,
             rule,
+            delay_ms,
         }
     }
 
@@ -349,6 +358,7 @@ async fn sink_session(
     no_utf8: bool,
     rec: Arc<std::sync::Mutex<Vec<Received>>>,
     rule: SinkRule,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncBufReadExt;
     let (r, mut w) = s.into_split();
@@ -407,6 +417,10 @@ async fn sink_session(
                     dl.remove(0);
                 }
                 data.extend_from_slice(&dl);
+            }
+            let d = delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+            if d > 0 {
+                tokio::time::sleep(Duration::from_millis(d)).await;
             }
             let accepted: Vec<&(String, String, SinkAnswer)> = to
                 .iter()
