@@ -174,3 +174,44 @@ fn queue_show_without_daemon_prints_envelope_then_raw_message() {
     let out = sluice(&["queue", "list", "-c", cfg.to_str().unwrap()], &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
 }
+
+#[test]
+fn test_script_shows_the_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("mailfrom.lua");
+    std::fs::write(&script, r#"if arguments.address:match("@spam%.example$") then Reject("no spam", {reply_codes = {code = 554}}) end"#).unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(&cfg, format!("[scripts]\nmailfrom = {script:?}\n")).unwrap();
+    let out = sluice(
+        &[
+            "test-script",
+            "mailfrom",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--envelope",
+            r#"{"arguments":{"address":"x@spam.example"}}"#,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "Reject", "{v}");
+    assert!(v.to_string().contains("554"), "{v}");
+    let out = sluice(
+        &[
+            "test-script",
+            "mailfrom",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--envelope",
+            r#"{"arguments":{"address":"x@good.example"}}"#,
+        ],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "Pass", "{v}");
+}
