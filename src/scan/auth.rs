@@ -231,12 +231,34 @@ pub fn spf_result_name(r: SpfResult) -> &'static str {
 async fn spf_output(res: &Resolver, host: &str, req: &SpfRequest) -> (SpfOutput, &'static str) {
     let helo = req.helo.trim_end_matches('.');
     let auth = res.authenticator();
-    if req.sender.contains('@') {
+    let (out, identity) = if req.sender.contains('@') {
         let params = SpfParameters::verify_mail_from(req.ip, helo, host, &req.sender);
         (auth.verify_spf(res.params(params)).await, "mailfrom")
     } else {
         let params = SpfParameters::verify_ehlo(req.ip, helo, host);
         (auth.verify_spf(res.params(params)).await, "helo")
+    };
+    // mail-auth takes a SERVFAIL for "no record" (none); RFC 7208 §4.4
+    // makes it a temperror. Ask again to tell the two apart.
+    if out.result() == SpfResult::None && !out.domain().is_empty() {
+        if let Err(e) = res.txt(out.domain()).await {
+            if e.is_temporary() {
+                return (out.with_result(SpfResult::TempError), identity);
+            }
+        }
+    }
+    (out, identity)
+}
+
+/// A DNS failure that may go away (timeout, SERVFAIL, REFUSED).
+fn is_temporary(e: &Error) -> bool {
+    use mail_auth::hickory_resolver::proto::op::ResponseCode;
+    match e {
+        Error::DnsError(_) => true,
+        Error::DnsRecordNotFound(code) => {
+            !matches!(code, ResponseCode::NXDomain | ResponseCode::NoError)
+        }
+        _ => false,
     }
 }
 
@@ -265,6 +287,9 @@ fn error_text(e: &Error) -> String {
     match e {
         Error::FailedBodyHashMatch => "body hash mismatch".into(),
         Error::FailedVerification => "signature verification failed".into(),
+        Error::CryptoError(m) if m.contains("Unspecified") => {
+            "signature verification failed".into()
+        }
         other => other.to_string(),
     }
 }
@@ -394,7 +419,7 @@ async fn discover(res: &Resolver, domain: &str) -> Discovery {
             .await
         {
             Ok(rec) => return Discovery::Found(rec, sub),
-            Err(Error::DnsError(_)) => return Discovery::TempError,
+            Err(e) if is_temporary(&e) => return Discovery::TempError,
             Err(_) => {}
         }
     }

@@ -23,8 +23,9 @@ use mail_auth::hickory_resolver::config::{
     ResolverOpts,
 };
 use mail_auth::hickory_resolver::name_server::TokioConnectionProvider;
+use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::proto::rr::{RData, RecordType};
-use mail_auth::hickory_resolver::proto::ProtoError;
+use mail_auth::hickory_resolver::proto::{ProtoError, ProtoErrorKind};
 use mail_auth::hickory_resolver::{Name, TokioResolver};
 use mail_auth::{MessageAuthenticator, Parameters, ResolverCache, Txt, MX};
 
@@ -65,12 +66,14 @@ impl LookupError {
 }
 
 fn classify(e: ProtoError) -> LookupError {
-    if e.is_nx_domain() {
-        LookupError::NxDomain
-    } else if e.is_no_records_found() {
-        LookupError::NoData
-    } else {
-        LookupError::Temporary(e.to_string())
+    match e.kind() {
+        // hickory reports SERVFAIL, REFUSED & co. as "no records" too.
+        ProtoErrorKind::NoRecordsFound(nr) => match nr.response_code {
+            ResponseCode::NXDomain => LookupError::NxDomain,
+            ResponseCode::NoError => LookupError::NoData,
+            code => LookupError::Temporary(format!("server answered {code}")),
+        },
+        _ => LookupError::Temporary(e.to_string()),
     }
 }
 
