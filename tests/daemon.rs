@@ -141,7 +141,7 @@ fn queue_show_without_daemon_prints_envelope_then_raw_message() {
     let data = dir.path().join("var");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cfg_text = format!(
-        "data_dir = {:?}\ncontrol_socket = {:?}\n[[listener]]\nid = \"inbound\"\naddress = \"127.0.0.1:0\"\n",
+        "data_dir = {:?}\ncontrol_socket = {:?}\n[[listener]]\nid = \"inbound\"\naddress = \"127.0.0.1:0\"\n[queue]\ndeliver = false\n",
         data,
         data.join("control.sock")
     );

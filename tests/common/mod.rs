@@ -48,8 +48,15 @@ impl TestServer {
         } else {
             "[[listener]]\nid = \"inbound\"\naddress = \"127.0.0.1:0\"\n".to_string()
         };
+        // Tests never resolve real domains: unless a test routes mail itself,
+        // the next hop is a closed loopback port.
+        let transport = if extra.contains("[transport.default]") {
+            ""
+        } else {
+            "\n[transport.default]\nhost = \"127.0.0.1:9\"\ntls = \"none\"\n"
+        };
         let toml = format!(
-            "hostname = \"mx.test.example\"\ndata_dir = {:?}\ncontrol_socket = {:?}\n{listeners}{extra}\n[tls]\ncertificate = {:?}\nprivate_key = {:?}\n",
+            "hostname = \"mx.test.example\"\ndata_dir = {:?}\ncontrol_socket = {:?}\n{listeners}{extra}{transport}\n[tls]\ncertificate = {:?}\nprivate_key = {:?}\n",
             dir.path().join("var"),
             dir.path().join("var/control.sock"),
             cert,
@@ -297,7 +304,14 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start(lmtp: bool, no_utf8: bool) -> Sink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Sink::start_on("127.0.0.1:0".parse().unwrap(), lmtp, no_utf8)
+            .await
+            .unwrap()
+    }
+
+    /// A sink on a given loopback address (e.g. 127.0.0.2:PORT for MX tests).
+    pub async fn start_on(bind: SocketAddr, lmtp: bool, no_utf8: bool) -> std::io::Result<Sink> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr().unwrap();
         let received: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -323,13 +337,13 @@ impl Sink {
                 });
             }
         });
-        Sink {
+        Ok(Sink {
             addr,
             received,
             connections,
             rule,
             delay_ms,
-        }
+        })
     }
 
     pub fn set_rule(&self, f: impl Fn(&str) -> SinkAnswer + Send + 'static) {
