@@ -434,3 +434,30 @@ async fn required_tls_without_starttls_defers_and_delay_dsn_is_sent_once() {
         .iter()
         .any(|m| m.to.contains(&"secure@example.org".to_string())));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayhost_metadata_overrides_the_route() {
+    let sink = Sink::start(false, false).await;
+    let sdir = tempfile::tempdir().unwrap();
+    let eod = sdir.path().join("eod.lua");
+    std::fs::write(
+        &eod,
+        format!(
+            r#"for _, r in ipairs(transaction.recipients) do arguments.mail:queue(transaction.sender, r.recipient, "default", {{metadata = {{relayhost = "{}"}}}}) end Accept()"#,
+            sink.addr
+        ),
+    )
+    .unwrap();
+    // The transport's own next hop is a closed port: only the override works.
+    let srv = TestServer::start(&format!(
+        "{}\n[scripts]\neod = {:?}\n",
+        transport(&["127.0.0.1:9"], ""),
+        eod
+    ))
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    c.send_message("s@example.net", &["a@example.org"], MSG, "250")
+        .await;
+    assert_eq!(sink.wait_for(1).await.len(), 1);
+}
