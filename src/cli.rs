@@ -369,6 +369,9 @@ fn print_history_rows(rows: &[Value], h: &HistoryArgs, header: bool) {
             r["remote_host"].as_str().unwrap_or("-"),
             r["reason"].as_str().unwrap_or(""),
         );
+        if let Some(h) = r["metadata"]["hooks"].as_str() {
+            println!("    hooks: {h}");
+        }
     }
 }
 

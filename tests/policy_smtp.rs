@@ -349,3 +349,67 @@ async fn reload_with_a_broken_script_keeps_serving_the_old_one() {
     c.cmd("MAIL FROM:<a@example.net>", "550 5.7.1 version two")
         .await;
 }
+
+#[tokio::test]
+async fn trace_shows_client_hooks_queueing_and_attempts() {
+    let (srv, _d) = start_with(
+        &[
+            ("helo", "Pass()"),
+            ("rcptto", "Pass()"),
+            ("mailfrom", "Pass()"),
+        ],
+        "[queue]\nmin_retry_delay = \"30s\"\n",
+    )
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    let r = c
+        .send_message("s@example.net", &["a@example.org"], MSG, "250")
+        .await;
+    let qid = r.text.rsplit(' ').next().unwrap().to_string();
+    // The closed next hop defers the first attempt.
+    for _ in 0..200 {
+        if srv
+            .store()
+            .history_all()
+            .unwrap()
+            .iter()
+            .any(|h| h.action == "DEFER")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let cfg = srv.dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\ncontrol_socket = {:?}\n",
+            srv.dir.path().join("var"),
+            srv.dir.path().join("var/control.sock")
+        ),
+    )
+    .unwrap();
+    // Asynchronously: the daemon answering the CLI runs on this test's runtime.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["trace", &qid, "-c", cfg.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let received = text.find("RECEIVED").expect(&text);
+    let hooks = text
+        .find("hooks: helo: Pass; mailfrom: Pass; rcptto: Pass")
+        .expect(&text);
+    let defer = text.find("DEFER").expect(&text);
+    assert!(received < hooks && hooks < defer, "{text}");
+    assert!(
+        text.contains("in queue, state queued, attempts 1"),
+        "{text}"
+    );
+}

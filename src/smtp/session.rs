@@ -52,6 +52,10 @@ pub struct Session {
     messages: usize,
     /// The proxy hook asked to see the next command line (`next = true`).
     proxy_next: bool,
+    /// Hook verdicts of this connection (connect, helo, auth) and of the
+    /// current transaction, for the RECEIVED history record `sluice trace` shows.
+    conn_trace: Vec<String>,
+    tx_trace: Vec<String>,
 }
 
 /// What the server does after a stage hook.
@@ -109,6 +113,8 @@ impl Session {
             context: serde_json::Value::Object(Default::default()),
             messages: 0,
             proxy_next: false,
+            conn_trace: Vec::new(),
+            tx_trace: Vec::new(),
         }
     }
 
@@ -343,6 +349,15 @@ impl Session {
             warn!(conn = %self.info.id, tx = %txid.as_deref().unwrap_or("-"), hook = hook.spec().name, error = %e, "script error");
         }
         debug!(conn = %self.info.id, hook = hook.spec().name, verdict = ?out.verdict.kind(), "hook");
+        let step = match out.verdict.reply() {
+            Some(r) => format!("{}: {:?} {}", hook.spec().name, out.verdict.kind(), r),
+            None => format!("{}: {:?}", hook.spec().name, out.verdict.kind()),
+        };
+        match hook {
+            Hook::Connect | Hook::Helo | Hook::Auth => self.conn_trace.push(step),
+            Hook::Proxy | Hook::Disconnect => {}
+            _ => self.tx_trace.push(step),
+        }
         if !out.history.is_empty() {
             let recs: Vec<HistoryRecord> = out
                 .history
@@ -369,6 +384,53 @@ impl Session {
             }
         }
         Some(out)
+    }
+
+    /// One RECEIVED record per accepted message: who sent it, how, and what
+    /// every hook decided — the start of `sluice trace`.
+    fn record_received(
+        &mut self,
+        info: &TransactionInfo,
+        ids: &[String],
+        size: u64,
+        message_id: &Option<String>,
+    ) {
+        let mut metadata = std::collections::BTreeMap::new();
+        let mut steps = self.conn_trace.clone();
+        steps.append(&mut self.tx_trace);
+        if !steps.is_empty() {
+            metadata.insert("hooks".to_string(), steps.join("; "));
+        }
+        if let Some(h) = &self.info.helo {
+            metadata.insert("helo".to_string(), h.host.clone());
+        }
+        if let Some(t) = &self.info.tls {
+            metadata.insert("tls".to_string(), format!("{} {}", t.protocol, t.cipher));
+        }
+        if let Some(a) = &self.info.auth {
+            metadata.insert("auth".to_string(), a.username.clone());
+        }
+        metadata.insert("queue_ids".to_string(), ids.join(","));
+        let rec = HistoryRecord {
+            action: "RECEIVED".into(),
+            id: ids.first().cloned().unwrap_or_default(),
+            transaction: info.id.clone(),
+            message_id: message_id.clone(),
+            sender: info.sender.clone(),
+            recipient: info
+                .recipients
+                .iter()
+                .map(|r| r.recipient.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            size,
+            reason: format!("queued as {}", ids.join(",")),
+            metadata,
+            ..self.history_base()
+        };
+        if let Err(e) = self.ctx.store.append_history(&[rec]) {
+            warn!(conn = %self.info.id, error = %e, "history write failed");
+        }
     }
 
     fn history_base(&self) -> HistoryRecord {
@@ -755,6 +817,7 @@ impl Session {
             eight_bit,
             smtputf8,
         };
+        self.tx_trace.clear();
         let args = HookArguments::MailFrom {
             address: info.sender.clone(),
             params: info.senderparams.clone(),
@@ -1217,6 +1280,7 @@ impl Session {
         let size = builder.size;
         let header_end = builder.header_end.unwrap_or(builder.body.len());
         let body = Bytes::from(builder.body);
+        let body_message_id = message_id_of(&body);
 
         if self.ctx.policy.has_hook(Hook::Headers) {
             let args = HookArguments::Mail {
@@ -1277,6 +1341,7 @@ impl Session {
                     nrcpt = info.recipients.len(), size, queue = %ids.join(","),
                     "queued"
                 );
+                self.record_received(&info, &ids, size, &body_message_id);
                 match reply {
                     // A script's own text stays; the default one gets the ids.
                     Some(r)
