@@ -27,7 +27,14 @@ async fn addresses(dns: &Dns, host: &str, port: u16) -> Result<Vec<SocketAddr>, 
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
     let resolver = dns.resolver().map_err(RouteError::Temporary)?;
-    match resolver.lookup_ip(host).await {
+    let started = std::time::Instant::now();
+    let res = resolver.lookup_ip(host).await;
+    crate::metrics::dns_query(
+        "A/AAAA",
+        started.elapsed(),
+        res.is_ok() || matches!(&res, Err(e) if is_nxdomain_or_empty(e)),
+    );
+    match res {
         Ok(l) => Ok(l.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
         Err(e) if is_nxdomain_or_empty(&e) => Ok(Vec::new()),
         Err(e) => Err(RouteError::Temporary(format!("resolving {host}: {e}"))),
@@ -78,7 +85,14 @@ pub async fn next_hops(
     }
     let resolver = dns.resolver().map_err(RouteError::Temporary)?;
     let fqdn = format!("{}.", domain.trim_end_matches('.'));
-    let mut mx: Vec<(u16, String)> = match resolver.mx_lookup(fqdn.as_str()).await {
+    let started = std::time::Instant::now();
+    let res = resolver.mx_lookup(fqdn.as_str()).await;
+    crate::metrics::dns_query(
+        "MX",
+        started.elapsed(),
+        res.is_ok() || matches!(&res, Err(e) if is_nxdomain_or_empty(e)),
+    );
+    let mut mx: Vec<(u16, String)> = match res {
         Ok(l) => l
             .as_lookup()
             .record_iter()
