@@ -196,6 +196,9 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+            if end + 4 > MAX_HEAD {
+                return Ok(None);
+            }
             buf.truncate(end + 2);
             return Ok(Some(buf));
         }
