@@ -42,7 +42,6 @@ contents=$(dpkg -c "$deb")
 for path in \
     ./usr/bin/sluice \
     ./etc/sluice/sluice.toml \
-    ./lib/systemd/system/sluice.service \
     ./usr/share/sluice/scripts/eod.lua \
     ./usr/share/sluice/scripts/examples/rcptto.lua \
     ./usr/share/sluice/lib-lua/axigen.lua \
@@ -53,8 +52,11 @@ for path in \
     ./usr/share/doc/sluice/lua.md; do
     grep -q " $path\$" <<<"$contents" || die "$path missing from the package"
 done
-grep -q -- '-rwxr-xr-x root/root .* ./usr/bin/sluice$' <<<"$contents" || die "sluice not 0755 root"
-grep -q -- '-rw-r----- root/root .* ./etc/sluice/sluice.toml$' <<<"$contents" || die "config not 0640"
+# The unit: /usr/lib/systemd/system (the same directory as /lib/systemd/system
+# on merged-/usr systems, Debian 12 and later).
+grep -Eq ' \./(usr/)?lib/systemd/system/sluice\.service$' <<<"$contents" || die "unit missing"
+grep -Eq -- '^-rwxr-xr-x (root/root|0/0) .* \./usr/bin/sluice$' <<<"$contents" || die "sluice not 0755 root"
+grep -Eq -- '^-rw-r----- (root/root|0/0) .* \./etc/sluice/sluice\.toml$' <<<"$contents" || die "config not 0640"
 ctl=$(mktemp -d)
 dpkg-deb -e "$deb" "$ctl"
 grep -qx /etc/sluice/sluice.toml "$ctl/conffiles" || die "sluice.toml is not a conffile"
@@ -77,9 +79,11 @@ getent passwd sluice >/dev/null || die "no sluice user"
 [ -s /etc/sluice/tls/cert.pem ] && [ -s /etc/sluice/tls/key.pem ] || die "no certificate generated"
 [ "$(stat -c %U:%G:%a /etc/sluice/tls/key.pem)" = "root:sluice:640" ] || die "key mode"
 
+unit=$(ls /usr/lib/systemd/system/sluice.service /lib/systemd/system/sluice.service 2>/dev/null | head -1)
+[ -n "$unit" ] || die "unit not installed"
 if command -v systemd-analyze >/dev/null; then
     step "systemd-analyze verify"
-    out=$(timeout 60 systemd-analyze verify /lib/systemd/system/sluice.service 2>&1) || die "systemd-analyze verify: $out"
+    out=$(timeout 60 systemd-analyze verify "$unit" 2>&1) || die "systemd-analyze verify: $out"
     # Warnings about the host (no running systemd in a container) are not ours.
     if grep -i 'sluice.service' <<<"$out"; then die "unit warnings: $out"; fi
     echo "unit OK"
