@@ -11,6 +11,10 @@
 #   packaging/test-deb.sh              # build, install, test, purge
 #   KEEP_INSTALLED=1 packaging/test-deb.sh
 #   NO_BUILD=1 packaging/test-deb.sh   # reuse the last .deb
+#   DEB_PROFILE=dev packaging/test-deb.sh
+#       package the debug binary `cargo test` already built (about a minute
+#       instead of a release build; cargo-deb warns that dev is unusual) —
+#       for CI, where the packaging is under test, not the optimiser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,9 +33,15 @@ if [ -z "${NO_BUILD:-}" ]; then
         step "cargo install cargo-deb"
         timeout 900 cargo install cargo-deb --locked --version '^3'
     fi
-    step "cargo deb (release build)"
     rm -f "$debdir"/sluice_*.deb
-    timeout 1500 cargo deb --locked
+    if [ "${DEB_PROFILE:-release}" = dev ]; then
+        step "cargo build (dev) + cargo deb --profile dev"
+        timeout 1500 cargo build --locked --bin sluice
+        timeout 600 cargo deb --locked --no-build --profile dev --fast
+    else
+        step "cargo deb (release build)"
+        timeout 1500 cargo deb --locked
+    fi
 fi
 deb=$(ls -t "$debdir"/sluice_*.deb 2>/dev/null | head -1)
 [ -n "$deb" ] || die "no package in $debdir"
