@@ -60,6 +60,8 @@ address = "127.0.0.1:$SLUICE_PORT"
 [limits]
 connections_per_ip = 20000
 connections = 20000
+[queue]
+deliver = false   # intake only, like Postfix's HOLD here
 TOML
 RUST_LOG=warn $BIN run -c "$WORK/sluice.toml" 2>"$WORK/sluice.log" & SLUICE_PID=$!
 sleep 1

@@ -22,6 +22,8 @@ pub struct BenchOptions {
     pub recipient: String,
     /// Open this many extra idle connections and hold them (memory test).
     pub idle: usize,
+    /// Idle connections first say EHLO (so connect and helo hooks ran).
+    pub idle_ehlo: bool,
     pub timeout: Duration,
 }
 
@@ -139,6 +141,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut idle = Vec::new();
     for _ in 0..opts.idle {
         match TcpStream::connect(opts.target).await {
+            Ok(s) if opts.idle_ehlo => {
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                read_reply(&mut r, &mut line).await.context("idle banner")?;
+                r.get_mut().write_all(b"EHLO idle.example.net\r\n").await?;
+                read_reply(&mut r, &mut line).await.context("idle EHLO")?;
+                idle.push(r.into_inner());
+            }
             Ok(s) => idle.push(s),
             Err(e) => bail!("idle connection {}: {e}", idle.len()),
         }

@@ -163,6 +163,9 @@ pub struct BenchArgs {
     /// Extra idle connections to open and hold during the run.
     #[arg(long, default_value_t = 0)]
     pub idle: usize,
+    /// Idle connections say EHLO first (connect and helo hooks run for them).
+    #[arg(long)]
+    pub idle_ehlo: bool,
     /// Give up after this long.
     #[arg(long, default_value = "10m")]
     pub timeout: humantime::Duration,
@@ -261,6 +264,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 sender: b.from.clone(),
                 recipient: b.to.clone(),
                 idle: b.idle,
+                idle_ehlo: b.idle_ehlo,
                 timeout: Duration::from(b.timeout),
             })
             .await?;

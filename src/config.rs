@@ -336,7 +336,8 @@ impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             kind: TransportKind::Smtp,
-            host: Some(HostList::One("127.0.0.1:10025".into())),
+            // Omitted = deliver by MX (conf/sluice.toml sets a static next hop).
+            host: None,
             port: 25,
             tls: TransportTls::Opportunistic,
             ca_file: None,

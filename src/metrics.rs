@@ -234,8 +234,9 @@ pub fn history_written(n: usize) {
     GLOBAL.history_records.fetch_add(n as u64, RELAXED);
 }
 
-/// One DNS lookup: `rtype` ("MX", "A/AAAA", …), `ok` false on errors other
-/// than NXDOMAIN/NODATA.
+/// One lookup through the shared resolver (`crate::scan::dns`): `rtype`
+/// ("MX", "A", "TXT", …); `ok` is false for temporary errors (timeout,
+/// SERVFAIL), true for answers, NXDOMAIN and NODATA.
 pub fn dns_query(rtype: &'static str, elapsed: Duration, ok: bool) {
     GLOBAL.dns_seconds.observe(elapsed.as_secs_f64());
     let mut m = GLOBAL.dns_queries.lock().unwrap_or_else(|e| e.into_inner());
@@ -481,7 +482,7 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
         &mut out,
         "sluice_dns_queries_total",
         "counter",
-        "DNS lookups made for delivery routing, by record type and result.",
+        "DNS lookups through the shared resolver (delivery routing, dns.query, FCrDNS, DNSBL; cache hits included), by record type and result (error = timeout/SERVFAIL).",
     );
     {
         let d = m.dns_queries.lock().unwrap_or_else(|e| e.into_inner());
@@ -496,7 +497,7 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
         &mut out,
         "sluice_dns_duration_seconds",
         "histogram",
-        "Wall time of DNS lookups made for delivery routing.",
+        "Wall time of DNS lookups through the shared resolver.",
     );
     m.dns_seconds
         .render(&mut out, "sluice_dns_duration_seconds", "");

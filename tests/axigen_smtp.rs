@@ -8,6 +8,7 @@ use common::*;
 const POLICY: &str = r#"
 event onConnect {
 	set (smtpGreeting, "Welcome to the Axigen-compatible gateway");
+	set (allowStartTLS, "no");
 }
 event onEhlo {
 	if (isCase (ehloHost, "bad.example")) {
@@ -38,7 +39,7 @@ async fn axigen_policy_runs_in_smtp_sessions() {
     std::fs::write(&policy, POLICY).unwrap();
     let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/lib-lua");
     let srv = TestServer::start(&format!(
-        "[queue]\ndeliver = false\n[scripts]\nlib_path = [{lib:?}]\naxigen = [{policy:?}]\n"
+        "[[listener]]\nid = \"inbound\"\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\n[queue]\ndeliver = false\n[scripts]\nlib_path = [{lib:?}]\naxigen = [{policy:?}]\n"
     ))
     .await;
     let mut c = srv.client().await;
@@ -50,7 +51,12 @@ async fn axigen_policy_runs_in_smtp_sessions() {
         "{banner:?}"
     );
     c.cmd("EHLO bad.example", "5").await;
-    c.cmd("EHLO good.example", "250").await;
+    let ehlo = c.cmd("EHLO good.example", "250").await;
+    assert!(
+        !ehlo.text.contains("STARTTLS"),
+        "allowStartTLS=no: {ehlo:?}"
+    );
+    c.cmd("STARTTLS", "502 5.5.1").await;
     let r = c.cmd("MAIL FROM:<x@spam.example>", "4").await;
     assert!(r.text.contains("Try later, x@spam.example"), "{r:?}");
     let r = c

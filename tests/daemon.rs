@@ -141,7 +141,7 @@ fn queue_show_without_daemon_prints_envelope_then_raw_message() {
     let data = dir.path().join("var");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cfg_text = format!(
-        "data_dir = {:?}\ncontrol_socket = {:?}\n[[listener]]\nid = \"inbound\"\naddress = \"127.0.0.1:0\"\n",
+        "data_dir = {:?}\ncontrol_socket = {:?}\n[[listener]]\nid = \"inbound\"\naddress = \"127.0.0.1:0\"\n[queue]\ndeliver = false\n",
         data,
         data.join("control.sock")
     );
@@ -173,4 +173,45 @@ fn queue_show_without_daemon_prints_envelope_then_raw_message() {
     assert!(text.ends_with(MSG), "{text}");
     let out = sluice(&["queue", "list", "-c", cfg.to_str().unwrap()], &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+}
+
+#[test]
+fn test_script_shows_the_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("mailfrom.lua");
+    std::fs::write(&script, r#"if arguments.address:match("@spam%.example$") then Reject("no spam", {reply_codes = {code = 554}}) end"#).unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(&cfg, format!("[scripts]\nmailfrom = {script:?}\n")).unwrap();
+    let out = sluice(
+        &[
+            "test-script",
+            "mailfrom",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--envelope",
+            r#"{"arguments":{"address":"x@spam.example"}}"#,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "Reject", "{v}");
+    assert!(v.to_string().contains("554"), "{v}");
+    let out = sluice(
+        &[
+            "test-script",
+            "mailfrom",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--envelope",
+            r#"{"arguments":{"address":"x@good.example"}}"#,
+        ],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "Pass", "{v}");
 }

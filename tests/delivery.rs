@@ -360,3 +360,104 @@ async fn hold_release_and_operator_actions() {
     assert_eq!(got[1].to, ["s@example.net"]);
     assert!(String::from_utf8_lossy(&got[1].data).contains("bounced by the operator"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_reused_across_messages() {
+    let sink = Sink::start(false, false).await;
+    let srv = TestServer::start(&transport(&[&sink.addr.to_string()], "")).await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    for i in 0..5 {
+        c.send_message("s@example.net", &[&format!("r{i}@example.org")], MSG, "250")
+            .await;
+        // One at a time, so each finds the previous connection idle in the pool.
+        sink.wait_for(i + 1).await;
+    }
+    assert_eq!(sink.messages().len(), 5);
+    let conns = sink.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(conns <= 2, "{conns} connections for 5 messages: no reuse");
+    assert!(wait_until(|| srv.store().queue_len() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_tls_without_starttls_defers_and_delay_dsn_is_sent_once() {
+    let sink = Sink::start(false, false).await;
+    let sdir = tempfile::tempdir().unwrap();
+    let eod = sdir.path().join("eod.lua");
+    // Route the user's mail through a transport that insists on TLS.
+    std::fs::write(&eod, r#"for _, r in ipairs(transaction.recipients) do arguments.mail:queue(transaction.sender, r.recipient, r.recipient:match("^secure") and "secure" or "default") end Accept()"#).unwrap();
+    let srv = TestServer::start(&format!(
+        "[queue]\nmin_retry_delay = \"1s\"\nmax_retry_delay = \"2s\"\ndelay_warning = \"0s\"\n[transport.default]\nhost = {:?}\ntls = \"none\"\n[transport.secure]\nhost = {:?}\ntls = \"required\"\n[scripts]\neod = {:?}\n",
+        sink.addr.to_string(), sink.addr.to_string(), eod
+    ))
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    c.cmd("MAIL FROM:<s@example.net>", "250").await;
+    c.cmd("RCPT TO:<secure@example.org> NOTIFY=DELAY,FAILURE", "250")
+        .await;
+    c.cmd("DATA", "354").await;
+    c.send_raw(MSG.as_bytes()).await;
+    c.send_raw(b".\r\n").await;
+    let r = c.expect("250").await;
+    let qid = r.text.rsplit(' ').next().unwrap().to_string();
+    assert!(
+        wait_until(|| srv
+            .store()
+            .get_entry(&qid)
+            .unwrap()
+            .is_some_and(|e| e.attempts >= 2))
+        .await
+    );
+    let e = srv.store().get_entry(&qid).unwrap().unwrap();
+    assert!(
+        e.last_error.as_deref().unwrap_or("").contains("4.7.5"),
+        "{:?}",
+        e.last_error
+    );
+    assert!(e.delay_notified);
+    // Exactly one delay report reached the sender (through the default transport).
+    let got = sink.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reports: Vec<_> = sink
+        .messages()
+        .into_iter()
+        .filter(|m| m.to == ["s@example.net"])
+        .collect();
+    assert_eq!(reports.len(), 1, "{got:?}");
+    let text = String::from_utf8_lossy(&reports[0].data);
+    assert!(text.contains("Action: delayed"), "{text}");
+    assert!(text.contains("Final-Recipient: rfc822; secure@example.org"));
+    // Nothing was sent in clear text to the TLS-only route.
+    assert!(!sink
+        .messages()
+        .iter()
+        .any(|m| m.to.contains(&"secure@example.org".to_string())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayhost_metadata_overrides_the_route() {
+    let sink = Sink::start(false, false).await;
+    let sdir = tempfile::tempdir().unwrap();
+    let eod = sdir.path().join("eod.lua");
+    std::fs::write(
+        &eod,
+        format!(
+            r#"for _, r in ipairs(transaction.recipients) do arguments.mail:queue(transaction.sender, r.recipient, "default", {{metadata = {{relayhost = "{}"}}}}) end Accept()"#,
+            sink.addr
+        ),
+    )
+    .unwrap();
+    // The transport's own next hop is a closed port: only the override works.
+    let srv = TestServer::start(&format!(
+        "{}\n[scripts]\neod = {:?}\n",
+        transport(&["127.0.0.1:9"], ""),
+        eod
+    ))
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    c.send_message("s@example.net", &["a@example.org"], MSG, "250")
+        .await;
+    assert_eq!(sink.wait_for(1).await.len(), 1);
+}

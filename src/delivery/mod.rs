@@ -269,7 +269,21 @@ impl DeliveryService {
                         Some(s) => Some(s.clone().acquire_owned().await),
                         None => None,
                     };
-                    self.deliver(&entry, &transportid, t, &body).await
+                    // A script (or an Axigen onRelay / currentRcptRelayHost) may
+                    // name the next hop in the entry's metadata.
+                    match entry.metadata.get("relayhost").filter(|h| !h.is_empty()) {
+                        Some(h) => {
+                            let mut t = t.clone();
+                            let hop = if crate::config::split_host_port(h).is_some() {
+                                h.clone()
+                            } else {
+                                format!("{h}:{}", t.port)
+                            };
+                            t.host = Some(crate::config::HostList::One(hop));
+                            self.deliver(&entry, &transportid, &t, &body).await
+                        }
+                        None => self.deliver(&entry, &transportid, t, &body).await,
+                    }
                 }
             },
         };

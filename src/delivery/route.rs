@@ -5,11 +5,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use hickory_resolver::proto::rr::RData;
-use hickory_resolver::ResolveErrorKind;
-
 use crate::config::{split_host_port, TransportConfig};
 use crate::policy::api::dns::Dns;
+use crate::scan::dns::LookupError;
 use crate::smtp::reply::SmtpReply;
 
 #[derive(Debug)]
@@ -18,25 +16,14 @@ pub enum RouteError {
     Temporary(String),
 }
 
-fn is_nxdomain_or_empty(e: &hickory_resolver::ResolveError) -> bool {
-    matches!(e.kind(), ResolveErrorKind::Proto(p) if p.is_no_records_found() || p.is_nx_domain())
-}
-
 async fn addresses(dns: &Dns, host: &str, port: u16) -> Result<Vec<SocketAddr>, RouteError> {
     if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
     let resolver = dns.resolver().map_err(RouteError::Temporary)?;
-    let started = std::time::Instant::now();
-    let res = resolver.lookup_ip(host).await;
-    crate::metrics::dns_query(
-        "A/AAAA",
-        started.elapsed(),
-        res.is_ok() || matches!(&res, Err(e) if is_nxdomain_or_empty(e)),
-    );
-    match res {
-        Ok(l) => Ok(l.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
-        Err(e) if is_nxdomain_or_empty(&e) => Ok(Vec::new()),
+    match resolver.addresses(host).await {
+        Ok(l) => Ok(l.into_iter().map(|ip| SocketAddr::new(ip, port)).collect()),
+        Err(e) if e.is_empty_answer() => Ok(Vec::new()),
         Err(e) => Err(RouteError::Temporary(format!("resolving {host}: {e}"))),
     }
 }
@@ -84,33 +71,16 @@ pub async fn next_hops(
         };
     }
     let resolver = dns.resolver().map_err(RouteError::Temporary)?;
-    let fqdn = format!("{}.", domain.trim_end_matches('.'));
-    let started = std::time::Instant::now();
-    let res = resolver.mx_lookup(fqdn.as_str()).await;
-    crate::metrics::dns_query(
-        "MX",
-        started.elapsed(),
-        res.is_ok() || matches!(&res, Err(e) if is_nxdomain_or_empty(e)),
-    );
-    let mut mx: Vec<(u16, String)> = match res {
-        Ok(l) => l
-            .as_lookup()
-            .record_iter()
-            .filter_map(|r| match r.data() {
-                RData::MX(m) => Some((m.preference(), m.exchange().to_utf8())),
-                _ => None,
-            })
-            .collect(),
-        Err(e) if is_nxdomain_or_empty(&e) => {
-            if matches!(e.kind(), ResolveErrorKind::Proto(p) if p.is_nx_domain()) {
-                return Err(RouteError::Permanent(SmtpReply::with(
-                    550,
-                    "5.1.2",
-                    format!("domain {domain} does not exist"),
-                )));
-            }
-            Vec::new()
+    let mut mx: Vec<(u16, String)> = match resolver.mx(domain.trim_end_matches('.')).await {
+        Ok(v) => v,
+        Err(LookupError::NxDomain) => {
+            return Err(RouteError::Permanent(SmtpReply::with(
+                550,
+                "5.1.2",
+                format!("domain {domain} does not exist"),
+            )))
         }
+        Err(LookupError::NoData) => Vec::new(),
         Err(e) => {
             return Err(RouteError::Temporary(format!(
                 "MX lookup for {domain}: {e}"

@@ -47,6 +47,7 @@ struct Epoch {
     proxy_commands: Vec<String>,
     transports: BTreeSet<String>,
     dns: Arc<Dns>,
+    scan: Arc<crate::scan::ScanContext>,
 }
 
 struct PooledState {
@@ -125,6 +126,7 @@ fn compile(cfg: &Config, extra: &[ScriptSource], id: u64) -> Result<Epoch, Polic
             .collect(),
         transports: cfg.transport.keys().cloned().collect(),
         dns: Arc::new(Dns::new(&cfg.dns)),
+        scan: Arc::new(api::scan_context(cfg, extra)?),
     })
 }
 
@@ -313,6 +315,7 @@ fn new_pooled(epoch: &Epoch) -> Result<PooledState, PolicyError> {
     let shared = Shared {
         transports: epoch.transports.clone(),
         dns: epoch.dns.clone(),
+        scan: epoch.scan.clone(),
     };
     let lua = sandbox::new_state(&epoch.limits, &epoch.lib_path, shared)
         .map_err(|e| PolicyError::State(e.to_string()))?;
@@ -410,12 +413,21 @@ async fn run_in_state(
     let lua = st.lua.clone();
     let mut healthy_hint = true;
     let txn_id = input.transaction.as_ref().map(|t| t.id.clone());
-    lua.set_app_data(RunState::new(
+    let mut rs = RunState::new(
         hook,
         input.connection.id.clone(),
         input.transaction.clone(),
         epoch.limits.instructions,
-    ));
+    );
+    rs.connection = Some(input.connection.clone());
+    if let HookArguments::Mail {
+        message,
+        headers_only: false,
+    } = &input.arguments
+    {
+        rs.message = Some(message.clone());
+    }
+    lua.set_app_data(rs);
     // Which script of the chain is running (for error messages).
     let current = AtomicUsize::new(0);
     let prepared = build_env(st, &input).and_then(|(env, mail)| {

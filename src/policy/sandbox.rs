@@ -114,7 +114,8 @@ end
 
 local loaded = {}
 for _, name in ipairs({"coroutine", "table", "string", "utf8", "math", "os",
-                       "json", "re", "ip", "dns", "log", "base64"}) do
+                       "json", "re", "ip", "dns", "log", "base64",
+                       "spf", "dkim", "arc", "dnsbl", "rhsbl", "dnswl", "geoip"}) do
   loaded[name] = _G[name]
 end
 package = { loaded = loaded }

@@ -1609,6 +1609,7 @@ async fn bench_runs() {
         api::Shared {
             transports: Default::default(),
             dns: Arc::new(api::dns::Dns::new(&Default::default())),
+            scan: Arc::new(crate::scan::ScanContext::minimal("localhost")),
         },
     )
     .unwrap();

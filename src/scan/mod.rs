@@ -1,3 +1,57 @@
 //! Content and sender scanners the policy engine exposes to scripts.
+//!
+//! - [`dns`]: the shared resolver (with caches) every check uses.
+//! - [`auth`]: SPF, DKIM, DMARC (`ScanDMARC`), ARC verify and seal.
+//! - [`dnsbl`]: DNSBL / RHSBL / DNSWL lookups, FCrDNS, sender MX.
+//! - [`geoip`]: MaxMind country and ASN databases.
+//! - [`dlp`]: content inspection (`ScanDLP`).
 
+pub mod auth;
 pub mod dlp;
+pub mod dns;
+pub mod dnsbl;
+pub mod geoip;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+
+/// The scanners of one config epoch, built when the policy engine loads
+/// (bad DLP rules, an unreadable ARC key or GeoIP database are load errors).
+/// DNS is not here: the resolver belongs to the policy engine's `Dns`.
+pub struct ScanContext {
+    pub auth: auth::AuthSettings,
+    pub geoip: geoip::GeoIp,
+    pub dlp: Arc<dlp::DlpEngine>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    GeoIp(#[from] geoip::GeoIpError),
+    #[error("[dlp] {0}")]
+    Dlp(#[from] dlp::DlpError),
+}
+
+impl ScanContext {
+    pub fn from_config(cfg: &Config) -> Result<ScanContext, ScanError> {
+        Ok(ScanContext {
+            auth: auth::AuthSettings::from_config(cfg)?,
+            geoip: geoip::GeoIp::open(&cfg.geoip)?,
+            dlp: Arc::new(dlp::DlpEngine::from_config(&cfg.dlp.rules)?),
+        })
+    }
+
+    /// No ARC key, no GeoIP, the built-in DLP rules only.
+    pub fn minimal(hostname: &str) -> ScanContext {
+        ScanContext {
+            auth: auth::AuthSettings::new(hostname, hostname),
+            geoip: geoip::GeoIp::default(),
+            dlp: Arc::new(
+                dlp::DlpEngine::from_config(&Default::default()).expect("built-in DLP rules"),
+            ),
+        }
+    }
+}

@@ -596,6 +596,14 @@ impl Session {
         }
     }
 
+    /// An Axigen policy set this session switch to "no" (context.axigen.session).
+    fn policy_switched_off(&self, key: &str) -> bool {
+        self.context
+            .pointer(&format!("/axigen/session/{key}"))
+            .and_then(|v| v.as_str())
+            .is_some_and(|v| v.eq_ignore_ascii_case("no"))
+    }
+
     fn starttls_available(&self) -> bool {
         self.listener.tls == ListenerTls::Starttls
             && self.info.tls.is_none()
@@ -623,17 +631,25 @@ impl Session {
         let cfg = &self.ctx.config;
         let greet = format!("{} Hello {}", cfg.hostname, host);
         let reply = if self.extended {
-            let mut lines = vec![
-                greet,
-                "PIPELINING".to_string(),
-                format!("SIZE {}", cfg.limits.message_size),
-                "8BITMIME".to_string(),
-                "SMTPUTF8".to_string(),
-                "ENHANCEDSTATUSCODES".to_string(),
-                "CHUNKING".to_string(),
-                "DSN".to_string(),
-            ];
-            if self.starttls_available() {
+            let mut lines = vec![greet];
+            // Axigen policies switch extensions off per session (allowStartTLS & co.).
+            let on = |key: &str| !self.policy_switched_off(key);
+            if on("allowpipelining") {
+                lines.push("PIPELINING".to_string());
+            }
+            lines.push(format!("SIZE {}", cfg.limits.message_size));
+            if on("allow8bitmime") {
+                lines.push("8BITMIME".to_string());
+            }
+            lines.push("SMTPUTF8".to_string());
+            lines.push("ENHANCEDSTATUSCODES".to_string());
+            if on("allowbinarydata") {
+                lines.push("CHUNKING".to_string());
+            }
+            if on("allowdsn") {
+                lines.push("DSN".to_string());
+            }
+            if self.starttls_available() && on("allowstarttls") {
                 lines.push("STARTTLS".to_string());
             }
             if self.auth_available() && self.info.auth.is_none() {
@@ -1093,7 +1109,7 @@ impl Session {
         if self.info.tls.is_some() {
             return self.error(503, "5.5.1", "TLS already active");
         }
-        if !self.starttls_available() {
+        if !self.starttls_available() || self.policy_switched_off("allowstarttls") {
             return self.error(502, "5.5.1", "STARTTLS not available");
         }
         let Some(sc) = self.ctx.tls.get() else {

@@ -1,6 +1,7 @@
 //! The history table: one record per outcome (REJECT at SMTP time, DELIVER,
 //! DEFER, ERROR, DELETE, and what scripts write with `History()`), keyed by a
-//! time-sortable id in the `history` tree so a time range is a key range.
+//! time-sortable id (the record's time, then a unique id) in the `history`
+//! tree so a time range is a key range.
 //! The `hidx` tree indexes records by recipient, recipient domain, sender,
 //! action, queue id, transaction id and message-id: `field \0 value \0 hid`,
 //! so a query reads only the matching records.
@@ -101,8 +102,10 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
 }
 
+/// History ids start with the record's own time (13 hex digits of µs), so a
+/// time range is a key range even for records written late; a unique id follows.
 fn hid_for_time(ts: f64) -> String {
-    format!("{:016x}", ((ts.max(0.0) * 1_000_000.0) as u64) << 8)
+    format!("{:013x}", (ts.max(0.0) * 1_000_000.0) as u64)
 }
 
 impl HistoryQuery {
@@ -137,7 +140,7 @@ impl Store {
         let mut rows = Vec::with_capacity(records.len());
         for r in records {
             let v = serde_json::to_vec(r).map_err(|e| StoreError::Transaction(e.to_string()))?;
-            let hid = crate::ids::new_id();
+            let hid = format!("{}{}", hid_for_time(r.ts), crate::ids::new_id());
             let idx = index_keys(&hid, r);
             rows.push((hid, v, idx));
         }
@@ -294,5 +297,123 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(action: &str, rcpt: &str, id: &str, ts: f64) -> HistoryRecord {
+        HistoryRecord {
+            ts,
+            action: action.into(),
+            id: id.into(),
+            transaction: format!("tx-{id}"),
+            message_id: Some(format!("{id}@example.net")),
+            sender: "s@example.net".into(),
+            recipient: rcpt.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn queries_use_every_filter_and_pruning_cleans_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        store
+            .append_history(&[
+                rec("DELIVER", "a@x.example", "q1", now - 100.0),
+                rec("DEFER", "b@y.example", "q2", now - 50.0),
+                rec("DELIVER", "B@y.example", "q3", now),
+            ])
+            .unwrap();
+        let q = |q: HistoryQuery| store.query_history(&q).unwrap().len();
+        assert_eq!(q(HistoryQuery::default()), 3);
+        assert_eq!(
+            q(HistoryQuery {
+                recipient: Some("b@y.example".into()),
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            q(HistoryQuery {
+                domain: Some("Y.EXAMPLE".into()),
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            q(HistoryQuery {
+                action: Some("DEFER".into()),
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            q(HistoryQuery {
+                id: Some("tx-q2".into()),
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            q(HistoryQuery {
+                id: Some("<q3@example.net>".into()),
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            q(HistoryQuery {
+                sender: Some("s@example.net".into()),
+                action: Some("DELIVER".into()),
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            q(HistoryQuery {
+                since: Some(now - 60.0),
+                recipient: Some("b@y.example".into()),
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            q(HistoryQuery {
+                until: Some(now - 60.0),
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            q(HistoryQuery {
+                limit: Some(2),
+                ..Default::default()
+            }),
+            2
+        );
+        // Only keep two: the oldest goes, with its index entries.
+        assert_eq!(store.prune_history(0.0, 2).unwrap(), 1);
+        assert_eq!(q(HistoryQuery::default()), 2);
+        assert_eq!(
+            q(HistoryQuery {
+                recipient: Some("a@x.example".into()),
+                ..Default::default()
+            }),
+            0
+        );
+        let idx_left = store.hidx_tree().len();
+        assert_eq!(
+            idx_left,
+            2 * 7,
+            "index entries of the pruned record removed"
+        );
     }
 }

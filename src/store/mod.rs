@@ -9,7 +9,7 @@
 //! | `body`     | body id (a queue id)              | raw message bytes as relayed  |
 //! | `body_ref` | body id `/` queue id              | empty (who still needs a body)|
 //! | `due`      | next attempt (u64 BE µs) ++ id    | empty (the scheduler's index) |
-//! | `history`  | history id (16 hex, time-sortable)| JSON history record           |
+//! | `history`  | record time (13 hex µs) ++ unique id | JSON history record        |
 //! | `hidx`     | field `\0` value `\0` history id  | empty (history query indexes) |
 //!
 //! Several queue entries (one per recipient or per transport) may share one

@@ -48,8 +48,15 @@ impl TestServer {
         } else {
             "[[listener]]\nid = \"inbound\"\naddress = \"127.0.0.1:0\"\n".to_string()
         };
+        // Tests never resolve real domains: unless a test routes mail itself,
+        // the next hop is a closed loopback port.
+        let transport = if extra.contains("[transport.default]") {
+            ""
+        } else {
+            "\n[transport.default]\nhost = \"127.0.0.1:9\"\ntls = \"none\"\n"
+        };
         let toml = format!(
-            "hostname = \"mx.test.example\"\ndata_dir = {:?}\ncontrol_socket = {:?}\n{listeners}{extra}\n[tls]\ncertificate = {:?}\nprivate_key = {:?}\n",
+            "hostname = \"mx.test.example\"\ndata_dir = {:?}\ncontrol_socket = {:?}\n{listeners}{extra}{transport}\n[tls]\ncertificate = {:?}\nprivate_key = {:?}\n",
             dir.path().join("var"),
             dir.path().join("var/control.sock"),
             cert,
@@ -291,36 +298,52 @@ pub struct Sink {
     pub received: Arc<std::sync::Mutex<Vec<Received>>>,
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     pub rule: SinkRule,
+    /// Milliseconds to wait before answering the end of data (a slow next hop).
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Sink {
     pub async fn start(lmtp: bool, no_utf8: bool) -> Sink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Sink::start_on("127.0.0.1:0".parse().unwrap(), lmtp, no_utf8)
+            .await
+            .unwrap()
+    }
+
+    /// A sink on a given loopback address (e.g. 127.0.0.2:PORT for MX tests).
+    pub async fn start_on(bind: SocketAddr, lmtp: bool, no_utf8: bool) -> std::io::Result<Sink> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr().unwrap();
         let received: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let rule: SinkRule = Arc::new(std::sync::Mutex::new(Box::new(|_: &str| {
             SinkAnswer::Accept
         })));
-        let (rec, conns, rl) = (received.clone(), connections.clone(), rule.clone());
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (rec, conns, rl, dl) = (
+            received.clone(),
+            connections.clone(),
+            rule.clone(),
+            delay_ms.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
                 conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (rec, rl) = (rec.clone(), rl.clone());
+                let (rec, rl, dl) = (rec.clone(), rl.clone(), dl.clone());
                 tokio::spawn(async move {
-                    let _ = sink_session(s, lmtp, no_utf8, rec, rl).await;
+                    let _ = sink_session(s, lmtp, no_utf8, rec, rl, dl).await;
                 });
             }
         });
-        Sink {
+        Ok(Sink {
             addr,
             received,
             connections,
             rule,
-        }
+            delay_ms,
+        })
     }
 
     pub fn set_rule(&self, f: impl Fn(&str) -> SinkAnswer + Send + 'static) {
@@ -349,6 +372,7 @@ async fn sink_session(
     no_utf8: bool,
     rec: Arc<std::sync::Mutex<Vec<Received>>>,
     rule: SinkRule,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncBufReadExt;
     let (r, mut w) = s.into_split();
@@ -407,6 +431,10 @@ async fn sink_session(
                     dl.remove(0);
                 }
                 data.extend_from_slice(&dl);
+            }
+            let d = delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+            if d > 0 {
+                tokio::time::sleep(Duration::from_millis(d)).await;
             }
             let accepted: Vec<&(String, String, SinkAnswer)> = to
                 .iter()

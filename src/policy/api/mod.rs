@@ -6,9 +6,13 @@
 //! was queued) lives in the state's app data as a [`RunState`] while a hook
 //! runs; per-state data shared by all runs of one config epoch is [`Shared`].
 
+pub mod auth;
 pub mod base64;
+pub mod dlp;
 pub mod dns;
+pub mod dnsbl;
 pub mod envelope;
+pub mod geoip;
 pub mod history;
 pub mod ip;
 pub mod json;
@@ -40,6 +44,10 @@ pub fn register_all(lua: &Lua) -> mlua::Result<()> {
     ip::register(lua)?;
     sha256::register(lua)?;
     base64::register(lua)?;
+    auth::register(lua)?;
+    dnsbl::register(lua)?;
+    geoip::register(lua)?;
+    dlp::register(lua)?;
     #[cfg(test)]
     lua.globals().set(
         "__test_panic",
@@ -48,11 +56,43 @@ pub fn register_all(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
+/// Build the scanners of an epoch; errors name the config key. A hook
+/// script that mentions `geoip.` with no database configured is an error
+/// here, at load, not at the first message.
+pub fn scan_context(
+    cfg: &crate::config::Config,
+    extra: &[super::ScriptSource],
+) -> Result<crate::scan::ScanContext, super::PolicyError> {
+    let scan = crate::scan::ScanContext::from_config(cfg)
+        .map_err(|e| super::PolicyError::Input(e.to_string()))?;
+    if !scan.geoip.is_configured() {
+        let mut sources: Vec<(String, String)> = extra
+            .iter()
+            .map(|x| (x.name.clone(), x.source.clone()))
+            .collect();
+        for spec in &super::HOOKS {
+            if let Some(path) = (spec.script)(&cfg.scripts) {
+                if let Ok(src) = std::fs::read_to_string(path) {
+                    sources.push((path.display().to_string(), src));
+                }
+            }
+        }
+        if let Some((name, _)) = sources.iter().find(|(_, s)| geoip::mentions_geoip(s)) {
+            return Err(super::PolicyError::Input(format!(
+                "{name}: the script uses geoip but neither [geoip] country_db nor asn_db is set"
+            )));
+        }
+    }
+    Ok(scan)
+}
+
 /// Data of one config epoch every state of that epoch shares.
 pub struct Shared {
     /// Transport ids `[transport.*]` defines.
     pub transports: BTreeSet<String>,
     pub dns: Arc<dns::Dns>,
+    /// Sender checks, GeoIP and DLP of this epoch.
+    pub scan: Arc<crate::scan::ScanContext>,
 }
 
 /// A verdict as the script gave it, before defaults are applied.
@@ -87,6 +127,10 @@ pub struct RunState {
     pub history: Vec<HistoryRequest>,
     pub instructions: u64,
     pub instruction_limit: u64,
+    /// The client (defaults of ScanDMARC and spf.check).
+    pub connection: Option<crate::envelope::ConnectionInfo>,
+    /// eod: the message as received (what ScanDMARC and ScanDLP scan).
+    pub message: Option<bytes::Bytes>,
 }
 
 impl RunState {
@@ -105,6 +149,8 @@ impl RunState {
             history: Vec::new(),
             instructions: 0,
             instruction_limit: limit,
+            connection: None,
+            message: None,
         }
     }
 }

@@ -1,0 +1,2 @@
+if arguments.host == "" or arguments.host:find("%.invalid$") then Reject("bad HELO") end
+context.helo = arguments.host

@@ -1,0 +1,2 @@
+local deny = { ["spam.example"] = true }
+if deny[transaction.senderaddress.domain] then Reject("sender refused") end
