@@ -67,6 +67,33 @@ fn lua_blocks(md: &str) -> Vec<Example> {
     out
 }
 
+/// A DNS server on loopback that answers NXDOMAIN to everything at once, so
+/// examples that look things up run fast and the same everywhere.
+fn nxdomain_server() -> std::net::SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            // Header + the question only: walk the QNAME labels, then QTYPE/QCLASS.
+            let mut i = 12;
+            while i < n && buf[i] != 0 {
+                i += 1 + buf[i] as usize;
+            }
+            let end = (i + 5).min(n);
+            let mut reply = buf[..end].to_vec();
+            reply[2] = 0x80 | (buf[2] & 0x01); // QR, keep RD
+            reply[3] = 0x80 | 3; // RA, NXDOMAIN
+            reply[6..12].fill(0); // no answer, authority, additional records
+            let _ = sock.send_to(&reply, peer);
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lua_examples_run() {
     let md = std::fs::read_to_string(repo("docs/lua.md")).unwrap();
@@ -86,12 +113,13 @@ async fn lua_examples_run() {
         "recipients": ["bob@example.org", "carol@example.org"],
         "arguments": {"verb": "EHLO", "host": "client.example.net"},
     });
+    let dns = nxdomain_server();
     let mut failures = Vec::new();
     for ex in &examples {
         let script = dir.path().join(format!("example-{}.lua", ex.line));
         std::fs::write(&script, &ex.code).unwrap();
         let toml = format!(
-            "[scripts]\nlib_path = [{lib:?}]\n{} = {script:?}\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = \"1s\"\n[transport.lmtp]\nkind = \"lmtp\"\nhost = \"127.0.0.1:24\"\n",
+            "[scripts]\nlib_path = [{lib:?}]\n{} = {script:?}\n[dns]\nnameservers = [\"{dns}\"]\ntimeout = \"2s\"\n[transport.lmtp]\nkind = \"lmtp\"\nhost = \"127.0.0.1:24\"\n",
             ex.hook.name()
         );
         let cfg = Config::from_toml_str(&toml).unwrap();
