@@ -40,6 +40,8 @@ pub struct Daemon {
     pub config: Arc<Config>,
     reload: ReloadFn,
     control: Option<tokio::task::JoinHandle<()>>,
+    /// `[http]`: /metrics and the JSON API (None when the address is empty).
+    pub http: Option<crate::http::HttpServer>,
 }
 
 impl Daemon {
@@ -140,7 +142,11 @@ impl Daemon {
                 None
             }
         };
+        let http = crate::http::start(&config.http, store.clone())
+            .await
+            .with_context(|| format!("starting [http] on {:?}", config.http.address))?;
         Ok(Daemon {
+            http,
             server,
             delivery_stop,
             delivery,

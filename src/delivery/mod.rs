@@ -698,6 +698,7 @@ impl DeliveryService {
             }
         }
         for h in &history {
+            crate::metrics::delivery_attempt(&h.action, transportid);
             info!(
                 queue = %entry.id, tx = %entry.transaction, action = %h.action, to = %h.recipient,
                 relay = %h.remote_host.as_deref().unwrap_or("-"), reason = %h.reason, "delivery"

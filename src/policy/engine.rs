@@ -254,6 +254,12 @@ impl PolicyEngine {
             micros = started.elapsed().as_micros() as u64,
             "policy hook ran"
         );
+        crate::metrics::hook_run(
+            hook,
+            started.elapsed(),
+            outcome.verdict.kind(),
+            outcome.error.is_some(),
+        );
         st.uses += 1;
         if healthy {
             self.give_back(st);

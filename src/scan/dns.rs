@@ -231,6 +231,18 @@ impl Resolver {
     }
 
     async fn lookup_name(&self, name: Name, rtype: RecordType) -> Result<Vec<RData>, LookupError> {
+        let started = Instant::now();
+        let res = self.lookup_records(name, rtype).await;
+        let ok = res.as_ref().err().is_none_or(|e| !e.is_temporary());
+        crate::metrics::dns_query(rtype.into(), started.elapsed(), ok);
+        res
+    }
+
+    async fn lookup_records(
+        &self,
+        name: Name,
+        rtype: RecordType,
+    ) -> Result<Vec<RData>, LookupError> {
         match self.auth.resolver().lookup(name, rtype).await {
             Ok(l) => {
                 let v: Vec<RData> = l

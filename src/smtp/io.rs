@@ -84,6 +84,8 @@ pub struct Conn {
     rbuf: Vec<u8>,
     rpos: usize,
     wbuf: Vec<u8>,
+    /// The command being answered, for `sluice_smtp_replies_total`.
+    pub metrics_command: usize,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -95,10 +97,12 @@ impl Conn {
             rbuf: Vec::with_capacity(1024),
             rpos: 0,
             wbuf: Vec::with_capacity(512),
+            metrics_command: 0,
         }
     }
 
     pub fn queue_reply(&mut self, text: &str) {
+        crate::metrics::smtp_reply(self.metrics_command, text);
         self.wbuf.extend_from_slice(text.as_bytes());
     }
 

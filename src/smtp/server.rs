@@ -228,6 +228,7 @@ async fn handle_connection(
         ctx.limiter
             .try_acquire(peer.ip(), limits.connections, limits.connections_per_ip)
     else {
+        crate::metrics::connection_rejected();
         info!(conn = %conn_id, client = %peer, listener = %lcfg.id, "too many connections: 421");
         let msg = b"421 4.7.0 Too many connections, try again later\r\n";
         if lcfg.tls != ListenerTls::Implicit {
@@ -236,6 +237,7 @@ async fn handle_connection(
         let _ = tcp.shutdown().await;
         return;
     };
+    let _counted = crate::metrics::connection_opened();
     let stream = if lcfg.tls == ListenerTls::Implicit {
         let Some(sc) = ctx.tls.get() else {
             warn!(conn = %conn_id, "implicit TLS listener without a certificate");

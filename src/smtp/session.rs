@@ -250,6 +250,7 @@ impl Session {
 
     async fn dispatch(&mut self, line: &str) -> Flow {
         debug!(conn = %self.info.id, tx = %self.tx_id(), command = %line, "command");
+        self.conn.metrics_command = crate::metrics::command_index(&command::verb_of(line));
         let cmd = match command::parse(line) {
             Ok(c) => c,
             Err(ParseError::Unknown(v)) => {

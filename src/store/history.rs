@@ -161,6 +161,7 @@ impl Store {
                     StoreError::Transaction("history write aborted".into())
                 }
             })
+            .inspect(|_| crate::metrics::history_written(rows.len()))
     }
 
     fn decode_history(k: &[u8], v: &[u8]) -> Result<HistoryRecord, StoreError> {

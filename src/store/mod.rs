@@ -170,11 +170,13 @@ async fn flusher(inner: std::sync::Weak<StoreInner>, mut rx: mpsc::UnboundedRece
         };
         let db2 = strong.db.clone();
         drop(strong);
+        let started = std::time::Instant::now();
         let res = match tokio::task::spawn_blocking(move || db2.flush()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         };
+        crate::metrics::fsync_batch(waiters.len(), started.elapsed(), res.is_ok());
         for w in waiters {
             let _ = w.send(res.clone());
         }

@@ -1,0 +1,573 @@
+//! Prometheus metrics: a process-wide registry of atomics that the SMTP,
+//! policy, store and delivery code bump with one call each, rendered in the
+//! Prometheus text exposition format (version 0.0.4) by [`render`] for
+//! `GET /metrics` (see [`crate::http`]).
+//!
+//! Everything here is lock-free on the hot paths (replies, hook runs,
+//! connections); only the delivery and DNS counters, whose labels come from
+//! config (transport ids) or a small fixed set, sit behind a mutex. Queue size
+//! by state is not counted at all: it is read from the store at scrape time,
+//! so it is right after a restart and after `sluice queue` changes.
+//!
+//! Names follow Prometheus conventions: `sluice_…_total` counters, `_seconds`
+//! histograms, base units.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use crate::policy::{Hook, VerdictKind};
+use crate::store::Store;
+
+const RELAXED: Ordering = Ordering::Relaxed;
+
+/// A histogram with fixed upper bounds (`le`), lock-free.
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One per bound plus `+Inf`; non-cumulative, summed when rendered.
+    counts: Vec<AtomicU64>,
+    /// Sum of observations in micro-units (µs for seconds, 1e-6 for sizes).
+    sum_micro: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micro: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, RELAXED);
+        self.sum_micro.fetch_add((v.max(0.0) * 1e6) as u64, RELAXED);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(RELAXED)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cum = 0;
+        for (i, b) in self.bounds.iter().enumerate() {
+            cum += self.counts[i].load(RELAXED);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
+        }
+        cum += self.counts[self.bounds.len()].load(RELAXED);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
+        let sum = self.sum_micro.load(RELAXED) as f64 / 1e6;
+        let braces = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!("{{{s}}}")
+            }
+        };
+        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
+        let _ = writeln!(out, "{name}_count{} {cum}", braces(labels));
+    }
+}
+
+/// Latency buckets, seconds: 100 µs … 10 s.
+const LATENCY: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Group-commit batch sizes (transactions per fsync).
+const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// SMTP commands a reply is counted under; anything else is `OTHER`.
+/// `CONNECT` is the greeting (and refusals before any command).
+pub const COMMANDS: [&str; 16] = [
+    "CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
+    "EXPN", "HELP", "STARTTLS", "AUTH", "OTHER",
+];
+const CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "other"];
+const VERDICTS: [&str; 5] = ["pass", "reply", "accept", "reject", "defer"];
+const NHOOKS: usize = Hook::ALL.len();
+
+fn verdict_index(v: VerdictKind) -> usize {
+    match v {
+        VerdictKind::Pass => 0,
+        VerdictKind::Reply => 1,
+        VerdictKind::Accept => 2,
+        VerdictKind::Reject => 3,
+        VerdictKind::Defer => 4,
+    }
+}
+
+/// The command label index for a verb (uppercase or not).
+pub fn command_index(verb: &str) -> usize {
+    COMMANDS[..COMMANDS.len() - 1]
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case(verb))
+        .unwrap_or(COMMANDS.len() - 1)
+}
+
+fn atomics(n: usize) -> Vec<AtomicU64> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+/// The registry. One per process ([`global`]); tests read it through
+/// [`render`] and compare before/after.
+pub struct Metrics {
+    pub connections_current: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub connections_rejected: AtomicU64,
+    /// [command][class]
+    replies: Vec<AtomicU64>,
+    hook_runs: Vec<AtomicU64>,
+    hook_errors: Vec<AtomicU64>,
+    /// [hook][verdict]
+    hook_verdicts: Vec<AtomicU64>,
+    hook_seconds: Vec<Histogram>,
+    /// (result, transport) → count
+    deliveries: Mutex<BTreeMap<(String, String), u64>>,
+    pub fsync_batches: AtomicU64,
+    pub fsync_errors: AtomicU64,
+    fsync_batch_size: Histogram,
+    fsync_seconds: Histogram,
+    pub history_records: AtomicU64,
+    /// (type, result) → count
+    dns_queries: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    dns_seconds: Histogram,
+}
+
+static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    connections_current: AtomicI64::new(0),
+    connections_total: AtomicU64::new(0),
+    connections_rejected: AtomicU64::new(0),
+    replies: atomics(COMMANDS.len() * CLASSES.len()),
+    hook_runs: atomics(NHOOKS),
+    hook_errors: atomics(NHOOKS),
+    hook_verdicts: atomics(NHOOKS * VERDICTS.len()),
+    hook_seconds: (0..NHOOKS).map(|_| Histogram::new(LATENCY)).collect(),
+    deliveries: Mutex::new(BTreeMap::new()),
+    fsync_batches: AtomicU64::new(0),
+    fsync_errors: AtomicU64::new(0),
+    fsync_batch_size: Histogram::new(BATCH),
+    fsync_seconds: Histogram::new(LATENCY),
+    history_records: AtomicU64::new(0),
+    dns_queries: Mutex::new(BTreeMap::new()),
+    dns_seconds: Histogram::new(LATENCY),
+});
+
+pub fn global() -> &'static Metrics {
+    &GLOBAL
+}
+
+// ---- the one-line hooks the rest of the code calls ------------------------
+
+/// Held for the life of an accepted SMTP connection.
+pub struct ConnectionGuard(());
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        GLOBAL.connections_current.fetch_sub(1, RELAXED);
+    }
+}
+
+/// A connection got its slot: counts it and tracks it as current until the
+/// guard drops.
+#[must_use]
+pub fn connection_opened() -> ConnectionGuard {
+    GLOBAL.connections_total.fetch_add(1, RELAXED);
+    GLOBAL.connections_current.fetch_add(1, RELAXED);
+    ConnectionGuard(())
+}
+
+/// A connection refused with 421 because of `[limits] connections*`.
+pub fn connection_rejected() {
+    GLOBAL.connections_rejected.fetch_add(1, RELAXED);
+}
+
+/// One reply (possibly multi-line) sent to the client while `command`
+/// (an index from [`command_index`]) was being handled.
+pub fn smtp_reply(command: usize, rendered: &str) {
+    let class = match rendered.as_bytes().first() {
+        Some(b @ b'2'..=b'5') => (b - b'2') as usize,
+        _ => 4,
+    };
+    let cmd = command.min(COMMANDS.len() - 1);
+    GLOBAL.replies[cmd * CLASSES.len() + class].fetch_add(1, RELAXED);
+}
+
+/// One hook run (a script chain ran): latency, verdict, script error.
+pub fn hook_run(hook: Hook, elapsed: Duration, verdict: VerdictKind, error: bool) {
+    let h = hook as usize;
+    GLOBAL.hook_runs[h].fetch_add(1, RELAXED);
+    GLOBAL.hook_seconds[h].observe(elapsed.as_secs_f64());
+    GLOBAL.hook_verdicts[h * VERDICTS.len() + verdict_index(verdict)].fetch_add(1, RELAXED);
+    if error {
+        GLOBAL.hook_errors[h].fetch_add(1, RELAXED);
+    }
+}
+
+/// One recipient's delivery attempt ended: `result` is the history action
+/// (DELIVER, DEFER, ERROR).
+pub fn delivery_attempt(result: &str, transport: &str) {
+    let mut m = GLOBAL.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+    *m.entry((result.to_ascii_lowercase(), transport.to_string()))
+        .or_default() += 1;
+}
+
+/// One group-commit flush that served `batch` waiters.
+pub fn fsync_batch(batch: usize, elapsed: Duration, ok: bool) {
+    GLOBAL.fsync_batches.fetch_add(1, RELAXED);
+    GLOBAL.fsync_batch_size.observe(batch as f64);
+    GLOBAL.fsync_seconds.observe(elapsed.as_secs_f64());
+    if !ok {
+        GLOBAL.fsync_errors.fetch_add(1, RELAXED);
+    }
+}
+
+pub fn history_written(n: usize) {
+    GLOBAL.history_records.fetch_add(n as u64, RELAXED);
+}
+
+/// One lookup through the shared resolver (`crate::scan::dns`): `rtype`
+/// ("MX", "A", "TXT", …); `ok` is false for temporary errors (timeout,
+/// SERVFAIL), true for answers, NXDOMAIN and NODATA.
+pub fn dns_query(rtype: &'static str, elapsed: Duration, ok: bool) {
+    GLOBAL.dns_seconds.observe(elapsed.as_secs_f64());
+    let mut m = GLOBAL.dns_queries.lock().unwrap_or_else(|e| e.into_inner());
+    *m.entry((rtype, if ok { "ok" } else { "error" }))
+        .or_default() += 1;
+}
+
+// ---- exposition -------------------------------------------------------------
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Queue entries by state, read from the store (a scan of the queue tree
+/// decoding only the state; run it off the async threads).
+pub fn queue_by_state(store: &Store) -> BTreeMap<&'static str, u64> {
+    #[derive(serde::Deserialize)]
+    struct StateOnly {
+        state: crate::store::queue::QueueState,
+    }
+    let mut out: BTreeMap<&'static str, u64> = [("queued", 0), ("held", 0), ("active", 0)]
+        .into_iter()
+        .collect();
+    let (queue, _, _) = store.trees();
+    for (_, v) in queue.iter().flatten() {
+        if let Ok(s) = serde_json::from_slice::<StateOnly>(&v) {
+            *out.entry(s.state.as_str()).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// The whole registry in Prometheus text format. `queue` is the result of
+/// [`queue_by_state`] (None: the queue gauge is left out).
+pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
+    let m = &*GLOBAL;
+    let mut out = String::with_capacity(16 * 1024);
+
+    header(
+        &mut out,
+        "sluice_connections",
+        "gauge",
+        "SMTP connections open now.",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_connections {}",
+        m.connections_current.load(RELAXED).max(0)
+    );
+    header(
+        &mut out,
+        "sluice_connections_total",
+        "counter",
+        "SMTP connections accepted (within the connection limits).",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_connections_total {}",
+        m.connections_total.load(RELAXED)
+    );
+    header(
+        &mut out,
+        "sluice_connections_rejected_total",
+        "counter",
+        "SMTP connections refused with 421 by [limits] connections / connections_per_ip.",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_connections_rejected_total{{reason=\"limit\"}} {}",
+        m.connections_rejected.load(RELAXED)
+    );
+
+    header(
+        &mut out,
+        "sluice_smtp_replies_total",
+        "counter",
+        "SMTP replies sent, by the command they answer and reply code class.",
+    );
+    for (ci, cmd) in COMMANDS.iter().enumerate() {
+        for (ki, class) in CLASSES.iter().enumerate() {
+            let n = m.replies[ci * CLASSES.len() + ki].load(RELAXED);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "sluice_smtp_replies_total{{command=\"{cmd}\",class=\"{class}\"}} {n}"
+                );
+            }
+        }
+    }
+
+    header(
+        &mut out,
+        "sluice_hook_runs_total",
+        "counter",
+        "Policy hook runs (a configured script chain ran).",
+    );
+    for h in Hook::ALL {
+        let _ = writeln!(
+            out,
+            "sluice_hook_runs_total{{hook=\"{}\"}} {}",
+            h.name(),
+            m.hook_runs[h as usize].load(RELAXED)
+        );
+    }
+    header(
+        &mut out,
+        "sluice_hook_verdicts_total",
+        "counter",
+        "Verdicts of policy hook runs (script errors count as their hook's error verdict).",
+    );
+    for h in Hook::ALL {
+        for (vi, v) in VERDICTS.iter().enumerate() {
+            let n = m.hook_verdicts[h as usize * VERDICTS.len() + vi].load(RELAXED);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "sluice_hook_verdicts_total{{hook=\"{}\",verdict=\"{v}\"}} {n}",
+                    h.name()
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "sluice_hook_errors_total",
+        "counter",
+        "Policy hook runs that ended in a script error (or hit a limit).",
+    );
+    for h in Hook::ALL {
+        let _ = writeln!(
+            out,
+            "sluice_hook_errors_total{{hook=\"{}\"}} {}",
+            h.name(),
+            m.hook_errors[h as usize].load(RELAXED)
+        );
+    }
+    header(
+        &mut out,
+        "sluice_hook_duration_seconds",
+        "histogram",
+        "Wall time of policy hook runs, including DNS and scans they wait for.",
+    );
+    for h in Hook::ALL {
+        let hist = &m.hook_seconds[h as usize];
+        if hist.count() > 0 {
+            hist.render(
+                &mut out,
+                "sluice_hook_duration_seconds",
+                &format!("hook=\"{}\"", h.name()),
+            );
+        }
+    }
+
+    if let Some(q) = queue {
+        header(
+            &mut out,
+            "sluice_queue_messages",
+            "gauge",
+            "Queue entries by state (one entry per message and transport).",
+        );
+        for (state, n) in q {
+            let _ = writeln!(out, "sluice_queue_messages{{state=\"{state}\"}} {n}");
+        }
+    }
+
+    header(
+        &mut out,
+        "sluice_delivery_attempts_total",
+        "counter",
+        "Delivery attempts per recipient, by result (deliver, defer, error) and transport.",
+    );
+    {
+        let d = m.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+        for ((result, transport), n) in d.iter() {
+            let _ = writeln!(
+                out,
+                "sluice_delivery_attempts_total{{result=\"{}\",transport=\"{}\"}} {n}",
+                label_value(result),
+                label_value(transport)
+            );
+        }
+    }
+
+    header(
+        &mut out,
+        "sluice_fsync_batches_total",
+        "counter",
+        "Group-commit flushes (each fsync serves every commit that waited for it).",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_fsync_batches_total {}",
+        m.fsync_batches.load(RELAXED)
+    );
+    header(
+        &mut out,
+        "sluice_fsync_errors_total",
+        "counter",
+        "Group-commit flushes that failed (the waiting transactions got 451).",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_fsync_errors_total {}",
+        m.fsync_errors.load(RELAXED)
+    );
+    header(
+        &mut out,
+        "sluice_fsync_batch_size",
+        "histogram",
+        "Commits served by one group-commit flush.",
+    );
+    m.fsync_batch_size
+        .render(&mut out, "sluice_fsync_batch_size", "");
+    header(
+        &mut out,
+        "sluice_fsync_duration_seconds",
+        "histogram",
+        "Wall time of one group-commit flush.",
+    );
+    m.fsync_seconds
+        .render(&mut out, "sluice_fsync_duration_seconds", "");
+
+    header(
+        &mut out,
+        "sluice_history_records_total",
+        "counter",
+        "History records written (REJECT, DELIVER, DEFER, ERROR, DELETE, History()).",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_history_records_total {}",
+        m.history_records.load(RELAXED)
+    );
+
+    header(
+        &mut out,
+        "sluice_dns_queries_total",
+        "counter",
+        "DNS lookups through the shared resolver (delivery routing, dns.query, FCrDNS, DNSBL; cache hits included), by record type and result (error = timeout/SERVFAIL).",
+    );
+    {
+        let d = m.dns_queries.lock().unwrap_or_else(|e| e.into_inner());
+        for ((rtype, result), n) in d.iter() {
+            let _ = writeln!(
+                out,
+                "sluice_dns_queries_total{{type=\"{rtype}\",result=\"{result}\"}} {n}"
+            );
+        }
+    }
+    header(
+        &mut out,
+        "sluice_dns_duration_seconds",
+        "histogram",
+        "Wall time of DNS lookups through the shared resolver.",
+    );
+    m.dns_seconds
+        .render(&mut out, "sluice_dns_duration_seconds", "");
+    out
+}
+
+/// The value of one sample line (`name{labels}` exactly as rendered) in a
+/// text exposition; for tests and scripts.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        let v = rest.strip_prefix(' ')?;
+        v.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let h = Histogram::new(&[1.0, 2.0]);
+        h.observe(0.5);
+        h.observe(1.5);
+        h.observe(9.0);
+        let mut s = String::new();
+        h.render(&mut s, "x", "a=\"b\"");
+        assert!(s.contains("x_bucket{a=\"b\",le=\"1\"} 1\n"), "{s}");
+        assert!(s.contains("x_bucket{a=\"b\",le=\"2\"} 2\n"), "{s}");
+        assert!(s.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{s}");
+        assert!(s.contains("x_count{a=\"b\"} 3\n"), "{s}");
+        assert_eq!(sample(&s, "x_sum{a=\"b\"}"), Some(11.0));
+    }
+
+    #[test]
+    fn command_labels_are_bounded() {
+        assert_eq!(COMMANDS[command_index("mail")], "MAIL");
+        assert_eq!(COMMANDS[command_index("XYZZY")], "OTHER");
+        smtp_reply(command_index("NOOP"), "250 2.0.0 OK\r\n");
+        let text = render(None);
+        assert!(
+            sample(
+                &text,
+                "sluice_smtp_replies_total{command=\"NOOP\",class=\"2xx\"}"
+            )
+            .unwrap()
+                >= 1.0
+        );
+    }
+
+    #[test]
+    fn exposition_is_well_formed() {
+        delivery_attempt("DELIVER", "de\"fault");
+        let q: BTreeMap<&'static str, u64> = [("queued", 3)].into_iter().collect();
+        let text = render(Some(&q));
+        for line in text.lines() {
+            if line.starts_with('#') {
+                assert!(line.starts_with("# HELP sluice_") || line.starts_with("# TYPE sluice_"));
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            assert!(series.starts_with("sluice_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert_eq!(series.matches('{').count(), series.matches('}').count());
+        }
+        assert!(text.contains("transport=\"de\\\"fault\""));
+        assert_eq!(
+            sample(&text, "sluice_queue_messages{state=\"queued\"}"),
+            Some(3.0)
+        );
+    }
+}
