@@ -94,9 +94,10 @@ async fn relays_end_to_end_with_failover_and_history() {
         .await
         .unwrap();
         let rows = v.as_array().unwrap();
-        assert_eq!(rows.len(), 2, "by {id}: {v}");
-        assert!(rows.iter().all(|r| r["action"] == "DELIVER"));
-        assert_eq!(rows[0]["remote_ip"], "127.0.0.1");
+        assert_eq!(rows.len(), 3, "by {id}: {v}");
+        assert_eq!(rows[0]["action"], "RECEIVED");
+        assert!(rows[1..].iter().all(|r| r["action"] == "DELIVER"));
+        assert_eq!(rows[1]["remote_ip"], "127.0.0.1");
     }
     let v = request(
         &sock,
