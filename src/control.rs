@@ -33,40 +33,11 @@ pub enum Request {
     Reload,
 }
 
-/// `sluice history` filters, as sent over the socket.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct HistoryFilter {
-    pub since: Option<f64>,
-    pub until: Option<f64>,
-    pub sender: Option<String>,
-    pub recipient: Option<String>,
-    pub domain: Option<String>,
-    pub action: Option<String>,
-    pub id: Option<String>,
-    pub after: Option<String>,
-    pub limit: Option<usize>,
-}
-
-impl HistoryFilter {
-    pub fn to_query(&self) -> crate::store::history::HistoryQuery {
-        crate::store::history::HistoryQuery {
-            since: self.since,
-            until: self.until,
-            sender: self.sender.clone(),
-            recipient: self.recipient.clone(),
-            domain: self.domain.clone(),
-            action: self.action.clone(),
-            id: self.id.clone(),
-            after: self.after.clone(),
-            limit: self.limit,
-        }
-    }
-}
+/// `sluice history` filters, as sent over the socket: the store's query.
+pub type HistoryFilter = crate::store::history::HistoryQuery;
 
 pub fn history_json(store: &Store, f: &HistoryFilter) -> Result<Value, String> {
-    let rows = store
-        .query_history(&f.to_query())
-        .map_err(|e| e.to_string())?;
+    let rows = store.query_history(f).map_err(|e| e.to_string())?;
     Ok(Value::Array(
         rows.into_iter()
             .map(|(hid, r)| {

@@ -6,41 +6,7 @@ mod common;
 use common::*;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(cfg: &std::path::Path) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c"])
-        .arg(cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("daemon did not start");
-}
 
 fn subject_numbers(msgs: &[Received]) -> HashMap<usize, usize> {
     let mut seen = HashMap::new();
@@ -77,8 +43,8 @@ async fn kill_9_during_delivery_loses_nothing() {
         ),
     )
     .unwrap();
-    let mut child = spawn(&cfg);
-    wait_port(port).await;
+    let mut child = spawn_daemon(&cfg);
+    wait_listening(port).await;
     let mut c = Client::connect(format!("127.0.0.1:{port}").parse().unwrap()).await;
     c.greet().await;
     for n in 0..N {
@@ -105,8 +71,8 @@ async fn kill_9_during_delivery_loses_nothing() {
         "delivery finished before the kill; the test proves nothing"
     );
 
-    let mut child = spawn(&cfg);
-    wait_port(port).await;
+    let mut child = spawn_daemon(&cfg);
+    wait_listening(port).await;
     // Bounded wait for everything to arrive.
     for _ in 0..600 {
         if subject_numbers(&sink.messages()).len() == N {

@@ -17,16 +17,6 @@ fn transport(sinks: &[&str], extra: &str) -> String {
     )
 }
 
-async fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..300 {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_end_to_end_with_failover_and_history() {
     let sink = Sink::start(false, false).await;

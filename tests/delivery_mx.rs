@@ -6,18 +6,6 @@ mod common;
 mod dns;
 use common::*;
 
-use std::time::Duration;
-
-async fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..300 {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 /// Two sinks on 127.0.0.2 and 127.0.0.3 sharing one port (the MX port).
 async fn two_sinks() -> (Sink, Sink, u16) {
     for _ in 0..50 {

@@ -87,7 +87,8 @@ fn index_key(field: &str, value: &str, hid: &str) -> Vec<u8> {
 }
 
 /// What to look for; all given filters must match.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HistoryQuery {
     pub since: Option<f64>,
     pub until: Option<f64>,

@@ -472,3 +472,47 @@ async fn sink_session(
     }
     Ok(())
 }
+
+/// A loopback port that was free a moment ago (for child-process daemons).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `sluice run -c cfg` as a child process (killed when dropped).
+pub fn spawn_daemon(cfg: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-c"])
+        .arg(cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Wait (bounded) until something listens on the port.
+pub async fn wait_listening(port: u16) {
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("daemon did not start listening on {port}");
+}
+
+/// Poll `f` every 50 ms for at most 15 s.
+pub async fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
