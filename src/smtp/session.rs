@@ -429,9 +429,14 @@ impl Session {
             metadata,
             ..self.history_base()
         };
-        if let Err(e) = self.ctx.store.append_history(&[rec]) {
-            warn!(conn = %self.info.id, error = %e, "history write failed");
-        }
+        // Off the reply path: the 250 does not wait for the history write.
+        let store = self.ctx.store.clone();
+        let conn = self.info.id.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.append_history(&[rec]) {
+                warn!(conn = %conn, error = %e, "history write failed");
+            }
+        });
     }
 
     fn history_base(&self) -> HistoryRecord {
