@@ -84,31 +84,25 @@ fn zip_claimed_entries(data: &[u8]) -> Vec<u64> {
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])))
     };
     let start = data.len().saturating_sub(22 + 65535 + 20);
+    // Records start at most 22 bytes before the end; newest (last) first.
+    let last = data.len().saturating_sub(22);
+    let hay = &data[start.min(last)..(last + 4).min(data.len())];
     let mut out = Vec::new();
-    let mut i = data.len().saturating_sub(22);
-    loop {
-        if i < start {
-            break;
+    for off in memchr::memmem::rfind_iter(hay, b"PK\x05\x06") {
+        let i = start.min(last) + off;
+        if let Some(n) = u16_at(i + 10) {
+            out.push(u64::from(n));
         }
-        if data[i..].starts_with(b"PK\x05\x06") {
-            if let Some(n) = u16_at(i + 10) {
-                out.push(u64::from(n));
-            }
-            // A zip64 locator sits just before the record.
-            if i >= 20 && data[i - 20..].starts_with(b"PK\x06\x07") {
-                let rec = u64_at(i - 20 + 8)
-                    .and_then(|o| usize::try_from(o).ok())
-                    .filter(|&o| data.get(o..).is_some_and(|d| d.starts_with(b"PK\x06\x06")));
-                match rec.and_then(|o| u64_at(o + 32)) {
-                    Some(n) => out.push(n),
-                    None => out.push(u64::MAX),
-                }
+        // A zip64 locator sits just before the record.
+        if i >= 20 && data[i - 20..].starts_with(b"PK\x06\x07") {
+            let rec = u64_at(i - 20 + 8)
+                .and_then(|o| usize::try_from(o).ok())
+                .filter(|&o| data.get(o..).is_some_and(|d| d.starts_with(b"PK\x06\x06")));
+            match rec.and_then(|o| u64_at(o + 32)) {
+                Some(n) => out.push(n),
+                None => out.push(u64::MAX),
             }
         }
-        if i == 0 {
-            break;
-        }
-        i -= 1;
     }
     out
 }

@@ -87,26 +87,49 @@ fn iban_prefix(candidate: &[u8]) -> bool {
     let Some(len) = candidate.get(..2).and_then(iban_length) else {
         return false;
     };
-    let mut seen = 0;
+    // One pass: gather the first `len` non-space characters (anything but
+    // letters and digits among them fails, as `iban` would).
+    let mut buf = [0u8; 34];
+    let mut n = 0;
     for (i, &b) in candidate.iter().enumerate() {
-        if b != b' ' {
-            seen += 1;
-            if seen == len {
-                let end = i + 1;
-                let at_boundary = candidate.get(end).is_none_or(|&c| c == b' ');
-                return at_boundary && iban(&candidate[..end]);
-            }
+        if b == b' ' {
+            continue;
+        }
+        if !b.is_ascii_alphanumeric() || n == buf.len() {
+            return false;
+        }
+        buf[n] = b.to_ascii_uppercase();
+        n += 1;
+        if n == len {
+            let at_boundary = candidate.get(i + 1).is_none_or(|&c| c == b' ');
+            return at_boundary && iban_compact(&buf[..n]);
         }
     }
     false
 }
 
 fn iban_length(cc: &[u8]) -> Option<usize> {
-    IBAN_LENGTHS
-        .binary_search_by(|(c, _)| c[..].cmp(cc))
-        .ok()
-        .map(|i| IBAN_LENGTHS[i].1)
+    match *cc {
+        [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] => {
+            let n = IBAN_LENGTH_BY_CODE[usize::from(a - b'A') * 26 + usize::from(b - b'A')];
+            (n != 0).then_some(usize::from(n))
+        }
+        _ => None,
+    }
 }
+
+/// [`IBAN_LENGTHS`] indexed by `(first letter) * 26 + (second letter)`; 0 =
+/// not a country with IBANs.
+const IBAN_LENGTH_BY_CODE: [u8; 26 * 26] = {
+    let mut t = [0u8; 26 * 26];
+    let mut i = 0;
+    while i < IBAN_LENGTHS.len() {
+        let (cc, len) = IBAN_LENGTHS[i];
+        t[(cc[0] - b'A') as usize * 26 + (cc[1] - b'A') as usize] = len as u8;
+        i += 1;
+    }
+    t
+};
 
 /// IBAN lengths by country (ISO 13616 registry, SWIFT release 2024).
 #[rustfmt::skip]
@@ -146,7 +169,12 @@ pub fn iban(candidate: &[u8]) -> bool {
             _ => return false,
         }
     }
-    let s = &buf[..n];
+    iban_compact(&buf[..n])
+}
+
+/// `iban` on letters and digits only, uppercased.
+fn iban_compact(s: &[u8]) -> bool {
+    let n = s.len();
     if n < 15 || !s[0].is_ascii_alphabetic() || !s[1].is_ascii_alphabetic() {
         return false;
     }
@@ -157,21 +185,21 @@ pub fn iban(candidate: &[u8]) -> bool {
         return false;
     }
     // Move the first four characters to the end, letters become 10..35,
-    // and compute the remainder digit by digit.
-    let mut rem: u32 = 0;
+    // and compute the remainder digit by digit (reducing only when the
+    // accumulator gets large: same remainder, far fewer divisions).
+    let mut rem: u64 = 0;
     for &c in s[4..].iter().chain(&s[..4]) {
         let v = if c.is_ascii_digit() {
-            u32::from(c - b'0')
+            u64::from(c - b'0')
         } else {
-            u32::from(c - b'A') + 10
+            u64::from(c - b'A') + 10
         };
-        rem = if v >= 10 {
-            (rem * 100 + v) % 97
-        } else {
-            (rem * 10 + v) % 97
-        };
+        rem = if v >= 10 { rem * 100 + v } else { rem * 10 + v };
+        if rem >= 1 << 56 {
+            rem %= 97;
+        }
     }
-    rem == 1
+    rem % 97 == 1
 }
 
 #[cfg(test)]
@@ -193,6 +221,69 @@ mod tests {
     #[test]
     fn iban_table_is_sorted() {
         assert!(IBAN_LENGTHS.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn iban_length_lookup_matches_the_table() {
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                let cc = [a, b];
+                let want = IBAN_LENGTHS
+                    .binary_search_by(|(c, _)| c[..].cmp(&cc[..]))
+                    .ok()
+                    .map(|i| IBAN_LENGTHS[i].1);
+                assert_eq!(iban_length(&cc), want, "{cc:?}");
+            }
+        }
+        assert_eq!(iban_length(b"D"), None);
+    }
+
+    /// The two-pass form `iban_prefix` replaced.
+    fn iban_prefix_reference(candidate: &[u8]) -> bool {
+        let Some(len) = candidate.get(..2).and_then(iban_length) else {
+            return false;
+        };
+        let mut seen = 0;
+        for (i, &b) in candidate.iter().enumerate() {
+            if b != b' ' {
+                seen += 1;
+                if seen == len {
+                    let end = i + 1;
+                    let at_boundary = candidate.get(end).is_none_or(|&c| c == b' ');
+                    return at_boundary && iban(&candidate[..end]);
+                }
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn iban_prefix_agrees_with_the_two_pass_form() {
+        let bases: &[&[u8]] = &[
+            b"GB82 WEST 1234 5698 7654 32 AND MORE",
+            b"DE89 3704 0044 0532 0130 00",
+            b"NO93 8601 1117 947",
+            b"DE12 3456 7890 1234 5678 90",
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for base in bases {
+            assert_eq!(iban_prefix(base), iban_prefix_reference(base));
+            for _ in 0..5000 {
+                let mut c = base.to_vec();
+                for _ in 0..(x % 3) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let at = (x >> 8) as usize % c.len();
+                    c[at] = b"0123456789 AZaz-_#"[(x >> 40) as usize % 18];
+                }
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.truncate(c.len() - (x % 4) as usize);
+                assert_eq!(iban_prefix(&c), iban_prefix_reference(&c), "{c:?}");
+            }
+        }
     }
 
     #[test]

@@ -39,6 +39,7 @@
 //! level: `2:docs/outer.zip:inner.txt` is `inner.txt` inside `docs/outer.zip`
 //! inside MIME part 2.
 
+mod accel;
 mod archive;
 pub mod checks;
 pub mod filetype;

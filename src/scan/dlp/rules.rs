@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use regex::bytes::Regex as BytesRegex;
 use regex::Regex;
 use serde_json::Value;
 
+use super::accel::{ContentRegex, IBAN_PATTERN};
 use super::checks::Validator;
 use super::filetype::FILETYPE_NAMES;
 use super::{DlpError, Limits};
@@ -347,7 +347,7 @@ pub struct Rule {
     sha256: Vec<[u8; 32]>,
     contenttype: Vec<CtPattern>,
     filetype: Vec<String>,
-    content: Vec<BytesRegex>,
+    content: Vec<ContentRegex>,
     validator: Option<Validator>,
     size: Vec<SizeRange>,
 }
@@ -366,6 +366,11 @@ pub(crate) struct Facts<'a> {
 impl Rule {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    #[cfg(test)]
+    pub(crate) fn content_regexes(&self) -> &[ContentRegex] {
+        &self.content
     }
 
     pub(crate) fn matches(&self, f: &Facts) -> bool {
@@ -413,7 +418,7 @@ impl Rule {
                 Some(v) => self
                     .content
                     .iter()
-                    .any(|r| r.find_iter(data).any(|m| v.check(m.as_bytes()))),
+                    .any(|r| r.any_match(data, |m| v.check(m))),
             };
         }
         false
@@ -559,8 +564,11 @@ fn compile_rule(name: &str, spec: &RuleSpec, limits: &Limits) -> Result<Rule, Dl
         .iter()
         .map(|s| {
             let (pat, f) = slashes("content", s)?;
-            build_regex!(regex::bytes::RegexBuilder, &pat, f, limits)
-                .map_err(|e| err("content", format!("{s:?}: {e}")))
+            let re = build_regex!(regex::bytes::RegexBuilder, &pat, f, limits)
+                .map_err(|e| err("content", format!("{s:?}: {e}")))?;
+            Ok(ContentRegex::new(s, re, |variant| {
+                build_regex!(regex::bytes::RegexBuilder, variant, f, limits)
+            }))
         })
         .collect::<Result<_, _>>()?;
     let contenttype = spec
@@ -659,7 +667,7 @@ pub fn builtin_specs() -> BTreeMap<String, RuleSpec> {
     m.insert(
         "IBAN".to_string(),
         RuleSpec {
-            content: content(&[r"/(?-u:\b)[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?-u:\b)/"]),
+            content: content(&[IBAN_PATTERN]),
             validator: Some(Validator::Iban),
             ..RuleSpec::default()
         },
