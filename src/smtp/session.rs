@@ -429,14 +429,8 @@ impl Session {
             metadata,
             ..self.history_base()
         };
-        // Off the reply path: the 250 does not wait for the history write.
-        let store = self.ctx.store.clone();
-        let conn = self.info.id.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.append_history(&[rec]) {
-                warn!(conn = %conn, error = %e, "history write failed");
-            }
-        });
+        // Off the reply path, batched with other sessions' records.
+        self.ctx.store.append_history_background(vec![rec]);
     }
 
     fn history_base(&self) -> HistoryRecord {

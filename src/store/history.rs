@@ -71,6 +71,10 @@ fn index_keys(hid: &str, r: &HistoryRecord) -> Vec<Vec<u8>> {
         if v.is_empty() && f != "sender" {
             continue;
         }
+        // A RECEIVED record lists all recipients in one field: not an index key.
+        if (f == "rcpt" || f == "domain") && r.recipient.contains(',') {
+            continue;
+        }
         out.push(index_key(f, &v.to_lowercase(), hid));
     }
     out
@@ -132,6 +136,51 @@ impl HistoryQuery {
 }
 
 impl Store {
+    /// Queue records for a background writer that commits many sessions'
+    /// records in one transaction — for records nothing waits on (RECEIVED,
+    /// SMTP-time REJECT). Delivery outcomes use [`Store::append_history`].
+    pub fn append_history_background(&self, records: Vec<HistoryRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        let tx = {
+            let mut guard = self.history_writer().lock().expect("history writer lock");
+            if guard.is_none() {
+                let (tx, rx) = std::sync::mpsc::channel::<Vec<HistoryRecord>>();
+                let weak = self.downgrade();
+                let spawned = std::thread::Builder::new()
+                    .name("sluice-history".into())
+                    .spawn(move || {
+                        while let Ok(first) = rx.recv() {
+                            let mut batch = first;
+                            while batch.len() < 1024 {
+                                match rx.try_recv() {
+                                    Ok(more) => batch.extend(more),
+                                    Err(_) => break,
+                                }
+                            }
+                            let Some(store) = Store::upgrade(&weak) else {
+                                return;
+                            };
+                            if let Err(e) = store.append_history(&batch) {
+                                tracing::warn!(error = %e, records = batch.len(), "history write failed");
+                            }
+                        }
+                    });
+                if spawned.is_err() {
+                    drop(guard);
+                    let _ = self.append_history(&records);
+                    return;
+                }
+                *guard = Some(tx);
+            }
+            guard.as_ref().expect("set above").clone()
+        };
+        if let Err(e) = tx.send(records) {
+            let _ = self.append_history(&e.0);
+        }
+    }
+
     /// Append records (not waiting for fsync: history is not an
     /// acknowledgement), with their index entries, atomically.
     pub fn append_history(&self, records: &[HistoryRecord]) -> Result<(), StoreError> {

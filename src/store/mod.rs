@@ -52,7 +52,7 @@ pub struct Store {
     inner: Arc<StoreInner>,
 }
 
-struct StoreInner {
+pub(crate) struct StoreInner {
     db: sled::Db,
     queue: sled::Tree,
     body: sled::Tree,
@@ -61,6 +61,7 @@ struct StoreInner {
     history: sled::Tree,
     hidx: sled::Tree,
     notify: Arc<tokio::sync::Notify>,
+    history_tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<history::HistoryRecord>>>>,
     flush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushWaiter>>>,
 }
 
@@ -91,6 +92,7 @@ impl Store {
             history: db.open_tree("history")?,
             hidx: db.open_tree("hidx")?,
             notify: Arc::new(tokio::sync::Notify::new()),
+            history_tx: std::sync::Mutex::new(None),
             db,
             flush_tx: std::sync::Mutex::new(None),
         };
@@ -145,6 +147,20 @@ impl Store {
 
     pub(crate) fn hidx_tree(&self) -> &sled::Tree {
         &self.inner.hidx
+    }
+
+    pub(crate) fn history_writer(
+        &self,
+    ) -> &std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<history::HistoryRecord>>>> {
+        &self.inner.history_tx
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<StoreInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn upgrade(w: &std::sync::Weak<StoreInner>) -> Option<Store> {
+        w.upgrade().map(|inner| Store { inner })
     }
 
     /// Woken whenever new entries are committed or rescheduled to now.
