@@ -94,13 +94,16 @@ async fn stage_verdicts_reply_codes_and_multiline_reasons() {
     let mut transports: Vec<_> = entries.iter().map(|e| e.transportid.as_str()).collect();
     transports.sort();
     assert_eq!(transports, ["default", "mailstore"]);
-    // REJECT history was recorded for the refused recipient.
-    let h = srv.store().history_all().unwrap();
-    assert!(
-        h.iter()
-            .any(|r| r.action == "REJECT" && r.recipient == "x@elsewhere.example"),
-        "{h:?}"
-    );
+    // REJECT history was recorded for the refused recipient (written in the background).
+    let found = wait_until(|| {
+        srv.store()
+            .history_all()
+            .unwrap()
+            .iter()
+            .any(|r| r.action == "REJECT" && r.recipient == "x@elsewhere.example")
+    })
+    .await;
+    assert!(found, "{:?}", srv.store().history_all().unwrap());
 }
 
 #[tokio::test]
