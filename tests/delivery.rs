@@ -452,3 +452,50 @@ async fn relayhost_metadata_overrides_the_route() {
         .await;
     assert_eq!(sink.wait_for(1).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postdelivery_bounces_now_with_its_own_wording() {
+    let sink = Sink::start(false, false).await;
+    sink.set_rule(|a| {
+        if a.starts_with("busy") {
+            SinkAnswer::TempFail
+        } else {
+            SinkAnswer::Accept
+        }
+    });
+    let sdir = tempfile::tempdir().unwrap();
+    let post = sdir.path().join("postdelivery.lua");
+    std::fs::write(
+        &post,
+        r#"
+        if arguments.result and arguments.result.code >= 400 and arguments.attempt == 1 then
+          context.bounce_subject = "Custom: not delivered to " .. arguments.recipient
+          context.bounce_text = "The mailstore is busy; we gave up at once."
+          Reject("given up by policy")
+        end"#,
+    )
+    .unwrap();
+    let srv = TestServer::start(&format!(
+        "{}\n[scripts]\npostdelivery = {:?}\n",
+        transport(&[&sink.addr.to_string()], ""),
+        post
+    ))
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    c.send_message("s@example.net", &["busy@example.org"], MSG, "250")
+        .await;
+    let got = sink.wait_for(1).await;
+    assert_eq!(got.len(), 1, "the bounce, not a retry");
+    assert_eq!(got[0].to, ["s@example.net"]);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(
+        text.contains("Subject: Custom: not delivered to busy@example.org"),
+        "{text}"
+    );
+    assert!(
+        text.contains("The mailstore is busy; we gave up at once."),
+        "{text}"
+    );
+    assert!(wait_until(|| srv.store().queue_len() == 0).await);
+}

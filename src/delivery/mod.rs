@@ -332,6 +332,13 @@ impl DeliveryService {
                 .run_delivery_hook(Hook::PostDelivery, self.delivery_info(&entry, result, hop))
                 .await
             {
+                // The script may word this entry's report:
+                // context.bounce_subject / context.bounce_text.
+                for key in ["bounce_subject", "bounce_text"] {
+                    if let Some(v) = out.context.get(key).and_then(|v| v.as_str()) {
+                        entry.metadata.insert(format!("_{key}"), v.to_string());
+                    }
+                }
                 for o in outcomes.iter_mut() {
                     match (&out.verdict, &o) {
                         (HookVerdict::Reject { reply, .. }, Outcome::Deferred { host, ip, .. }) => {
@@ -789,13 +796,19 @@ impl DeliveryService {
     ) {
         let (subject, text) = dsn::default_text(action);
         let q = &self.config.queue;
+        // A postdelivery script's wording for this entry, then the config's.
+        let per_entry = |k: &str| entry.metadata.get(k).map(|s| s.as_str());
         let subject = if action == "failed" {
-            q.bounce_subject.as_deref().unwrap_or(subject)
+            per_entry("_bounce_subject")
+                .or(q.bounce_subject.as_deref())
+                .unwrap_or(subject)
         } else {
             subject
         };
         let text = if action == "failed" {
-            q.bounce_text.as_deref().unwrap_or(text)
+            per_entry("_bounce_text")
+                .or(q.bounce_text.as_deref())
+                .unwrap_or(text)
         } else {
             text
         };
