@@ -340,14 +340,7 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
         "counter",
         "Policy hook runs (a configured script chain ran).",
     );
-    for h in Hook::ALL {
-        let _ = writeln!(
-            out,
-            "sluice_hook_runs_total{{hook=\"{}\"}} {}",
-            h.name(),
-            m.hook_runs[h as usize].load(RELAXED)
-        );
-    }
+    per_hook(&mut out, "sluice_hook_runs_total", &m.hook_runs);
     header(
         &mut out,
         "sluice_hook_verdicts_total",
@@ -372,14 +365,7 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
         "counter",
         "Policy hook runs that ended in a script error (or hit a limit).",
     );
-    for h in Hook::ALL {
-        let _ = writeln!(
-            out,
-            "sluice_hook_errors_total{{hook=\"{}\"}} {}",
-            h.name(),
-            m.hook_errors[h as usize].load(RELAXED)
-        );
-    }
+    per_hook(&mut out, "sluice_hook_errors_total", &m.hook_errors);
     header(
         &mut out,
         "sluice_hook_duration_seconds",
@@ -512,6 +498,18 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         let v = rest.strip_prefix(' ')?;
         v.trim().parse().ok()
     })
+}
+
+/// One sample per hook of a per-hook counter array.
+fn per_hook(out: &mut String, name: &str, counters: &[AtomicU64]) {
+    for h in Hook::ALL {
+        let _ = writeln!(
+            out,
+            "{name}{{hook=\"{}\"}} {}",
+            h.name(),
+            counters[h as usize].load(RELAXED)
+        );
+    }
 }
 
 #[cfg(test)]

@@ -205,6 +205,12 @@ impl PolicyEngine {
         }
     }
 
+    /// Does any script (Lua file or compiled Axigen hook) run for `hook`?
+    /// Unlike [`PolicyEngine::has_hook`], the built-in default eod does not count.
+    pub fn has_script(&self, hook: Hook) -> bool {
+        !self.epoch().scripts[hook.index()].is_empty()
+    }
+
     /// The scripts (file paths or source names) a hook runs, in order.
     pub fn scripts(&self, hook: Hook) -> Vec<PathBuf> {
         self.epoch().scripts[hook.index()]

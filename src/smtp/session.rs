@@ -1294,7 +1294,7 @@ impl Session {
             }
         }
 
-        let result = if self.ctx.policy.scripts(Hook::Eod).is_empty() {
+        let result = if !self.ctx.policy.has_script(Hook::Eod) {
             // The built-in eod: every recipient to its transport, natively.
             self.queue_message(&info, body, size)
                 .await
