@@ -48,10 +48,12 @@ impl Daemon {
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
         let config = Arc::new(config);
         let store = Store::open(&config.data_dir).context("opening the queue database")?;
-        let swept = store.sweep_orphan_bodies().unwrap_or(0);
+        let recovered = store.recover().context("recovering the queue")?;
         info!(
             queued = store.queue_len(),
-            orphan_bodies_removed = swept,
+            incomplete_entries_removed = recovered.incomplete_entries,
+            dangling_refs_removed = recovered.dangling_refs,
+            orphan_bodies_removed = recovered.orphan_bodies,
             data_dir = %config.data_dir.display(),
             "queue opened"
         );

@@ -15,6 +15,13 @@
 //! Several queue entries (one per recipient or per transport) may share one
 //! body; the body is removed with its last reference.
 //!
+//! Hot-path writes are plain sled inserts, ordered so that the last one is
+//! the commit point (see [`Store::write_messages`]); sled transactions and
+//! batches are kept for multi-entry messages only, because each one rolls
+//! the log buffer twice (two more disk writes per message). After an unclean
+//! stop, [`Store::recover`] removes what an interrupted write or removal left
+//! behind, and the scheduler rebuilds `due` from the entries.
+//!
 //! Writes that must survive a crash go through [`Store::commit`], which waits
 //! for an fsync'd flush. One flush serves every commit that arrived while the
 //! previous flush ran (group commit), so fsync cost is shared by concurrent
