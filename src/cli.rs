@@ -80,10 +80,72 @@ pub struct TestScriptArgs {
     pub envelope: String,
 }
 
+/// Selects queue entries by their envelope instead of by id.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct QueueFilterArgs {
+    /// Envelope sender: an address, a domain (example.org or @example.org), or <> for the null sender.
+    #[arg(long)]
+    pub sender: Option<String>,
+    /// Any recipient: an address or a domain.
+    #[arg(long)]
+    pub recipient: Option<String>,
+    /// Any recipient's domain.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Transport id.
+    #[arg(long)]
+    pub transport: Option<String>,
+    /// queued, held or active.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Received longer ago than this (e.g. 4h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub older_than: Option<Duration>,
+    /// Received more recently than this (e.g. 10m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub newer_than: Option<Duration>,
+    /// Job id given to mail:queue().
+    #[arg(long)]
+    pub jobid: Option<String>,
+    /// Text in the last delivery error (case-insensitive).
+    #[arg(long)]
+    pub error: Option<String>,
+}
+
+impl QueueFilterArgs {
+    fn to_filter(&self) -> control::QueueFilter {
+        control::QueueFilter {
+            sender: self.sender.clone(),
+            recipient: self.recipient.clone(),
+            domain: self.domain.clone(),
+            transport: self.transport.clone(),
+            state: self.state.clone(),
+            older_than: self.older_than.map(|d| d.as_secs_f64()),
+            newer_than: self.newer_than.map(|d| d.as_secs_f64()),
+            jobid: self.jobid.clone(),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// The entries an action applies to: ids, or a filter, or --all.
+#[derive(clap::Args, Debug, Clone)]
+pub struct QueueSelection {
+    /// Queue ids (or give a filter instead).
+    pub ids: Vec<String>,
+    #[command(flatten)]
+    pub filter: QueueFilterArgs,
+    /// Every entry in the queue (needed when neither ids nor a filter are given).
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum QueueCmd {
-    /// List queued messages.
+    /// List queued messages (all, or those a filter selects).
     List {
+        #[command(flatten)]
+        filter: QueueFilterArgs,
         #[arg(long)]
         json: bool,
     },
@@ -93,16 +155,16 @@ pub enum QueueCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Keep an entry from being delivered until released.
-    Hold { ids: Vec<String> },
+    /// Keep entries from being delivered until released.
+    Hold(QueueSelection),
     /// Release held entries (due now).
-    Release { ids: Vec<String> },
+    Release(QueueSelection),
     /// Attempt delivery now.
-    Retry { ids: Vec<String> },
+    Retry(QueueSelection),
     /// Remove entries without a report (DELETE in history).
-    Delete { ids: Vec<String> },
+    Delete(QueueSelection),
     /// Fail entries now and send the sender a bounce.
-    Bounce { ids: Vec<String> },
+    Bounce(QueueSelection),
     /// Counts by state, transport and destination; oldest message age.
     Stats {
         #[arg(long)]
@@ -289,19 +351,75 @@ async fn ask(cfg: &Config, req: Request) -> anyhow::Result<Value> {
         Err(ControlError::NotRunning(_)) => {
             let store = Store::open(&cfg.data_dir)
                 .context("no daemon running, opening the database directly")?;
-            let res = match req {
-                Request::QueueList => control::queue_list_json(&store),
-                Request::QueueShow { id } => control::queue_show_json(&store, &id),
-                Request::QueueAction { action, id } => control::queue_action(&store, &action, &id),
-                Request::QueueStats => control::queue_stats(&store),
-                Request::History { query } => control::history_json(&store, &query),
-                Request::Ping => Ok(Value::String("no daemon".into())),
-                Request::Reload => Err("no daemon running".into()),
-            };
-            res.map_err(|e| anyhow::anyhow!(e))
+            control::dispatch(&store, req, None).map_err(|e| anyhow::anyhow!(e))
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// hold/release/retry/delete/bounce on ids, or on what a filter selects.
+async fn queue_act(cfg: &Config, action: &str, sel: &QueueSelection) -> anyhow::Result<()> {
+    let filter = sel.filter.to_filter();
+    let mut failed = 0;
+    if sel.ids.is_empty() {
+        if filter.is_empty() && !sel.all {
+            bail!("give queue ids, a filter (see --help) or --all");
+        }
+        let v = ask(
+            cfg,
+            Request::QueueSelect {
+                action: action.to_string(),
+                filter,
+                all: sel.all,
+            },
+        )
+        .await?;
+        let ids = v["ids"].as_array().cloned().unwrap_or_default();
+        for id in &ids {
+            println!("{}: {action}", id.as_str().unwrap_or(""));
+        }
+        for s in v["skipped"].as_array().into_iter().flatten() {
+            eprintln!(
+                "{}: {}",
+                s["id"].as_str().unwrap_or(""),
+                s["error"].as_str().unwrap_or("")
+            );
+            failed += 1;
+        }
+        eprintln!(
+            "-- {action}: {} entr{}",
+            ids.len(),
+            if ids.len() == 1 { "y" } else { "ies" }
+        );
+    } else {
+        if !filter.is_empty() {
+            bail!("give either queue ids or a filter, not both");
+        }
+        for id in &sel.ids {
+            let req = Request::QueueAction {
+                action: action.to_string(),
+                id: id.clone(),
+            };
+            match ask(cfg, req).await {
+                Ok(v) => println!(
+                    "{}: {}",
+                    v["id"].as_str().unwrap_or(""),
+                    v["action"].as_str().unwrap_or("")
+                ),
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} entr{} failed",
+            if failed == 1 { "y" } else { "ies" }
+        );
+    }
+    Ok(())
 }
 
 fn parse_when(s: &str) -> anyhow::Result<f64> {
@@ -437,7 +555,13 @@ async fn trace_cmd(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()> {
         ..Default::default()
     };
     let history = ask(cfg, Request::History { query: filter }).await?;
-    let queue = ask(cfg, Request::QueueList).await?;
+    let queue = ask(
+        cfg,
+        Request::QueueList {
+            filter: Default::default(),
+        },
+    )
+    .await?;
     let rows = history.as_array().cloned().unwrap_or_default();
     // Queue entries of this message: by queue id, transaction id or Message-ID.
     let txs: std::collections::BTreeSet<String> = rows
@@ -509,47 +633,16 @@ async fn trace_cmd(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()> {
 }
 
 async fn queue_cmd(cfg: &Config, action: &QueueCmd) -> anyhow::Result<()> {
-    let act = |name: &str, ids: &Vec<String>| -> Vec<Request> {
-        ids.iter()
-            .map(|id| Request::QueueAction {
-                action: name.to_string(),
-                id: id.clone(),
-            })
-            .collect()
-    };
-    let batch = match action {
-        QueueCmd::Hold { ids } => Some(act("hold", ids)),
-        QueueCmd::Release { ids } => Some(act("release", ids)),
-        QueueCmd::Retry { ids } => Some(act("retry", ids)),
-        QueueCmd::Delete { ids } => Some(act("delete", ids)),
-        QueueCmd::Bounce { ids } => Some(act("bounce", ids)),
+    let selected = match action {
+        QueueCmd::Hold(s) => Some(("hold", s)),
+        QueueCmd::Release(s) => Some(("release", s)),
+        QueueCmd::Retry(s) => Some(("retry", s)),
+        QueueCmd::Delete(s) => Some(("delete", s)),
+        QueueCmd::Bounce(s) => Some(("bounce", s)),
         _ => None,
     };
-    if let Some(reqs) = batch {
-        if reqs.is_empty() {
-            bail!("give at least one queue id");
-        }
-        let mut failed = 0;
-        for r in reqs {
-            match ask(cfg, r).await {
-                Ok(v) => println!(
-                    "{}: {}",
-                    v["id"].as_str().unwrap_or(""),
-                    v["action"].as_str().unwrap_or("")
-                ),
-                Err(e) => {
-                    eprintln!("{e:#}");
-                    failed += 1;
-                }
-            }
-        }
-        if failed > 0 {
-            bail!(
-                "{failed} entr{} failed",
-                if failed == 1 { "y" } else { "ies" }
-            );
-        }
-        return Ok(());
+    if let Some((name, sel)) = selected {
+        return queue_act(cfg, name, sel).await;
     }
     match action {
         QueueCmd::Stats { json } => {
@@ -579,8 +672,14 @@ async fn queue_cmd(cfg: &Config, action: &QueueCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        QueueCmd::List { json } => {
-            let v = ask(cfg, Request::QueueList).await?;
+        QueueCmd::List { filter, json } => {
+            let v = ask(
+                cfg,
+                Request::QueueList {
+                    filter: filter.to_filter(),
+                },
+            )
+            .await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());

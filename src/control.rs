@@ -17,7 +17,10 @@ use crate::store::Store;
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Ping,
-    QueueList,
+    QueueList {
+        #[serde(default)]
+        filter: QueueFilter,
+    },
     QueueShow {
         id: String,
     },
@@ -25,6 +28,14 @@ pub enum Request {
     QueueAction {
         action: String,
         id: String,
+    },
+    /// The same actions on every entry the filter selects; an empty filter
+    /// selects nothing unless `all` is set.
+    QueueSelect {
+        action: String,
+        filter: QueueFilter,
+        #[serde(default)]
+        all: bool,
     },
     QueueStats,
     History {
@@ -35,6 +46,164 @@ pub enum Request {
 
 /// `sluice history` filters, as sent over the socket: the store's query.
 pub type HistoryFilter = crate::store::history::HistoryQuery;
+
+/// Which queue entries `queue list` shows and `queue hold|release|retry|
+/// delete|bounce` acts on without ids. Every given field must match.
+///
+/// Addresses compare case-insensitively; a value without a local part
+/// (`example.org` or `@example.org`) matches the domain; `<>` is the null
+/// sender.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueFilter {
+    pub sender: Option<String>,
+    /// Any of the entry's recipients.
+    pub recipient: Option<String>,
+    /// Any recipient's domain.
+    pub domain: Option<String>,
+    pub transport: Option<String>,
+    /// queued | held | active
+    pub state: Option<String>,
+    /// Received at least this many seconds ago.
+    pub older_than: Option<f64>,
+    /// Received at most this many seconds ago.
+    pub newer_than: Option<f64>,
+    pub jobid: Option<String>,
+    /// Case-insensitive substring of the last delivery error.
+    pub error: Option<String>,
+}
+
+fn address_matches(pattern: &str, address: &str) -> bool {
+    let pattern = pattern.trim();
+    if pattern == "<>" {
+        return address.is_empty();
+    }
+    match pattern.rsplit_once('@') {
+        Some((local, _)) if !local.is_empty() => address.eq_ignore_ascii_case(pattern),
+        Some((_, domain)) => domain_of(address).eq_ignore_ascii_case(domain),
+        None => domain_of(address).eq_ignore_ascii_case(pattern),
+    }
+}
+
+fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+}
+
+impl QueueFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == QueueFilter::default()
+    }
+
+    /// Checks the values an operator typed before anything is selected.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(s) = &self.state {
+            if !["queued", "held", "active"].contains(&s.to_ascii_lowercase().as_str()) {
+                return Err(format!("unknown state {s:?} (queued, held or active)"));
+            }
+        }
+        for (name, v) in [
+            ("older_than", self.older_than),
+            ("newer_than", self.newer_than),
+        ] {
+            if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                return Err(format!("{name} must be a non-negative number of seconds"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn matches(&self, e: &crate::store::queue::QueueEntry, now: f64) -> bool {
+        let age = now - e.received_at;
+        self.sender
+            .as_deref()
+            .is_none_or(|p| address_matches(p, &e.sender))
+            && self.recipient.as_deref().is_none_or(|p| {
+                e.recipients
+                    .iter()
+                    .any(|r| address_matches(p, &r.recipient))
+            })
+            && self.domain.as_deref().is_none_or(|d| {
+                let d = d.trim().trim_start_matches('@');
+                e.recipients
+                    .iter()
+                    .any(|r| domain_of(&r.recipient).eq_ignore_ascii_case(d))
+            })
+            && self.transport.as_deref().is_none_or(|t| e.transportid == t)
+            && self
+                .state
+                .as_deref()
+                .is_none_or(|s| e.state.as_str().eq_ignore_ascii_case(s))
+            && self.older_than.is_none_or(|s| age >= s)
+            && self.newer_than.is_none_or(|s| age <= s)
+            && self
+                .jobid
+                .as_deref()
+                .is_none_or(|j| e.jobid.as_deref() == Some(j))
+            && self.error.as_deref().is_none_or(|needle| {
+                e.last_error
+                    .as_deref()
+                    .is_some_and(|t| t.to_lowercase().contains(&needle.to_lowercase()))
+            })
+    }
+}
+
+/// Apply one queue action to every entry `filter` selects. Returns the ids
+/// acted on and, for entries that changed under us, why they were skipped.
+pub fn queue_select(
+    store: &Store,
+    action: &str,
+    filter: &QueueFilter,
+    all: bool,
+) -> Result<Value, String> {
+    filter.validate()?;
+    if !["hold", "release", "retry", "delete", "bounce"].contains(&action) {
+        return Err(format!("unknown queue action {action:?}"));
+    }
+    if filter.is_empty() && !all {
+        return Err("no filter given: name ids, a filter, or --all for every entry".into());
+    }
+    let now = now_secs();
+    let mut done = Vec::new();
+    let mut skipped = Vec::new();
+    for e in store.list_entries().map_err(|e| e.to_string())? {
+        if !filter.matches(&e, now) {
+            continue;
+        }
+        match queue_action(store, action, &e.id) {
+            Ok(_) => done.push(Value::String(e.id)),
+            Err(why) => skipped.push(json!({"id": e.id, "error": why})),
+        }
+    }
+    Ok(json!({"action": action, "ids": done, "skipped": skipped}))
+}
+
+/// Answer one request against the store; `reload` is None without a daemon.
+pub fn dispatch(store: &Store, req: Request, reload: Option<&ReloadFn>) -> Result<Value, String> {
+    match req {
+        Request::Ping => Ok(Value::String(
+            if reload.is_some() {
+                "pong"
+            } else {
+                "no daemon"
+            }
+            .into(),
+        )),
+        Request::QueueList { filter } => queue_list_json(store, &filter),
+        Request::QueueShow { id } => queue_show_json(store, &id),
+        Request::QueueAction { action, id } => queue_action(store, &action, &id),
+        Request::QueueSelect {
+            action,
+            filter,
+            all,
+        } => queue_select(store, &action, &filter, all),
+        Request::QueueStats => queue_stats(store),
+        Request::History { query } => history_json(store, &query),
+        Request::Reload => match reload {
+            Some(f) => f().map(Value::String),
+            None => Err("no daemon running".into()),
+        },
+    }
+}
 
 pub fn history_json(store: &Store, f: &HistoryFilter) -> Result<Value, String> {
     let rows = store.query_history(f).map_err(|e| e.to_string())?;
@@ -152,11 +321,14 @@ pub enum ControlError {
 pub type ReloadFn = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 /// Queue entries as the CLI shows them, shared by socket and direct access.
-pub fn queue_list_json(store: &Store) -> Result<Value, String> {
+pub fn queue_list_json(store: &Store, filter: &QueueFilter) -> Result<Value, String> {
+    filter.validate()?;
+    let now = now_secs();
     let entries = store.list_entries().map_err(|e| e.to_string())?;
     Ok(Value::Array(
         entries
             .into_iter()
+            .filter(|e| filter.matches(e, now))
             .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
             .collect(),
     ))
@@ -223,17 +395,9 @@ async fn handle(stream: UnixStream, store: Store, reload: ReloadFn) -> std::io::
             Ok(req) => {
                 let store = store.clone();
                 let reload = reload.clone();
-                let res = tokio::task::spawn_blocking(move || match req {
-                    Request::Ping => Ok(json!("pong")),
-                    Request::QueueList => queue_list_json(&store),
-                    Request::QueueShow { id } => queue_show_json(&store, &id),
-                    Request::QueueAction { action, id } => queue_action(&store, &action, &id),
-                    Request::QueueStats => queue_stats(&store),
-                    Request::History { query } => history_json(&store, &query),
-                    Request::Reload => reload().map(Value::String),
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+                let res = tokio::task::spawn_blocking(move || dispatch(&store, req, Some(&reload)))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
                 match res {
                     Ok(v) => json!({"ok": true, "result": v}),
                     Err(e) => json!({"ok": false, "error": e}),

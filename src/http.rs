@@ -8,7 +8,7 @@
 //! | `/metrics`            | [`crate::metrics::render`]                                |
 //! | `/healthz`            | `ok`                                                      |
 //! | `/api/history?…`      | history records (the `sluice history --json` array)       |
-//! | `/api/queue`          | queue entries (the `sluice queue list --json` array)      |
+//! | `/api/queue`          | queue entries (`sluice queue list --json`; same filters)  |
 //! | `/api/queue/stats`    | counts by state, transport, destination; oldest age       |
 //! | `/api/queue/ID`       | one entry and its message (`sluice queue show --json`)    |
 //!
@@ -369,12 +369,12 @@ async fn api(req: &Request, store: Store) -> Response {
             Err(e) => return Response::error(400, e),
         },
         "/api/queue" => {
-            let limit = match list_limit(&req.query) {
+            let (limit, filter) = match queue_query(&req.query) {
                 Ok(l) => l,
                 Err(e) => return Response::error(400, e),
             };
             Box::new(move |s| {
-                control::queue_list_json(s).map(|v| match v {
+                control::queue_list_json(s, &filter).map(|v| match v {
                     Value::Array(mut a) => {
                         a.truncate(limit);
                         Value::Array(a)
@@ -400,15 +400,35 @@ async fn api(req: &Request, store: Store) -> Response {
     }
 }
 
-fn list_limit(q: &[(String, String)]) -> Result<usize, String> {
+/// `/api/queue` parameters: `limit` and the `sluice queue list` filters
+/// (durations as `4h` or seconds).
+fn queue_query(q: &[(String, String)]) -> Result<(usize, control::QueueFilter), String> {
     let mut limit = 1000;
+    let mut f = control::QueueFilter::default();
+    let secs = |v: &str| -> Result<f64, String> {
+        v.parse::<f64>()
+            .ok()
+            .or_else(|| humantime::parse_duration(v).ok().map(|d| d.as_secs_f64()))
+            .ok_or_else(|| format!("{v:?} is not a duration (4h) nor seconds"))
+    };
     for (k, v) in q {
+        let s = Some(v.clone()).filter(|s| !s.is_empty());
         match k.as_str() {
             "limit" => limit = parse_limit(v)?,
+            "sender" => f.sender = Some(v.clone()),
+            "recipient" => f.recipient = s,
+            "domain" => f.domain = s,
+            "transport" => f.transport = s,
+            "state" => f.state = s,
+            "older_than" => f.older_than = Some(secs(v)?),
+            "newer_than" => f.newer_than = Some(secs(v)?),
+            "jobid" => f.jobid = s,
+            "error" => f.error = s,
             other => return Err(format!("unknown parameter {other:?}")),
         }
     }
-    Ok(limit)
+    f.validate()?;
+    Ok((limit, f))
 }
 
 fn parse_limit(v: &str) -> Result<usize, String> {
@@ -502,7 +522,7 @@ mod tests {
     fn limits_are_clamped() {
         let q = vec![("limit".to_string(), "99999999".to_string())];
         assert_eq!(history_filter(&q).unwrap().limit, Some(MAX_LIMIT));
-        assert_eq!(list_limit(&q).unwrap(), MAX_LIMIT);
+        assert_eq!(queue_query(&q).unwrap().0, MAX_LIMIT);
     }
 
     #[test]

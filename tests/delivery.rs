@@ -499,3 +499,161 @@ async fn postdelivery_bounces_now_with_its_own_wording() {
     );
     assert!(wait_until(|| srv.store().queue_len() == 0).await);
 }
+
+/// `queue list` filters and actions on what a filter selects, over the
+/// control socket and through the `sluice` binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_filters_select_entries_for_list_and_actions() {
+    let sink = Sink::start(false, false).await;
+    let sdir = tempfile::tempdir().unwrap();
+    let eod = sdir.path().join("eod.lua");
+    std::fs::write(&eod, r#"for _, r in ipairs(transaction.recipients) do arguments.mail:queue(transaction.sender, r.recipient, "default", {hold = true}) end Accept()"#).unwrap();
+    let srv = TestServer::start(&format!(
+        "{}\n[scripts]\neod = {:?}\n",
+        transport(&[&sink.addr.to_string()], ""),
+        eod
+    ))
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    for (from, to) in [
+        ("a@x.example", "r1@one.example"),
+        ("b@y.example", "r2@two.example"),
+        ("", "r3@two.example"),
+    ] {
+        c.send_message(from, &[to], MSG, "250").await;
+    }
+    let sock = srv.dir.path().join("var/control.sock");
+    let list = |f: sluice::control::QueueFilter| {
+        let sock = sock.clone();
+        async move {
+            let v = request(&sock, &Request::QueueList { filter: f })
+                .await
+                .unwrap();
+            let mut ids: Vec<String> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    e["recipients"][0]["recipient"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    use sluice::control::QueueFilter;
+    assert_eq!(list(QueueFilter::default()).await.len(), 3);
+    let by_domain = QueueFilter {
+        domain: Some("TWO.example".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        list(by_domain.clone()).await,
+        ["r2@two.example", "r3@two.example"]
+    );
+    let null_sender = QueueFilter {
+        sender: Some("<>".into()),
+        ..Default::default()
+    };
+    assert_eq!(list(null_sender).await, ["r3@two.example"]);
+    let sender_domain = QueueFilter {
+        sender: Some("@x.example".into()),
+        ..Default::default()
+    };
+    assert_eq!(list(sender_domain).await, ["r1@one.example"]);
+    let rcpt = QueueFilter {
+        recipient: Some("R1@One.Example".into()),
+        state: Some("held".into()),
+        newer_than: Some(3600.0),
+        ..Default::default()
+    };
+    assert_eq!(list(rcpt).await, ["r1@one.example"]);
+    let old = QueueFilter {
+        older_than: Some(3600.0),
+        ..Default::default()
+    };
+    assert!(list(old).await.is_empty());
+    let bad_state = QueueFilter {
+        state: Some("frozen".into()),
+        ..Default::default()
+    };
+    let err = request(&sock, &Request::QueueList { filter: bad_state })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown state"), "{err}");
+
+    // An action with neither ids nor a filter selects nothing unless --all.
+    let err = request(
+        &sock,
+        &Request::QueueSelect {
+            action: "delete".into(),
+            filter: QueueFilter::default(),
+            all: false,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("no filter given"), "{err}");
+    assert_eq!(srv.store().queue_len(), 3);
+
+    // Release what the filter selects: exactly those two are delivered.
+    let v = request(
+        &sock,
+        &Request::QueueSelect {
+            action: "release".into(),
+            filter: by_domain,
+            all: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(v["ids"].as_array().unwrap().len(), 2, "{v}");
+    let got = sink.wait_for(2).await;
+    let mut to: Vec<String> = got.iter().map(|m| m.to[0].clone()).collect();
+    to.sort();
+    assert_eq!(to, ["r2@two.example", "r3@two.example"]);
+    assert!(wait_until(|| srv.store().queue_len() == 1).await);
+
+    // The CLI: a filter without matches, then --all, through the daemon.
+    let cfg = sdir.path().join("cli.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\ncontrol_socket = {:?}\n",
+            srv.dir.path().join("var"),
+            sock
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("-c")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["queue", "delete"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
+    let out = cli(&["queue", "list", "--domain", "one.example", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let out = cli(&["queue", "delete", "--sender", "nobody@nowhere.example"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(srv.store().queue_len(), 1);
+    let out = cli(&["queue", "delete", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(srv.store().queue_len(), 0);
+    assert!(srv
+        .store()
+        .history_all()
+        .unwrap()
+        .iter()
+        .any(|h| h.action == "DELETE" && h.recipient == "r1@one.example"));
+}

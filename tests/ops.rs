@@ -325,6 +325,23 @@ async fn queue_api_shows_held_mail() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["state"], "held");
     let id = list[0]["id"].as_str().unwrap();
+    // The queue list filters as parameters.
+    let only = |q: &'static str| async move {
+        let r = get(http, q, Some(TOKEN)).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        r.json().as_array().unwrap().len()
+    };
+    assert_eq!(only("/api/queue?domain=example.org&state=held").await, 1);
+    assert_eq!(only("/api/queue?sender=@example.net&older_than=0").await, 1);
+    assert_eq!(only("/api/queue?recipient=other@example.org").await, 0);
+    assert_eq!(only("/api/queue?newer_than=1h&transport=default").await, 1);
+    for bad in [
+        "/api/queue?state=frozen",
+        "/api/queue?older_than=soon",
+        "/api/queue?colour=red",
+    ] {
+        assert_eq!(get(http, bad, Some(TOKEN)).await.status, 400, "{bad}");
+    }
     let one = get(http, &format!("/api/queue/{id}"), Some(TOKEN)).await;
     assert_eq!(one.status, 200, "{}", one.body);
     let one = one.json();

@@ -566,9 +566,14 @@ async fn queue_cli_over_control_socket() {
     let meta = std::fs::metadata(&sock).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    let list = sluice::control::request(&sock, &sluice::control::Request::QueueList)
-        .await
-        .unwrap();
+    let list = sluice::control::request(
+        &sock,
+        &sluice::control::Request::QueueList {
+            filter: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], id.as_str());
     assert_eq!(list[0]["state"], "queued");
