@@ -278,9 +278,9 @@ async fn lmtp_partial_failure_and_smtputf8_refusal() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hold_release_and_operator_actions() {
-    let sink = Sink::start(false, false).await;
+/// A server whose eod script queues every recipient held, relaying to `sink`
+/// once released; the scripts' directory comes back too.
+async fn holding_server(sink: &Sink) -> (TestServer, tempfile::TempDir) {
     let sdir = tempfile::tempdir().unwrap();
     let eod = sdir.path().join("eod.lua");
     std::fs::write(&eod, r#"for _, r in ipairs(transaction.recipients) do arguments.mail:queue(transaction.sender, r.recipient, "default", {hold = true}) end Accept()"#).unwrap();
@@ -290,6 +290,13 @@ async fn hold_release_and_operator_actions() {
         eod
     ))
     .await;
+    (srv, sdir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_release_and_operator_actions() {
+    let sink = Sink::start(false, false).await;
+    let (srv, _sdir) = holding_server(&sink).await;
     let mut c = srv.client().await;
     c.greet().await;
     let r = c
@@ -505,15 +512,7 @@ async fn postdelivery_bounces_now_with_its_own_wording() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_filters_select_entries_for_list_and_actions() {
     let sink = Sink::start(false, false).await;
-    let sdir = tempfile::tempdir().unwrap();
-    let eod = sdir.path().join("eod.lua");
-    std::fs::write(&eod, r#"for _, r in ipairs(transaction.recipients) do arguments.mail:queue(transaction.sender, r.recipient, "default", {hold = true}) end Accept()"#).unwrap();
-    let srv = TestServer::start(&format!(
-        "{}\n[scripts]\neod = {:?}\n",
-        transport(&[&sink.addr.to_string()], ""),
-        eod
-    ))
-    .await;
+    let (srv, sdir) = holding_server(&sink).await;
     let mut c = srv.client().await;
     c.greet().await;
     for (from, to) in [
