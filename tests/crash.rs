@@ -151,4 +151,10 @@ async fn kill_9_mid_load_loses_no_acknowledged_message() {
             assert_eq!(an, n);
         }
     }
+    // The restarted daemon's recovery left nothing to clean: no body without
+    // an entry, no reference to a missing entry, no entry without its body.
+    assert_eq!(
+        store.recover().unwrap(),
+        sluice::store::queue::RecoveryReport::default()
+    );
 }
