@@ -237,6 +237,15 @@ pub struct BenchArgs {
 
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Run) {
+        // `sluice queue list | head`: a closed pipe ends the command quietly,
+        // as with any other Unix tool. (Rust ignores SIGPIPE, which turns it
+        // into a panic in println!; the daemon keeps ignoring it.)
+        // SAFETY: restores the default disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     logging::init(cli.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -215,3 +215,38 @@ fn test_script_shows_the_verdict() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["verdict"], "Pass", "{v}");
 }
+
+/// `sluice queue list | head -1`: a reader that goes away ends the command
+/// by SIGPIPE like any Unix tool, not by a panic message.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\ncontrol_socket = {:?}\n",
+            dir.path().join("var"),
+            dir.path().join("var/control.sock")
+        ),
+    )
+    .unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["queue", "list", "-c"])
+        .arg(&cfg)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {stderr}",
+        out.status
+    );
+}

@@ -656,3 +656,30 @@ async fn queue_filters_select_entries_for_list_and_actions() {
         .iter()
         .any(|h| h.action == "DELETE" && h.recipient == "r1@one.example"));
 }
+
+/// Index keys that name no queued entry (left by an interrupted write, or a
+/// time that did not survive serialization) must not crowd out due mail: the
+/// scheduler reads the due index a thousand keys at a time, so before it
+/// dropped such keys, 1,500 of them stopped delivery for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_due_keys_do_not_starve_the_scheduler() {
+    let sink = Sink::start(false, false).await;
+    let srv = TestServer::start(&transport(&[&sink.addr.to_string()], "")).await;
+    let due = srv.store().db().open_tree("due").unwrap();
+    for i in 0..1500u64 {
+        let mut k = (1_000_000 + i).to_be_bytes().to_vec();
+        k.extend_from_slice(format!("stale{i:011}").as_bytes());
+        due.insert(k, &[] as &[u8]).unwrap();
+    }
+    let mut c = srv.client().await;
+    c.greet().await;
+    c.send_message("a@example.net", &["b@example.org"], MSG, "250")
+        .await;
+    let got = sink.wait_for(1).await;
+    assert_eq!(got.len(), 1, "the due message was never attempted");
+    assert!(
+        wait_until(|| due.is_empty()).await,
+        "{} keys left",
+        due.len()
+    );
+}

@@ -120,17 +120,23 @@ impl DeliveryService {
                 break;
             }
             let now = now_secs();
-            let due = self.store.due_ids(now, 1000).unwrap_or_default();
+            let due = self.store.due_keys(now, 1000).unwrap_or_default();
             let mut started = 0;
-            for id in due {
-                if !self.inflight.lock().expect("inflight").insert(id.clone()) {
+            for due in due {
+                if !self
+                    .inflight
+                    .lock()
+                    .expect("inflight")
+                    .insert(due.id.clone())
+                {
                     continue;
                 }
                 started += 1;
                 let me = self.clone();
                 tokio::spawn(async move {
                     let permit = me.active.clone().acquire_owned().await;
-                    me.attempt(&id).await;
+                    let id = due.id.clone();
+                    me.attempt(due).await;
                     drop(permit);
                     me.inflight.lock().expect("inflight").remove(&id);
                 });
@@ -199,11 +205,13 @@ impl DeliveryService {
         }
     }
 
-    /// One delivery attempt of one queue entry.
-    async fn attempt(&self, id: &str) {
-        let mut entry = match self.store.get_entry(id) {
-            Ok(Some(e)) if e.state == QueueState::Queued => e,
-            Ok(_) => return,
+    /// One delivery attempt of the entry a due-index key names. A key that
+    /// no longer matches a queued entry is dropped (see [`Store::check_due`]).
+    async fn attempt(&self, due: crate::store::queue::DueKey) {
+        let id = due.id.as_str();
+        let mut entry = match self.store.check_due(&due) {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
             Err(e) => {
                 warn!(queue = %id, error = %e, "cannot read queue entry");
                 return;
