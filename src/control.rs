@@ -264,6 +264,7 @@ pub fn queue_action(store: &Store, action: &str, id: &str) -> Result<Value, Stri
                 })
                 .collect();
             store.append_history(&recs).map_err(|e| e.to_string())?;
+            store.history_db().flush().map_err(|e| e.to_string())?;
             store.remove_entry(id).map_err(|e| e.to_string())?;
             return Ok(json!({"id": id, "action": action}));
         }

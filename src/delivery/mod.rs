@@ -719,8 +719,11 @@ impl DeliveryService {
                 relay = %h.remote_host.as_deref().unwrap_or("-"), reason = %h.reason, "delivery"
             );
         }
+        // The outcome is on disk before the entry changes or leaves the queue.
         if let Err(e) = self.store.append_history(&history) {
             warn!(queue = %entry.id, error = %e, "history write failed");
+        } else if let Err(e) = self.store.sync_history().await {
+            warn!(queue = %entry.id, error = %e, "history flush failed");
         }
         // Reports to the sender: never to the null sender (no bounce loops).
         if !entry.sender.is_empty() {
