@@ -292,37 +292,9 @@ async fn flusher(
 #[cfg(test)]
 mod tests {
     use super::history::{HistoryQuery, HistoryRecord};
-    use super::queue::{NewMessage, QueueEntry, QueueState, QueuedRecipient};
+    use super::queue::tests::entry;
+    use super::queue::NewMessage;
     use super::*;
-
-    fn entry(id: &str) -> QueueEntry {
-        QueueEntry {
-            id: id.into(),
-            transaction: format!("t{id}"),
-            state: QueueState::Queued,
-            sender: "a@example.net".into(),
-            recipients: vec![QueuedRecipient {
-                recipient: "b@example.org".into(),
-                transportid: "default".into(),
-                dsn: Default::default(),
-            }],
-            transportid: "default".into(),
-            dsn: Default::default(),
-            metadata: Default::default(),
-            jobid: None,
-            received_at: 1.0,
-            next_attempt: 1.0,
-            attempts: 0,
-            size: 10240,
-            body: id.into(),
-            smtputf8: false,
-            eight_bit: false,
-            client: Default::default(),
-            message_id: None,
-            last_error: None,
-            delay_notified: false,
-        }
-    }
 
     fn record(action: &str, id: &str) -> HistoryRecord {
         HistoryRecord {
@@ -364,7 +336,7 @@ mod tests {
                 let m = NewMessage {
                     body_id: id.clone(),
                     body: body.clone(),
-                    entries: vec![entry(id)],
+                    entries: vec![entry(id, id)],
                 };
                 store.write_messages(&[m]).unwrap();
                 store.append_history(&[record("RECEIVED", id)]).unwrap();

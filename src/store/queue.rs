@@ -432,10 +432,10 @@ fn decode_entry(id: &str, v: &[u8]) -> Result<QueueEntry, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn entry(id: &str, body: &str) -> QueueEntry {
+    pub(crate) fn entry(id: &str, body: &str) -> QueueEntry {
         QueueEntry {
             id: id.into(),
             transaction: "t".into(),
@@ -464,6 +464,15 @@ mod tests {
         }
     }
 
+    /// A message with one entry `id` whose body `body_id` holds `bytes`.
+    pub(crate) fn single(id: &str, body_id: &str, bytes: &'static [u8]) -> NewMessage {
+        NewMessage {
+            body_id: body_id.into(),
+            body: Bytes::from_static(bytes),
+            entries: vec![entry(id, body_id)],
+        }
+    }
+
     #[tokio::test]
     async fn commit_list_remove_shared_body() {
         let dir = tempfile::tempdir().unwrap();
@@ -486,11 +495,7 @@ mod tests {
     async fn duplicate_id_aborts_whole_write() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let m1 = NewMessage {
-            body_id: "b1".into(),
-            body: Bytes::from_static(b"1"),
-            entries: vec![entry("e1", "b1")],
-        };
+        let m1 = single("e1", "b1", b"1");
         store.commit_messages(&[m1]).await.unwrap();
         let m2 = NewMessage {
             body_id: "b2".into(),
@@ -507,11 +512,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            let m = NewMessage {
-                body_id: "b".into(),
-                body: Bytes::from_static(b"hello"),
-                entries: vec![entry("e", "b")],
-            };
+            let m = single("e", "b", b"hello");
             store.commit_messages(&[m]).await.unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
@@ -523,11 +524,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         // A committed single-entry message (plain-insert path): kept.
-        let ok = NewMessage {
-            body_id: "b-ok".into(),
-            body: Bytes::from_static(b"kept"),
-            entries: vec![entry("e-ok", "b-ok")],
-        };
+        let ok = single("e-ok", "b-ok", b"kept");
         store.commit_messages(&[ok]).await.unwrap();
         let (queue, body, body_ref) = store.trees();
         // Crash states of the plain-insert path, built by hand:
@@ -572,11 +569,7 @@ mod tests {
     async fn update_never_resurrects_a_removed_entry() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let m = NewMessage {
-            body_id: "b".into(),
-            body: Bytes::from_static(b"z"),
-            entries: vec![entry("e", "b")],
-        };
+        let m = single("e", "b", b"z");
         store.commit_messages(&[m]).await.unwrap();
         let mut e = store.get_entry("e").unwrap().unwrap();
         e.next_attempt = 50.0;
@@ -624,11 +617,7 @@ mod tests {
     async fn check_due_drops_keys_that_match_no_queued_entry() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let m = NewMessage {
-            body_id: "b".into(),
-            body: Bytes::from_static(b"z"),
-            entries: vec![entry("e", "b")],
-        };
+        let m = single("e", "b", b"z");
         store.commit_messages(&[m]).await.unwrap();
         // A key for a vanished entry, and one at a time the entry no longer has.
         store
