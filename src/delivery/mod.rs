@@ -110,10 +110,11 @@ impl DeliveryService {
 
     /// The scheduler loop; returns when `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        match self.store.rebuild_due_index() {
-            Ok(n) => info!(entries = n, "delivery scheduler started"),
-            Err(e) => warn!(error = %e, "rebuilding the due index failed"),
-        }
+        // The due index was rebuilt by `Store::recover` when the daemon opened the queue.
+        info!(
+            entries = self.store.queue_len(),
+            "delivery scheduler started"
+        );
         let notify = self.store.queue_notify();
         loop {
             if *stop.borrow() {

@@ -27,7 +27,7 @@
 //! batches are kept for multi-entry messages only, because each one rolls
 //! the log buffer twice (two more disk writes per message). After an unclean
 //! stop, [`Store::recover`] removes what an interrupted write or removal left
-//! behind, and the scheduler rebuilds `due` from the entries. A one-entry
+//! behind and rebuilds `due` from the entries. A one-entry
 //! message is whole after a crash whatever sled recovers (an entry without
 //! its body is dropped; it was never acknowledged, since the 250 waits for
 //! the flush of both). History relies on sled recovering a prefix of its

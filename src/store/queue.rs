@@ -140,6 +140,14 @@ pub(crate) fn due_key(next_attempt: f64, id: &str) -> Vec<u8> {
     k
 }
 
+/// `body/`: the start of every ref key of one body.
+fn ref_prefix(body: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(body.len() + 1);
+    k.extend_from_slice(body);
+    k.push(b'/');
+    k
+}
+
 fn ref_key(body: &str, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(body.len() + id.len() + 1);
     k.extend_from_slice(body.as_bytes());
@@ -279,17 +287,9 @@ impl Store {
         )))
     }
 
-    /// Queue ids due at or before `now` (unix seconds), oldest first.
-    pub fn due_ids(&self, now: f64, limit: usize) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .due_keys(now, limit)?
-            .into_iter()
-            .map(|d| d.id)
-            .collect())
-    }
-
-    /// Like [`Store::due_ids`], with the index key each id was found under,
-    /// so the scheduler can drop a key that no longer matches its entry.
+    /// Due-index keys at or before `now` (unix seconds), oldest first, each
+    /// with the queue id it names, so the scheduler can drop a key that no
+    /// longer matches its entry.
     pub fn due_keys(&self, now: f64, limit: usize) -> Result<Vec<DueKey>, StoreError> {
         let end = ((now.max(0.0) * 1_000_000.0) as u64)
             .saturating_add(1)
@@ -335,25 +335,6 @@ impl Store {
         }))
     }
 
-    /// Rebuild the due index from the entries (startup after a crash, or
-    /// an index from an older version).
-    pub fn rebuild_due_index(&self) -> Result<usize, StoreError> {
-        self.due_tree().clear()?;
-        let mut n = 0;
-        for e in self.list_entries()? {
-            let mut e = e;
-            if e.state == QueueState::Active {
-                e.state = QueueState::Queued;
-                self.update_entry(&e)?;
-            } else if e.state == QueueState::Queued {
-                self.due_tree()
-                    .insert(due_key(e.next_attempt, &e.id), &[] as &[u8])?;
-            }
-            n += 1;
-        }
-        Ok(n)
-    }
-
     /// Remove an entry, and its body if no other entry refers to it.
     /// The entry's removal is the atomic step; index and body clean-up after
     /// it is redone by [`Store::recover`] if a crash interrupts it.
@@ -365,31 +346,46 @@ impl Store {
         let entry = decode_entry(id, &old)?;
         self.due_tree().remove(due_key(entry.next_attempt, id))?;
         body_ref.remove(ref_key(&entry.body, id))?;
-        let mut prefix = entry.body.as_bytes().to_vec();
-        prefix.push(b'/');
-        if body_ref.scan_prefix(&prefix).next().is_none() {
+        if body_ref
+            .scan_prefix(ref_prefix(entry.body.as_bytes()))
+            .next()
+            .is_none()
+        {
             body.remove(entry.body.as_bytes())?;
         }
         Ok(Some(entry))
     }
 
-    /// Make the queue consistent after an unclean stop: entries whose body
-    /// never reached the disk were never acknowledged and go; body refs
-    /// whose entry is gone, and bodies nobody refers to, go too.
+    /// Make the queue consistent at start, whatever stopped it: entries
+    /// whose body never reached the disk were never acknowledged and go;
+    /// body refs whose entry is gone, and bodies nobody refers to, go too;
+    /// the due index is rebuilt from the entries (an entry left active by a
+    /// crash is queued again).
     pub fn recover(&self) -> Result<RecoveryReport, StoreError> {
         let (queue, body, body_ref) = self.trees();
+        let due = self.due_tree();
         let mut report = RecoveryReport::default();
+        due.clear()?;
         for kv in queue.iter() {
             let (k, v) = kv?;
             let id = String::from_utf8_lossy(&k).into_owned();
-            let Ok(e) = decode_entry(&id, &v) else {
+            let Ok(mut e) = decode_entry(&id, &v) else {
                 continue;
             };
             if !body.contains_key(e.body.as_bytes())? {
                 queue.remove(&k)?;
                 body_ref.remove(ref_key(&e.body, &id))?;
-                self.due_tree().remove(due_key(e.next_attempt, &id))?;
                 report.incomplete_entries += 1;
+                continue;
+            }
+            if e.state == QueueState::Active {
+                e.state = QueueState::Queued;
+                let v =
+                    serde_json::to_vec(&e).map_err(|e| StoreError::Transaction(e.to_string()))?;
+                queue.insert(&k, v)?;
+            }
+            if e.state == QueueState::Queued {
+                due.insert(due_key(e.next_attempt, &id), &[] as &[u8])?;
             }
         }
         for kv in body_ref.iter() {
@@ -408,14 +404,12 @@ impl Store {
     }
 
     /// Delete bodies no entry refers to (after a crash mid-removal).
-    pub fn sweep_orphan_bodies(&self) -> Result<usize, StoreError> {
+    fn sweep_orphan_bodies(&self) -> Result<usize, StoreError> {
         let (_, body, body_ref) = self.trees();
         let mut n = 0;
         for kv in body.iter() {
             let (k, _) = kv?;
-            let mut prefix = k.to_vec();
-            prefix.push(b'/');
-            if body_ref.scan_prefix(&prefix).next().is_none() {
+            if body_ref.scan_prefix(ref_prefix(&k)).next().is_none() {
                 body.remove(&k)?;
                 n += 1;
             }
@@ -574,15 +568,23 @@ pub(crate) mod tests {
         let mut e = store.get_entry("e").unwrap().unwrap();
         e.next_attempt = 50.0;
         store.update_entry(&e).unwrap();
-        assert_eq!(store.due_ids(100.0, 10).unwrap(), vec!["e".to_string()]);
-        assert!(store.due_ids(49.0, 10).unwrap().is_empty());
+        let due = |now| -> Vec<String> {
+            store
+                .due_keys(now, 10)
+                .unwrap()
+                .into_iter()
+                .map(|d| d.id)
+                .collect()
+        };
+        assert_eq!(due(100.0), vec!["e".to_string()]);
+        assert!(due(49.0).is_empty());
         store.remove_entry("e").unwrap();
         assert!(matches!(
             store.update_entry(&e),
             Err(StoreError::NotFound(_))
         ));
         assert!(store.get_entry("e").unwrap().is_none());
-        assert!(store.due_ids(100.0, 10).unwrap().is_empty());
+        assert!(due(100.0).is_empty());
         assert!(store.remove_entry("e").unwrap().is_none());
     }
 
