@@ -6,37 +6,12 @@
 #
 #   benches/relay-rounds.sh [ROUNDS] [MESSAGES] [SIZE]     (defaults 5 20000 10240)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 ROUNDS=${1:-5}; M=${2:-20000}; L=${3:-10240}
 PORT=2545; SINK_PORT=2547
-command -v smtp-source >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null; }
-cargo build --release -q
-BIN=$PWD/target/release/sluice
-WORK=$(mktemp -d)
-cleanup() {
-  [ -n "${SLUICE_PID:-}" ] && kill "$SLUICE_PID" 2>/dev/null || true
-  [ -n "${SINK_PID:-}" ] && kill "$SINK_PID" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-smtp-sink -u nobody -c 127.0.0.1:$SINK_PORT 1000 >/dev/null 2>&1 & SINK_PID=$!
-cat > "$WORK/sluice.toml" <<TOML
-hostname = "mx.bench.example"
-data_dir = "$WORK/var"
-control_socket = "$WORK/var/control.sock"
-[[listener]]
-id = "inbound"
-address = "127.0.0.1:$PORT"
-[limits]
-connections_per_ip = 20000
-[transport.default]
-host = "127.0.0.1:$SINK_PORT"
-tls = "none"
-concurrency = 100
-connections_per_destination = 50
-TOML
-RUST_LOG=warn $BIN run -c "$WORK/sluice.toml" 2>"$WORK/sluice.log" & SLUICE_PID=$!
-sleep 1
+bench_setup
+start_sink $SINK_PORT
+start_sluice $PORT "$(relay_to $SINK_PORT)"
 queued() { $BIN queue stats --json -c "$WORK/sluice.toml" | python3 -c 'import json,sys; print(json.load(sys.stdin)["entries"])'; }
 echo "== $ROUNDS rounds of $M messages of $L bytes, relayed to smtp-sink =="
 for r in $(seq 1 "$ROUNDS"); do

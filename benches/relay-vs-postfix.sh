@@ -6,21 +6,12 @@
 #
 #   benches/relay-vs-postfix.sh [SESSIONS] [MESSAGES] [SIZE]   (defaults 50 20000 10240)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 S=${1:-50}; M=${2:-20000}; L=${3:-10240}
 SLUICE_PORT=2535; POSTFIX_PORT=2536; SINK_PORT=2537
-command -v smtp-source >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null; }
-cargo build --release -q
-BIN=$PWD/target/release/sluice
-WORK=$(mktemp -d)
-cleanup() {
-  [ -n "${SLUICE_PID:-}" ] && kill "$SLUICE_PID" 2>/dev/null || true
-  [ -n "${SINK_PID:-}" ] && kill "$SINK_PID" 2>/dev/null || true
-  postfix stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-smtp-sink -u nobody -c 127.0.0.1:$SINK_PORT 1000 >/dev/null & SINK_PID=$!
+USES_POSTFIX=1
+bench_setup
+start_sink $SINK_PORT
 
 postconf -e "inet_interfaces = 127.0.0.1" "mydestination =" "relay_domains = example.org" \
   "mynetworks = 127.0.0.0/8" "smtpd_end_of_data_restrictions =" "relayhost = [127.0.0.1]:$SINK_PORT" \
@@ -31,23 +22,7 @@ postfix stop >/dev/null 2>&1 || true
 postsuper -d ALL >/dev/null 2>&1 || true
 postfix start >/dev/null 2>&1; sleep 1
 
-cat > "$WORK/sluice.toml" <<TOML
-hostname = "mx.bench.example"
-data_dir = "$WORK/var"
-control_socket = "$WORK/var/control.sock"
-[[listener]]
-id = "inbound"
-address = "127.0.0.1:$SLUICE_PORT"
-[limits]
-connections_per_ip = 20000
-[transport.default]
-host = "127.0.0.1:$SINK_PORT"
-tls = "none"
-concurrency = 100
-connections_per_destination = 50
-TOML
-RUST_LOG=warn $BIN run -c "$WORK/sluice.toml" 2>"$WORK/sluice.log" & SLUICE_PID=$!
-sleep 1
+start_sluice $SLUICE_PORT "$(relay_to $SINK_PORT)"
 
 run() { # name port drained-check
   local name=$1 port=$2 check=$3 t0 t1 i

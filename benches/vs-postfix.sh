@@ -8,25 +8,11 @@
 # Clients: Postfix's smtp-source and `sluice bench`. Ceiling: smtp-source
 # against smtp-sink (the tool's own limit). Both servers fsync before 250.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 S=${1:-50}; M=${2:-20000}; L=${3:-10240}
 SLUICE_PORT=2525; POSTFIX_PORT=2526; SINK_PORT=2527
-
-if ! command -v smtp-source >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
-fi
-cargo build --release -q
-BIN=target/release/sluice
-WORK=$(mktemp -d)
-ulimit -n 65536 2>/dev/null || true
-
-cleanup() {
-  [ -n "${SLUICE_PID:-}" ] && kill "$SLUICE_PID" 2>/dev/null || true
-  [ -n "${SINK_PID:-}" ] && kill "$SINK_PID" 2>/dev/null || true
-  postfix stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+USES_POSTFIX=1
+bench_setup
 
 timed() { # prints msg/s for "$@" sending $M messages
   local t0 t1
@@ -47,24 +33,11 @@ postfix start >/dev/null 2>&1
 sleep 1
 
 # --- smtp-sink: the client tool's ceiling ---
-smtp-sink -u nobody -c 127.0.0.1:$SINK_PORT 1000 >/dev/null & SINK_PID=$!
+start_sink $SINK_PORT
 
 # --- Sluice on its defaults (fsync on), data in a temp dir ---
-cat > "$WORK/sluice.toml" <<TOML
-hostname = "mx.bench.example"
-data_dir = "$WORK/var"
-control_socket = "$WORK/var/control.sock"
-[[listener]]
-id = "inbound"
-address = "127.0.0.1:$SLUICE_PORT"
-[limits]
-connections_per_ip = 20000
-connections = 20000
-[queue]
-deliver = false   # intake only, like Postfix's HOLD here
-TOML
-RUST_LOG=warn $BIN run -c "$WORK/sluice.toml" 2>"$WORK/sluice.log" & SLUICE_PID=$!
-sleep 1
+start_sluice $SLUICE_PORT "[queue]
+deliver = false   # intake only, like Postfix's HOLD here"
 
 echo "== $M messages of $L bytes over $S sessions =="
 printf "%-42s %10s\n" "run" "msg/s"
@@ -79,4 +52,4 @@ echo "sluice bench -> sluice:";  $BIN bench --target 127.0.0.1:$SLUICE_PORT -n "
 echo
 echo "idle connections held by sluice (5000) with load running:"
 $BIN bench --target 127.0.0.1:$SLUICE_PORT -n 10 -m 1000 -s "$L" --idle 5000
-echo "sluice RSS with 5000 idle + load done: $(awk '/VmRSS/{print $2" "$3}' /proc/$SLUICE_PID/status); peak $(awk '/VmHWM/{print $2" "$3}' /proc/$SLUICE_PID/status)"
+echo "sluice RSS with 5000 idle + load done: $(rss)"

@@ -1,0 +1,65 @@
+# Shared by the benchmark scripts (source it): build, a scratch directory
+# removed on exit, Sluice on a bench config, smtp-sink as a next hop.
+#
+#   bench_setup                 release build, $BIN, $WORK, the exit trap
+#   start_sluice PORT [TOML]    run Sluice on 127.0.0.1:PORT with TOML appended
+#                               (fresh data dir each time); sets $SLUICE_PID
+#   stop_sluice                 SIGTERM it and wait
+#   start_sink PORT             smtp-sink on 127.0.0.1:PORT; sets $SINK_PID
+#   relay_to PORT               TOML: the default transport to 127.0.0.1:PORT
+#   rss                         "VmRSS; peak VmHWM" of the running Sluice
+
+bench_setup() {
+  cd "$(dirname "${BASH_SOURCE[0]}")/.."
+  command -v smtp-source >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+  }
+  cargo build --release -q
+  BIN=$PWD/target/release/sluice
+  WORK=$(mktemp -d)
+  ulimit -n 65536 2>/dev/null || true
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  [ -n "${SLUICE_PID:-}" ] && kill "$SLUICE_PID" 2>/dev/null || true
+  [ -n "${SINK_PID:-}" ] && kill "$SINK_PID" 2>/dev/null || true
+  [ -n "${USES_POSTFIX:-}" ] && { postfix stop >/dev/null 2>&1 || true; }
+  rm -rf "$WORK"
+}
+
+start_sluice() {
+  rm -rf "$WORK/var"
+  cat > "$WORK/sluice.toml" <<TOML
+hostname = "mx.bench.example"
+data_dir = "$WORK/var"
+control_socket = "$WORK/var/control.sock"
+[[listener]]
+id = "inbound"
+address = "127.0.0.1:$1"
+[limits]
+connections_per_ip = 20000
+connections = 20000
+${2:-}
+TOML
+  RUST_LOG=warn $BIN run -c "$WORK/sluice.toml" 2>"$WORK/sluice.log" & SLUICE_PID=$!
+  sleep 1
+}
+
+stop_sluice() {
+  kill "$SLUICE_PID" 2>/dev/null || true
+  wait "$SLUICE_PID" 2>/dev/null || true
+  SLUICE_PID=
+}
+
+start_sink() {
+  smtp-sink -u nobody -c "127.0.0.1:$1" 1000 >/dev/null 2>&1 & SINK_PID=$!
+}
+
+relay_to() {
+  printf '[transport.default]\nhost = "127.0.0.1:%s"\ntls = "none"\nconcurrency = 100\nconnections_per_destination = 50\n' "$1"
+}
+
+rss() {
+  echo "$(awk '/VmRSS/{print $2" "$3}' "/proc/$SLUICE_PID/status"); peak $(awk '/VmHWM/{print $2" "$3}' "/proc/$SLUICE_PID/status")"
+}
