@@ -118,4 +118,25 @@ pub struct TransactionInfo {
     pub eight_bit: bool,
     /// SMTPUTF8 was given.
     pub smtputf8: bool,
+    /// MAIL FROM has been given; before it scripts see only `id`.
+    #[serde(skip)]
+    pub open: bool,
+}
+
+impl TransactionInfo {
+    /// The accepted recipients' addresses, in order.
+    pub fn recipient_list(&self) -> Vec<String> {
+        self.recipients
+            .iter()
+            .map(|r| r.recipient.clone())
+            .collect()
+    }
+
+    /// The transaction before MAIL FROM: scripts see its id (and no sender).
+    pub fn pending(id: String) -> TransactionInfo {
+        TransactionInfo {
+            id,
+            ..Default::default()
+        }
+    }
 }

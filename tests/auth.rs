@@ -101,6 +101,7 @@ fn eod_input(ip: &str, helo: &str, sender: &str, msg: &[u8]) -> HookInput {
                 transportid: "default".into(),
                 ..Default::default()
             }],
+            open: true,
             ..Default::default()
         }),
         arguments: HookArguments::Mail {

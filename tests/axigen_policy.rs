@@ -103,6 +103,7 @@ fn txn(sender: &str, rcpts: &[&str]) -> TransactionInfo {
                 ..Default::default()
             })
             .collect(),
+        open: true,
         ..Default::default()
     }
 }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 
 use crate::config::{TransportKind, TransportTls};
-use crate::smtp::reply::{EnhancedCode, SmtpReply};
+use crate::proto::reply::{EnhancedCode, SmtpReply};
 
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DATA_TIMEOUT: Duration = Duration::from_secs(600);

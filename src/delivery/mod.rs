@@ -23,9 +23,9 @@ use crate::config::{Config, TransportConfig};
 use crate::policy::{
     DeliveryInfo, DeliveryResult, Hook, HookArguments, HookInput, HookVerdict, PolicyEngine,
 };
-use crate::smtp::reply::SmtpReply;
+use crate::proto::reply::SmtpReply;
 use crate::store::history::HistoryRecord;
-use crate::store::queue::{NewMessage, QueueEntry, QueueState, QueuedRecipient};
+use crate::store::queue::{NewMessage, QueueEntry, QueuedRecipient};
 use crate::store::Store;
 use client::{ClientError, Envelope, SmtpClient};
 
@@ -838,36 +838,27 @@ impl DeliveryService {
                 body: &text,
             },
         );
-        let now = now_secs();
         let id = crate::ids::new_id();
         let msg = NewMessage {
             body_id: id.clone(),
             body: Bytes::from(report.clone()),
-            entries: vec![QueueEntry {
-                id: id.clone(),
-                transaction: entry.transaction.clone(),
-                state: QueueState::Queued,
-                sender: String::new(),
-                recipients: vec![QueuedRecipient {
-                    recipient: entry.sender.clone(),
-                    transportid: "default".into(),
-                    dsn: Default::default(),
-                }],
-                transportid: "default".into(),
-                dsn: Default::default(),
-                metadata: BTreeMap::from([("dsn_for".to_string(), entry.id.clone())]),
-                jobid: None,
-                received_at: now,
-                next_attempt: now,
-                attempts: 0,
-                size: report.len() as u64,
-                body: id.clone(),
-                smtputf8: false,
-                eight_bit: true,
-                client: Default::default(),
-                message_id: None,
-                last_error: None,
-                delay_notified: false,
+            entries: vec![{
+                let mut e = QueueEntry::accepted(
+                    &entry.transaction,
+                    "",
+                    vec![QueuedRecipient {
+                        recipient: entry.sender.clone(),
+                        transportid: "default".into(),
+                        dsn: Default::default(),
+                    }],
+                    "default",
+                    &id,
+                    report.len() as u64,
+                );
+                e.id = id.clone();
+                e.metadata = BTreeMap::from([("dsn_for".to_string(), entry.id.clone())]);
+                e.eight_bit = true;
+                e
             }],
         };
         match self.store.commit_messages(std::slice::from_ref(&msg)).await {

@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::config::{split_host_port, TransportConfig};
 use crate::policy::api::dns::Dns;
+use crate::proto::reply::SmtpReply;
 use crate::scan::dns::LookupError;
-use crate::smtp::reply::SmtpReply;
 
 #[derive(Debug)]
 pub enum RouteError {

@@ -17,10 +17,10 @@ use super::hooks::{Fallback, Hook, HookSpec, VerdictKind, HOOKS};
 use super::sandbox::{self, Limits, DEFAULT_INSTRUCTION_LIMIT, DEFAULT_MEMORY_LIMIT};
 use super::{
     build_reply, HookArguments, HookInput, HookOutcome, HookVerdict, PolicyError, QueueDsn,
-    QueueRequest,
+    QueueRequest, Rewrite,
 };
 use crate::config::Config;
-use crate::smtp::reply::SmtpReply;
+use crate::proto::reply::SmtpReply;
 
 /// A state serves at most this many runs before it is replaced.
 const MAX_USES: u32 = 10_000;
@@ -486,7 +486,7 @@ async fn run_in_state(
     let path = script.path.display();
     let mut outcome = match (rs.termination, result) {
         (Some(Termination::Verdict(v)), _) => HookOutcome {
-            transportid: if v.kind == Some(VerdictKind::Pass) {
+            transportid: if matches!(v.kind, Some(VerdictKind::Pass | VerdictKind::Accept)) {
                 v.transportid.clone()
             } else {
                 None
@@ -549,6 +549,7 @@ fn traceback_of(e: &mlua::Error) -> String {
 fn resolve(spec: &HookSpec, v: ScriptVerdict, txn_id: Option<&str>) -> HookVerdict {
     let kind = v.kind.unwrap_or(VerdictKind::Pass);
     let default = spec.default_reply(kind);
+    let custom = v.code.is_some() || v.enhanced.is_some() || v.reason.is_some();
     let mut reason = v.reason;
     if kind == VerdictKind::Accept && spec.hook == Hook::Eod && reason.is_none() {
         if let Some(id) = txn_id {
@@ -569,7 +570,16 @@ fn resolve(spec: &HookSpec, v: ScriptVerdict, txn_id: Option<&str>) -> HookVerdi
                 next: v.next,
             }
         }
-        VerdictKind::Accept => HookVerdict::Accept { reply: reply() },
+        VerdictKind::Accept => HookVerdict::Accept {
+            custom,
+            reply: reply(),
+            rewrite: Rewrite {
+                host: v.host,
+                sender: v.sender,
+                recipient: v.recipient,
+                transportid: v.transportid,
+            },
+        },
         VerdictKind::Reject => {
             let reply = reply();
             HookVerdict::Reject {
@@ -689,6 +699,8 @@ fn default_eod(input: HookInput) -> HookOutcome {
         .collect();
     HookOutcome {
         verdict: HookVerdict::Accept {
+            custom: false,
+            rewrite: Rewrite::default(),
             reply: build_reply(
                 spec.accept,
                 None,

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::config::ScriptsConfig;
-use crate::smtp::reply::{EnhancedCode, SmtpReply};
+use crate::proto::reply::{EnhancedCode, SmtpReply};
 
 /// A point in the life of a connection (or a queued message) where a script runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -92,6 +92,19 @@ pub enum Fallback {
     Defer(DefaultReply, bool),
 }
 
+/// Which recipients a refusal (a 4xx/5xx reply) at a hook is recorded for:
+/// the history then holds, per recipient, the exact reply the client got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalHistory {
+    /// Nothing: no recipient is known yet (connect, helo, auth, mailfrom,
+    /// proxy) or the hook runs after the SMTP dialogue.
+    None,
+    /// The recipient of the RCPT command (rcptto).
+    Recipient,
+    /// Every accepted recipient of the transaction (data, headers, eod).
+    Transaction,
+}
+
 /// One row of the hook table.
 #[derive(Debug)]
 pub struct HookSpec {
@@ -109,6 +122,10 @@ pub struct HookSpec {
     pub accept: DefaultReply,
     pub reject: DefaultReply,
     pub defer: DefaultReply,
+    /// Options `Accept({...})` takes in this hook (rewrites and reply).
+    pub accept_options: &'static [&'static str],
+    /// Whose history a refusal at this hook records.
+    pub refusal_history: RefusalHistory,
     /// The configured script path for this hook.
     pub script: fn(&ScriptsConfig) -> Option<&Path>,
 }
@@ -135,9 +152,11 @@ const DEFER: DefaultReply = r(451, 4, 7, 1, "Deferred by policy, try again later
 const ERROR: DefaultReply = r(421, 4, 3, 0, "Local policy error, try again later");
 const EOD_ERROR: DefaultReply = r(451, 4, 3, 0, "Message not queued, try again later");
 
+/// Halon's stage verdicts: connect, helo, mailfrom, rcptto.
 const STAGE: &[VerdictKind] = &[
     VerdictKind::Pass,
     VerdictKind::Reply,
+    VerdictKind::Accept,
     VerdictKind::Reject,
     VerdictKind::Defer,
 ];
@@ -167,10 +186,12 @@ pub static HOOKS: [HookSpec; 12] = [
         fallthrough: Fallback::Pass,
         on_error: STAGE_ERROR,
         reply: r(220, 2, 0, 0, "ESMTP"),
-        accept: ACCEPT,
+        accept: r(220, 2, 0, 0, "ESMTP"),
         // RFC 5321 §3.1: a server refusing service answers 554 (or 421) instead of 220.
         reject: r(554, 5, 7, 1, "Connection refused by policy"),
         defer: r(421, 4, 7, 0, "Service not available, try again later"),
+        accept_options: &[],
+        refusal_history: RefusalHistory::None,
         script: |s| s.connect.as_deref(),
     },
     HookSpec {
@@ -185,6 +206,8 @@ pub static HOOKS: [HookSpec; 12] = [
         accept: ACCEPT,
         reject: REJECT,
         defer: DEFER,
+        accept_options: &["host"],
+        refusal_history: RefusalHistory::None,
         script: |s| s.helo.as_deref(),
     },
     HookSpec {
@@ -200,34 +223,40 @@ pub static HOOKS: [HookSpec; 12] = [
         reject: r(535, 5, 7, 8, "Authentication credentials invalid"),
         // RFC 4954 §6: temporary authentication failure.
         defer: r(454, 4, 7, 0, "Temporary authentication failure"),
+        accept_options: &["reason", "reply_codes"],
+        refusal_history: RefusalHistory::None,
         script: |s| s.auth.as_deref(),
     },
     HookSpec {
         hook: Hook::MailFrom,
         name: "mailfrom",
         when: "on MAIL FROM",
-        arguments: &["address", "params"],
+        arguments: &["sender", "address", "params"],
         verdicts: STAGE,
         fallthrough: Fallback::Pass,
         on_error: STAGE_ERROR,
         reply: REPLY,
-        accept: ACCEPT,
+        accept: r(250, 2, 1, 0, "Sender OK"),
         reject: REJECT,
         defer: DEFER,
+        accept_options: &["sender", "reason", "reply_codes"],
+        refusal_history: RefusalHistory::None,
         script: |s| s.mailfrom.as_deref(),
     },
     HookSpec {
         hook: Hook::RcptTo,
         name: "rcptto",
         when: "on each RCPT TO",
-        arguments: &["address", "params"],
+        arguments: &["recipient", "address", "params"],
         verdicts: STAGE,
         fallthrough: Fallback::Pass,
         on_error: STAGE_ERROR,
         reply: REPLY,
-        accept: ACCEPT,
+        accept: r(250, 2, 1, 5, "Recipient OK"),
         reject: REJECT,
         defer: DEFER,
+        accept_options: &["recipient", "transportid", "reason", "reply_codes"],
+        refusal_history: RefusalHistory::Recipient,
         script: |s| s.rcptto.as_deref(),
     },
     HookSpec {
@@ -242,6 +271,8 @@ pub static HOOKS: [HookSpec; 12] = [
         accept: ACCEPT,
         reject: REJECT,
         defer: DEFER,
+        accept_options: &[],
+        refusal_history: RefusalHistory::Transaction,
         script: |s| s.data.as_deref(),
     },
     HookSpec {
@@ -256,6 +287,8 @@ pub static HOOKS: [HookSpec; 12] = [
         accept: ACCEPT,
         reject: REJECT,
         defer: DEFER,
+        accept_options: &[],
+        refusal_history: RefusalHistory::Transaction,
         script: |s| s.headers.as_deref(),
     },
     HookSpec {
@@ -270,6 +303,8 @@ pub static HOOKS: [HookSpec; 12] = [
         accept: r(250, 2, 0, 0, "Ok: queued"),
         reject: REJECT,
         defer: DEFER,
+        accept_options: &["reason", "reply_codes"],
+        refusal_history: RefusalHistory::Transaction,
         script: |s| s.eod.as_deref(),
     },
     HookSpec {
@@ -284,6 +319,8 @@ pub static HOOKS: [HookSpec; 12] = [
         accept: ACCEPT,
         reject: REJECT,
         defer: DEFER,
+        accept_options: &[],
+        refusal_history: RefusalHistory::None,
         script: |s| s.disconnect.as_deref(),
     },
     HookSpec {
@@ -298,6 +335,8 @@ pub static HOOKS: [HookSpec; 12] = [
         accept: ACCEPT,
         reject: REJECT,
         defer: DEFER,
+        accept_options: &[],
+        refusal_history: RefusalHistory::None,
         script: |s| s.proxy.as_deref(),
     },
     HookSpec {
@@ -312,6 +351,8 @@ pub static HOOKS: [HookSpec; 12] = [
         accept: ACCEPT,
         reject: r(550, 5, 7, 1, "Rejected by delivery policy"),
         defer: r(451, 4, 7, 1, "Deferred by delivery policy"),
+        accept_options: &[],
+        refusal_history: RefusalHistory::None,
         script: |s| s.predelivery.as_deref(),
     },
     HookSpec {
@@ -326,6 +367,8 @@ pub static HOOKS: [HookSpec; 12] = [
         accept: ACCEPT,
         reject: r(550, 5, 7, 1, "Rejected by delivery policy"),
         defer: r(451, 4, 7, 1, "Deferred by delivery policy"),
+        accept_options: &[],
+        refusal_history: RefusalHistory::None,
         script: |s| s.postdelivery.as_deref(),
     },
 ];

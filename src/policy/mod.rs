@@ -45,7 +45,7 @@ pub use hooks::{reference_markdown, DefaultReply, Fallback, Hook, HookSpec, Verd
 pub use testing::{outcome_json, test_input, test_script};
 
 use crate::envelope::{ConnectionInfo, TransactionInfo};
-use crate::smtp::reply::{EnhancedCode, SmtpReply};
+use crate::proto::reply::{EnhancedCode, SmtpReply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -149,7 +149,8 @@ pub struct HookOutcome {
     pub queued: Vec<QueueRequest>,
     /// `History()` calls, kept whatever the verdict.
     pub history: Vec<HistoryRequest>,
-    /// rcptto (and predelivery): `Pass({transportid = "x"})`.
+    /// rcptto (and predelivery): `Pass({transportid = "x"})` or
+    /// `Accept({transportid = "x"})`.
     pub transportid: Option<String>,
     /// Script error message and traceback; the caller logs it with the
     /// connection id.
@@ -168,8 +169,14 @@ pub enum HookVerdict {
         disconnect: bool,
         next: bool,
     },
+    /// An explicit acceptance: in rcptto the one way to accept a recipient
+    /// the built-in relay rule refuses. `reply` is the script's own reply
+    /// (`reason`/`reply_codes`) or the hook's default.
     Accept {
         reply: SmtpReply,
+        /// The script chose the reply text or codes (else the server's own).
+        custom: bool,
+        rewrite: Rewrite,
     },
     Reject {
         reply: SmtpReply,
@@ -194,7 +201,7 @@ impl HookVerdict {
         match self {
             HookVerdict::Pass { .. } => None,
             HookVerdict::Reply { reply, .. }
-            | HookVerdict::Accept { reply }
+            | HookVerdict::Accept { reply, .. }
             | HookVerdict::Reject { reply, .. }
             | HookVerdict::Defer { reply, .. } => Some(reply),
         }
@@ -218,6 +225,19 @@ impl HookVerdict {
             HookVerdict::Defer { .. } => VerdictKind::Defer,
         }
     }
+}
+
+/// What a stage `Accept({...})` rewrites (Halon's options).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// helo: the HELO/EHLO name the session keeps.
+    pub host: Option<String>,
+    /// mailfrom: the envelope sender ("" = null sender).
+    pub sender: Option<String>,
+    /// rcptto: the envelope recipient.
+    pub recipient: Option<String>,
+    /// rcptto: the recipient's transport.
+    pub transportid: Option<String>,
 }
 
 /// One `mail:queue(...)` (or the default eod's queueing of one recipient).

@@ -127,6 +127,7 @@ pub fn test_input(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
+        open: true,
         ..Default::default()
     });
     let args = env
@@ -221,7 +222,14 @@ pub fn outcome_json(o: &HookOutcome) -> Value {
         } => {
             json!({"verdict": "Reply", "reply": reply.render(true), "disconnect": disconnect, "next": next})
         }
-        HookVerdict::Accept { reply } => json!({"verdict": "Accept", "reply": reply.render(true)}),
+        HookVerdict::Accept { reply, rewrite, .. } => json!({
+            "verdict": "Accept",
+            "reply": reply.render(true),
+            "host": rewrite.host,
+            "sender": rewrite.sender,
+            "recipient": rewrite.recipient,
+            "transportid": rewrite.transportid,
+        }),
         HookVerdict::Reject { reply, disconnect } => {
             json!({"verdict": "Reject", "reply": reply.render(true), "disconnect": disconnect})
         }

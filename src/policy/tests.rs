@@ -14,7 +14,7 @@ use crate::config::{Config, ScriptsConfig, TransportConfig};
 use crate::envelope::{
     Address, ConnectionInfo, HeloInfo, RecipientDsn, RecipientInfo, TransactionInfo,
 };
-use crate::smtp::reply::EnhancedCode;
+use crate::proto::reply::EnhancedCode;
 
 struct T {
     dir: tempfile::TempDir,
@@ -115,6 +115,7 @@ fn txn(rcpts: &[(&str, &str)]) -> TransactionInfo {
         senderparams,
         recipients: rcpts.iter().map(|(a, t)| rcpt(a, t)).collect(),
         ts: 1_700_000_000.5,
+        open: true,
         ..Default::default()
     }
 }
@@ -302,7 +303,7 @@ async fn reply_codes_that_contradict_the_verdict_are_errors() {
 
 #[tokio::test]
 async fn verdict_not_allowed_in_hook_is_an_error() {
-    let o = run1(Hook::Helo, "Accept()", helo()).await;
+    let o = run1(Hook::Data, "Accept()", HookArguments::None).await;
     assert_eq!(
         o.verdict,
         HookVerdict::Defer {
@@ -312,7 +313,7 @@ async fn verdict_not_allowed_in_hook_is_an_error() {
     );
     let e = o.error.unwrap();
     assert!(
-        e.contains("Accept() is not a verdict of the helo hook"),
+        e.contains("Accept() is not a verdict of the data hook"),
         "{e}"
     );
 }
@@ -390,7 +391,9 @@ async fn auth_hook() {
     assert_eq!(
         o.verdict,
         HookVerdict::Accept {
-            reply: SmtpReply::with(235, "2.7.0", "Authentication successful")
+            reply: SmtpReply::with(235, "2.7.0", "Authentication successful"),
+            custom: false,
+            rewrite: Default::default(),
         }
     );
     // Falling off the end refuses the credentials.
@@ -860,7 +863,9 @@ async fn default_eod_queues_every_recipient() {
     assert_eq!(
         o.verdict,
         HookVerdict::Accept {
-            reply: SmtpReply::with(250, "2.0.0", "Ok: queued as txn1")
+            reply: SmtpReply::with(250, "2.0.0", "Ok: queued as txn1"),
+            custom: false,
+            rewrite: Default::default(),
         }
     );
     let got: Vec<(&str, &str)> = o
@@ -1025,6 +1030,95 @@ async fn history_requests_are_kept_on_reject() {
     assert_eq!(h.transportid.as_deref(), Some("lmtp"));
     assert_eq!(o.history[1].recipient, "x@y.example");
     assert_eq!(o.history[1].sender.as_deref(), Some("s@example.net"));
+}
+
+/// Halon's stage `Accept` in connect, helo, mailfrom and rcptto, with the
+/// rewrites each hook takes; a rewrite another hook owns is an error that
+/// names the hook.
+#[tokio::test]
+async fn stage_accept_rewrites() {
+    let o = run1(Hook::Connect, "Accept()", HookArguments::None).await;
+    assert!(
+        matches!(o.verdict, HookVerdict::Accept { custom: false, .. }),
+        "{:?}",
+        o.verdict
+    );
+    assert!(o.error.is_none());
+
+    let o = run1(Hook::Helo, "Accept({host = 'new.example'})", helo()).await;
+    match &o.verdict {
+        HookVerdict::Accept {
+            rewrite, custom, ..
+        } => {
+            assert_eq!(rewrite.host.as_deref(), Some("new.example"));
+            assert!(!custom);
+        }
+        v => panic!("{v:?}"),
+    }
+
+    let mail = || HookArguments::MailFrom {
+        address: "a@example.com".into(),
+        params: BTreeMap::new(),
+    };
+    let o = run1(
+        Hook::MailFrom,
+        "Accept({sender = 'Bounce@Example.NET'})",
+        mail(),
+    )
+    .await;
+    match &o.verdict {
+        HookVerdict::Accept { rewrite, .. } => {
+            assert_eq!(rewrite.sender.as_deref(), Some("bounce@example.net"))
+        }
+        v => panic!("{v:?}"),
+    }
+    // The null sender is a valid rewrite; a bare word is not.
+    let o = run1(Hook::MailFrom, "Accept({sender = ''})", mail()).await;
+    assert!(o.error.is_none(), "{:?}", o.error);
+    let o = run1(Hook::MailFrom, "Accept({sender = 'nobody'})", mail()).await;
+    assert!(
+        o.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("is not an address"),
+        "{:?}",
+        o.error
+    );
+
+    let rcpt = || HookArguments::RcptTo {
+        address: "u@example.org".into(),
+        params: BTreeMap::new(),
+    };
+    let o = run1(
+        Hook::RcptTo,
+        "Accept({recipient = {localpart = 'v', domain = 'lmtp.example'}, transportid = 'lmtp', reason = 'taken'})",
+        rcpt(),
+    )
+    .await;
+    match &o.verdict {
+        HookVerdict::Accept {
+            rewrite,
+            custom,
+            reply,
+        } => {
+            assert_eq!(rewrite.recipient.as_deref(), Some("v@lmtp.example"));
+            assert_eq!(rewrite.transportid.as_deref(), Some("lmtp"));
+            assert!(custom);
+            assert_eq!(reply.render(true), "250 2.1.5 taken\r\n");
+        }
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(o.transportid.as_deref(), Some("lmtp"));
+
+    // Options belong to their hook.
+    let o = run1(Hook::Connect, "Accept({host = 'x'})", HookArguments::None).await;
+    let e = o.error.unwrap_or_default();
+    assert!(
+        e.contains("unknown option \"host\" in the connect hook"),
+        "{e}"
+    );
+    let o = run1(Hook::RcptTo, "Accept({transportid = 'nope'})", rcpt()).await;
+    assert!(o.error.unwrap_or_default().contains("unknown transportid"));
 }
 
 #[tokio::test]

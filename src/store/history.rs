@@ -54,6 +54,108 @@ pub struct HistoryRecord {
     pub next_retry: Option<f64>,
 }
 
+/// Where an SMTP-time record comes from: the client and the connection.
+#[derive(Debug, Clone, Default)]
+pub struct SmtpOrigin {
+    pub client_ip: String,
+    pub serverid: String,
+    pub connection: String,
+}
+
+impl HistoryRecord {
+    fn from_smtp(origin: &SmtpOrigin, action: &str) -> HistoryRecord {
+        HistoryRecord {
+            ts: now_secs(),
+            action: action.to_string(),
+            client_ip: origin.client_ip.clone(),
+            serverid: origin.serverid.clone(),
+            connection: origin.connection.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// A recipient refused during the SMTP dialogue: REJECT for a 5xx reply,
+    /// DEFER for a 4xx one, and `reason` is exactly the reply the client got
+    /// ("451 4.7.1 greylisted, come back").
+    pub fn refused(
+        origin: &SmtpOrigin,
+        transaction: &str,
+        sender: &str,
+        recipient: &str,
+        size: u64,
+        reply: &crate::proto::reply::SmtpReply,
+    ) -> HistoryRecord {
+        let action = if reply.is_permanent() {
+            "REJECT"
+        } else {
+            "DEFER"
+        };
+        HistoryRecord {
+            transaction: transaction.to_string(),
+            sender: sender.to_string(),
+            recipient: recipient.to_string(),
+            size,
+            reason: reply.to_string(),
+            ..Self::from_smtp(origin, action)
+        }
+    }
+
+    /// One RECEIVED record per accepted message (all recipients in one field).
+    #[allow(clippy::too_many_arguments)]
+    pub fn received(
+        origin: &SmtpOrigin,
+        transaction: &str,
+        sender: &str,
+        recipients: &[&str],
+        queue_ids: &[String],
+        message_id: Option<String>,
+        size: u64,
+        metadata: BTreeMap<String, String>,
+    ) -> HistoryRecord {
+        HistoryRecord {
+            id: queue_ids.first().cloned().unwrap_or_default(),
+            transaction: transaction.to_string(),
+            message_id,
+            sender: sender.to_string(),
+            recipient: recipients.join(","),
+            size,
+            reason: format!("queued as {}", queue_ids.join(",")),
+            metadata,
+            ..Self::from_smtp(origin, "RECEIVED")
+        }
+    }
+
+    /// What a script wrote with `History(action, recipient, {…})`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scripted(
+        origin: &SmtpOrigin,
+        transaction: &str,
+        sender: &str,
+        action: &str,
+        recipient: &str,
+        transportid: &str,
+        reason: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> HistoryRecord {
+        HistoryRecord {
+            transaction: transaction.to_string(),
+            sender: sender.to_string(),
+            recipient: recipient.to_string(),
+            transportid: transportid.to_string(),
+            reason: reason.to_string(),
+            metadata,
+            ..Self::from_smtp(origin, action)
+        }
+    }
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 /// Index fields: (name, value) pairs a record is findable by.
 fn index_keys(hid: &str, r: &HistoryRecord) -> Vec<Vec<u8>> {
     let mut out = Vec::new();

@@ -98,6 +98,59 @@ pub struct QueueEntry {
     pub delay_notified: bool,
 }
 
+impl QueueEntry {
+    /// A new entry for a message just accepted: queued, due now, no attempts
+    /// yet. The caller fills in what it knows besides (DSN, metadata, client,
+    /// hold, delay) before committing it with [`Store::commit_messages`].
+    pub fn accepted(
+        transaction: &str,
+        sender: &str,
+        recipients: Vec<QueuedRecipient>,
+        transportid: &str,
+        body_id: &str,
+        size: u64,
+    ) -> QueueEntry {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        QueueEntry {
+            id: crate::ids::new_id(),
+            transaction: transaction.to_string(),
+            state: QueueState::Queued,
+            sender: sender.to_string(),
+            recipients,
+            transportid: transportid.to_string(),
+            dsn: MessageDsn::default(),
+            metadata: BTreeMap::new(),
+            jobid: None,
+            received_at: now,
+            next_attempt: now,
+            attempts: 0,
+            size,
+            body: body_id.to_string(),
+            smtputf8: false,
+            eight_bit: false,
+            client: ClientInfo::default(),
+            message_id: None,
+            last_error: None,
+            delay_notified: false,
+        }
+    }
+
+    /// Held until an operator releases it (`hold`, a milter's quarantine).
+    pub fn held(mut self) -> QueueEntry {
+        self.state = QueueState::Held;
+        self
+    }
+
+    /// First attempt this much later.
+    pub fn delayed(mut self, delay: std::time::Duration) -> QueueEntry {
+        self.next_attempt = self.received_at + delay.as_secs_f64();
+        self
+    }
+}
+
 /// One key of the `due` index and the queue id it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueKey {

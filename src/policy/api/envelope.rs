@@ -37,6 +37,13 @@ pub fn connection(lua: &Lua, c: &ConnectionInfo) -> mlua::Result<Value> {
 
 pub fn transaction(lua: &Lua, t: Option<&TransactionInfo>) -> mlua::Result<Value> {
     match t {
+        // Before MAIL FROM: `transaction.id` (and an empty recipient list) only.
+        Some(t) if !t.open => {
+            let v = lua.create_table()?;
+            v.set("id", t.id.as_str())?;
+            v.set("recipients", lua.create_table()?)?;
+            Ok(Value::Table(v))
+        }
         Some(t) => to_lua(lua, t),
         None => Ok(Value::Nil),
     }

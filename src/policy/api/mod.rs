@@ -30,7 +30,7 @@ use mlua::{Lua, LuaSerdeExt, Table, Value};
 use super::hooks::{Hook, VerdictKind};
 use super::{HistoryRequest, QueueRequest};
 use crate::envelope::TransactionInfo;
-use crate::smtp::reply::EnhancedCode;
+use crate::proto::reply::EnhancedCode;
 
 /// Install every API object into `lua`'s globals.
 pub fn register_all(lua: &Lua) -> mlua::Result<()> {
@@ -107,6 +107,10 @@ pub struct ScriptVerdict {
     pub next: bool,
     pub command: Option<String>,
     pub transportid: Option<String>,
+    /// Accept rewrites: helo `host`, mailfrom `sender`, rcptto `recipient`.
+    pub host: Option<String>,
+    pub sender: Option<String>,
+    pub recipient: Option<String>,
 }
 
 /// Why a run stopped before falling off the end.

@@ -7,7 +7,7 @@ use mlua::{Lua, MultiValue, Table, Value};
 
 use super::{terminate, with_run, ScriptVerdict, Shared, Termination};
 use crate::policy::hooks::VerdictKind;
-use crate::smtp::reply::EnhancedCode;
+use crate::proto::reply::EnhancedCode;
 
 pub fn register(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
@@ -86,7 +86,8 @@ fn parse(lua: &Lua, kind: VerdictKind, args: MultiValue) -> Result<ScriptVerdict
     let allowed: &[&str] = match kind {
         VerdictKind::Pass => &["command", "next", "transportid"],
         VerdictKind::Reply => &["disconnect", "reply_codes", "next"],
-        VerdictKind::Accept => &["reason", "reply_codes"],
+        // Per hook: helo {host}, mailfrom {sender}, rcptto {recipient, transportid}…
+        VerdictKind::Accept => spec.accept_options,
         VerdictKind::Reject | VerdictKind::Defer => &["disconnect", "reply_codes"],
     };
     for pair in opts.clone().pairs::<Value, Value>() {
@@ -94,8 +95,13 @@ fn parse(lua: &Lua, kind: VerdictKind, args: MultiValue) -> Result<ScriptVerdict
         let key = k.to_string().unwrap_or_default();
         if !allowed.contains(&key.as_str()) {
             return Err(format!(
-                "{name}(): unknown option {key:?} (known: {})",
-                allowed.join(", ")
+                "{name}(): unknown option {key:?} in the {} hook (known: {})",
+                spec.name,
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                }
             ));
         }
     }
@@ -141,6 +147,24 @@ fn parse(lua: &Lua, kind: VerdictKind, args: MultiValue) -> Result<ScriptVerdict
     }
     if kind == VerdictKind::Accept {
         v.reason = reason_lines(&get("reason")?, name)?;
+        v.host = match get("host")? {
+            Value::Nil => None,
+            Value::String(s) => {
+                let h = s.to_str().map_err(|e| e.to_string())?.trim().to_string();
+                if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                    return Err(format!("{name}(): host {h:?} is not a HELO name"));
+                }
+                Some(h)
+            }
+            other => {
+                return Err(format!(
+                    "{name}(): host must be a string, got {}",
+                    other.type_name()
+                ))
+            }
+        };
+        v.sender = address_opt(&get("sender")?, name, "sender", true)?;
+        v.recipient = address_opt(&get("recipient")?, name, "recipient", false)?;
     }
     match get("reply_codes")? {
         Value::Nil => {}
@@ -155,6 +179,40 @@ fn parse(lua: &Lua, kind: VerdictKind, args: MultiValue) -> Result<ScriptVerdict
         }
     }
     Ok(v)
+}
+
+/// An `Accept` address rewrite: a string or `{localpart, domain}`, lowercased;
+/// the sender may be "" (the null sender), a recipient needs `local@domain`.
+fn address_opt(
+    v: &Value,
+    name: &str,
+    key: &str,
+    may_be_null: bool,
+) -> Result<Option<String>, String> {
+    if v.is_nil() {
+        return Ok(None);
+    }
+    let a = super::address_arg(v, &format!("{name}(): {key}"))
+        .map_err(|e| e.to_string())?
+        .trim()
+        .to_lowercase();
+    let valid = if a.is_empty() {
+        may_be_null
+    } else {
+        match a.rsplit_once('@') {
+            Some((l, d)) => {
+                !l.is_empty()
+                    && !d.is_empty()
+                    && !a
+                        .contains(|c: char| c.is_whitespace() || c.is_control() || "<>".contains(c))
+            }
+            None => false,
+        }
+    };
+    if !valid {
+        return Err(format!("{name}(): {key} {a:?} is not an address"));
+    }
+    Ok(Some(a))
 }
 
 fn bool_opt(v: Value, name: &str, key: &str) -> Result<bool, String> {

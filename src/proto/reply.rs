@@ -45,9 +45,35 @@ impl SmtpReply {
         }
     }
 
-    /// A reply with an enhanced code given as "x.y.z" (must be valid).
+    /// A reply with an enhanced code given as "x.y.z" (must be valid and of
+    /// the code's class: a mismatch is a bug in our own text, caught in tests).
     pub fn with(code: u16, enhanced: &str, text: impl Into<String>) -> Self {
-        SmtpReply::new(code, EnhancedCode::parse(enhanced), text)
+        let e = EnhancedCode::parse(enhanced);
+        debug_assert!(
+            e.is_some_and(|e| e.0 as u16 == code / 100),
+            "reply {code} with enhanced code {enhanced}"
+        );
+        SmtpReply::new(code, e, text)
+    }
+
+    /// A reply from outside values (a script, a config file): refuses a code
+    /// outside 200..=599 and an enhanced code of another class (550 with 4.4.7).
+    pub fn checked(
+        code: u16,
+        enhanced: Option<EnhancedCode>,
+        text: impl Into<String>,
+    ) -> Result<Self, String> {
+        if !(200..=599).contains(&code) {
+            return Err(format!("{code} is not an SMTP reply code"));
+        }
+        if let Some(e) = enhanced {
+            if e.0 as u16 != code / 100 {
+                return Err(format!(
+                    "enhanced code {e} does not match reply code {code}"
+                ));
+            }
+        }
+        Ok(SmtpReply::new(code, enhanced, text))
     }
 
     pub fn is_positive(&self) -> bool {
@@ -109,6 +135,14 @@ impl fmt::Display for SmtpReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checked_refuses_a_class_mismatch() {
+        assert!(SmtpReply::checked(550, EnhancedCode::parse("4.4.7"), "x").is_err());
+        assert!(SmtpReply::checked(199, None, "x").is_err());
+        let r = SmtpReply::checked(451, EnhancedCode::parse("4.7.1"), "later").unwrap();
+        assert_eq!(r.render(true), "451 4.7.1 later\r\n");
+    }
 
     #[test]
     fn renders_multiline() {

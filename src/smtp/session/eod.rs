@@ -1,0 +1,397 @@
+//! End of data: the content checks, the headers and eod hooks, then the
+//! queue write — the 250 goes out only once the message is on disk. A
+//! recipient an eod script queues that no RCPT accepted must pass the relay
+//! rule like any other; every refusal is recorded with the reply sent.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use super::{Decision, Flow, Session};
+use crate::config::BareLineEnding;
+use crate::envelope::{MessageDsn, RecipientDsn, TransactionInfo};
+use crate::policy::{Hook, HookArguments, HookVerdict, QueueRequest};
+use crate::proto::reply::SmtpReply;
+use crate::smtp::data::MessageBuilder;
+use crate::store::history::HistoryRecord;
+use crate::store::queue::{ClientInfo, NewMessage, QueueEntry, QueuedRecipient};
+
+impl Session {
+    /// End of data: check the content, run headers and eod, queue durably, answer.
+    pub(super) async fn finish_message(&mut self, builder: MessageBuilder) -> Flow {
+        let Some(tx) = self.tx.take() else {
+            return Flow::Continue;
+        };
+        self.next_txid = crate::ids::new_id();
+        let info = tx.info;
+        let rcpts = info.recipient_list();
+        if let Some(reply) = self.content_rejection(&builder) {
+            return self.refuse("content check", &info, &reply, false, &rcpts, builder.size);
+        }
+        let size = builder.size;
+        let header_end = builder.header_end.unwrap_or(builder.body.len());
+        let body = Bytes::from(builder.body);
+        let body_message_id = message_id_of(&body);
+
+        if self.ctx.policy.has_hook(Hook::Headers) {
+            let args = HookArguments::Mail {
+                message: body.slice(..header_end),
+                headers_only: true,
+            };
+            let (decision, _) = self
+                .stage_for(Hook::Headers, args, Some(info.clone()), &rcpts, size)
+                .await;
+            if let Decision::Done(flow) = decision {
+                return flow;
+            }
+        }
+
+        let result = if !self.ctx.policy.has_script(Hook::Eod) {
+            // The built-in eod: every recipient to its transport, natively.
+            self.queue_message(&info, body, size)
+                .await
+                .map(|ids| (ids, None))
+        } else {
+            let args = HookArguments::Mail {
+                message: body.clone(),
+                headers_only: false,
+            };
+            let Some(out) = self.run_hook(Hook::Eod, args, Some(info.clone())).await else {
+                return Flow::Continue;
+            };
+            let (reply, custom) = match out.verdict {
+                HookVerdict::Accept { reply, custom, .. } => (reply, custom),
+                HookVerdict::Reject { reply, disconnect }
+                | HookVerdict::Defer { reply, disconnect }
+                | HookVerdict::Reply {
+                    reply, disconnect, ..
+                } => {
+                    return self.refuse("eod policy", &info, &reply, disconnect, &rcpts, size);
+                }
+                HookVerdict::Pass { .. } => {
+                    let reply = Hook::Eod.spec().defer.reply();
+                    return self.refuse("eod policy", &info, &reply, false, &rcpts, size);
+                }
+            };
+            // The relay rule holds for recipients the script added.
+            if let Some(q) = out
+                .queued
+                .iter()
+                .find(|q| !rcpts.contains(&q.recipient) && !self.relay_permits(&q.recipient))
+            {
+                warn!(
+                    conn = %self.info.id, tx = %info.id, to = %q.recipient,
+                    "eod script queued a recipient the relay rule refuses: nothing queued"
+                );
+                let reply = match Hook::Eod.spec().on_error {
+                    crate::policy::Fallback::Defer(d, _) => d.reply(),
+                    _ => SmtpReply::with(451, "4.3.0", "Message not queued, try again later"),
+                };
+                return self.refuse("relay rule (eod)", &info, &reply, false, &rcpts, size);
+            }
+            self.queue_requests(&info, &out.queued, size)
+                .await
+                .map(|ids| (ids, custom.then_some(reply)))
+        };
+        match result {
+            Ok((ids, reply)) => {
+                self.messages += 1;
+                info!(
+                    conn = %self.info.id, tx = %info.id, from = %info.sender,
+                    nrcpt = info.recipients.len(), size, queue = %ids.join(","),
+                    "queued"
+                );
+                self.record_received(&info, &ids, size, &body_message_id);
+                match reply {
+                    // A script's own text stays; the default one gets the ids.
+                    Some(r) => self.reply(&r),
+                    None if ids.is_empty() => self.send(250, "2.0.0", "Ok"),
+                    None => self.send(250, "2.0.0", &format!("Ok: queued as {}", ids.join(","))),
+                }
+            }
+            Err(e) => {
+                warn!(conn = %self.info.id, tx = %info.id, error = %e, "queue write failed: 451");
+                let reply = SmtpReply::with(
+                    451,
+                    "4.3.0",
+                    "Temporary failure writing the queue, try again later",
+                );
+                return self.refuse("queue write", &info, &reply, false, &rcpts, size);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The built-in content rules (RFC 5321 §2.3.8, §4.5.3.1.6, §6.3).
+    pub(super) fn content_rejection(&self, builder: &MessageBuilder) -> Option<SmtpReply> {
+        let limits = &self.ctx.config.limits;
+        let f = &builder.flags;
+        let (code, enh, text) = if f.too_big {
+            (
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size".to_string(),
+            )
+        } else if f.nul {
+            (550, "5.6.0", "Message contains NUL characters".to_string())
+        } else if (f.bare_lf || f.bare_cr)
+            && self.ctx.config.smtp.bare_line_ending == BareLineEnding::Reject
+        {
+            (
+                550,
+                "5.6.11",
+                "Message contains bare CR or LF characters (RFC 5321 section 2.3.8)".to_string(),
+            )
+        } else if f.long_line {
+            (
+                550,
+                "5.6.0",
+                format!(
+                    "Message contains a line longer than {} characters",
+                    limits.data_line_length
+                ),
+            )
+        } else if builder.received > limits.received_headers {
+            (
+                554,
+                "5.4.6",
+                "Too many Received headers: mail loop detected".to_string(),
+            )
+        } else {
+            return None;
+        };
+        Some(SmtpReply::with(code, enh, text))
+    }
+
+    /// One RECEIVED record per accepted message: who sent it, how, and what
+    /// every hook decided — the start of `sluice trace`.
+    pub(super) fn record_received(
+        &mut self,
+        info: &TransactionInfo,
+        ids: &[String],
+        size: u64,
+        message_id: &Option<String>,
+    ) {
+        let mut metadata = std::collections::BTreeMap::new();
+        let mut steps = self.conn_trace.clone();
+        steps.append(&mut self.tx_trace);
+        if !steps.is_empty() {
+            metadata.insert("hooks".to_string(), steps.join("; "));
+        }
+        if let Some(h) = &self.info.helo {
+            metadata.insert("helo".to_string(), h.host.clone());
+        }
+        if let Some(t) = &self.info.tls {
+            metadata.insert("tls".to_string(), format!("{} {}", t.protocol, t.cipher));
+        }
+        if let Some(a) = &self.info.auth {
+            metadata.insert("auth".to_string(), a.username.clone());
+        }
+        metadata.insert("queue_ids".to_string(), ids.join(","));
+        let recipients: Vec<&str> = info
+            .recipients
+            .iter()
+            .map(|r| r.recipient.as_str())
+            .collect();
+        let rec = HistoryRecord::received(
+            &self.origin(),
+            &info.id,
+            &info.sender,
+            &recipients,
+            ids,
+            message_id.clone(),
+            size,
+            metadata,
+        );
+        // Off the reply path, batched with other sessions' records.
+        self.ctx.store.append_history_background(vec![rec]);
+    }
+
+    /// Commit what an eod script queued: one entry per `mail:queue` call,
+    /// bodies shared between calls that queued the same bytes.
+    pub(super) async fn queue_requests(
+        &self,
+        info: &TransactionInfo,
+        reqs: &[QueueRequest],
+        size: u64,
+    ) -> Result<Vec<String>, crate::store::StoreError> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut msgs: Vec<NewMessage> = Vec::new();
+        let mut ids = Vec::new();
+        for q in reqs {
+            let idx = match msgs.iter().position(|m| {
+                m.body.as_ptr() == q.message.as_ptr() && m.body.len() == q.message.len()
+            }) {
+                Some(i) => i,
+                None => {
+                    msgs.push(NewMessage {
+                        body_id: crate::ids::new_id(),
+                        body: q.message.clone(),
+                        entries: Vec::new(),
+                    });
+                    msgs.len() - 1
+                }
+            };
+            let notify = q
+                .dsn
+                .notify
+                .as_deref()
+                .map(|n| {
+                    n.split(',')
+                        .map(|s| s.trim().to_ascii_uppercase())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let orcpt = q.dsn.orcpt.as_deref().and_then(|o| {
+                o.split_once(';')
+                    .map(|(t, a)| (t.to_ascii_lowercase(), a.to_string()))
+            });
+            let recipients = vec![QueuedRecipient {
+                recipient: q.recipient.clone(),
+                transportid: q.transportid.clone(),
+                dsn: RecipientDsn { notify, orcpt },
+            }];
+            let entry_size = size.max(q.message.len() as u64);
+            let mut e = QueueEntry::accepted(
+                &info.id,
+                &q.sender,
+                recipients,
+                &q.transportid,
+                &msgs[idx].body_id,
+                entry_size,
+            );
+            e.id = q.queue_id.clone();
+            e.dsn = MessageDsn {
+                ret: q.dsn.ret.clone().or_else(|| info.dsn.ret.clone()),
+                envid: q.dsn.envid.clone().or_else(|| info.dsn.envid.clone()),
+            };
+            e.metadata = q.metadata.clone();
+            e.jobid = q.jobid.clone();
+            e.smtputf8 = info.smtputf8;
+            e.eight_bit = info.eight_bit;
+            e.client = self.client_info();
+            e.message_id = message_id_of(&q.message);
+            if q.hold {
+                e = e.held();
+            }
+            if let Some(d) = q.delay {
+                e = e.delayed(d);
+            }
+            msgs[idx].entries.push(e);
+            ids.push(q.queue_id.clone());
+        }
+        self.ctx.store.commit_messages(&msgs).await?;
+        Ok(ids)
+    }
+
+    pub(super) fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            ip: self.info.remoteip.clone(),
+            port: self.info.remoteport,
+            ptr: self.info.remoteptr.clone(),
+            helo: self.info.helo.as_ref().map(|h| h.host.clone()),
+            serverid: self.info.serverid.clone(),
+            tls: self
+                .info
+                .tls
+                .as_ref()
+                .map(|t| format!("{} {}", t.protocol, t.cipher)),
+            auth: self.info.auth.as_ref().map(|a| a.username.clone()),
+            connection: self.info.id.clone(),
+        }
+    }
+
+    /// One queue entry per transport, sharing one body; fsync'd on return.
+    pub(super) async fn queue_message(
+        &self,
+        info: &TransactionInfo,
+        body: Bytes,
+        size: u64,
+    ) -> Result<Vec<String>, crate::store::StoreError> {
+        let mut by_transport: BTreeMap<String, Vec<QueuedRecipient>> = BTreeMap::new();
+        for r in &info.recipients {
+            by_transport
+                .entry(r.transportid.clone())
+                .or_default()
+                .push(QueuedRecipient {
+                    recipient: r.recipient.clone(),
+                    transportid: r.transportid.clone(),
+                    dsn: r.dsn.clone(),
+                });
+        }
+        let body_id = crate::ids::new_id();
+        let message_id = message_id_of(&body);
+        let client = self.client_info();
+        let entries: Vec<QueueEntry> = by_transport
+            .into_iter()
+            .map(|(transportid, recipients)| {
+                let mut e = QueueEntry::accepted(
+                    &info.id,
+                    &info.sender,
+                    recipients,
+                    &transportid,
+                    &body_id,
+                    size,
+                );
+                e.dsn = info.dsn.clone();
+                e.smtputf8 = info.smtputf8;
+                e.eight_bit = info.eight_bit;
+                e.client = client.clone();
+                e.message_id = message_id.clone();
+                e
+            })
+            .collect();
+        let ids = entries.iter().map(|e| e.id.clone()).collect();
+        let msg = NewMessage {
+            body_id,
+            body,
+            entries,
+        };
+        self.ctx
+            .store
+            .commit_messages(std::slice::from_ref(&msg))
+            .await?;
+        Ok(ids)
+    }
+}
+
+/// The Message-ID header's value, if the header block has one.
+pub fn message_id_of(raw: &[u8]) -> Option<String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(raw.len());
+    let headers = &raw[..end];
+    let mut i = 0;
+    while i < headers.len() {
+        let line_end = headers[i..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|p| i + p)
+            .unwrap_or(headers.len());
+        let line = &headers[i..line_end];
+        if line.len() > 11 && line[..11].eq_ignore_ascii_case(b"message-id:") {
+            let mut v = String::from_utf8_lossy(&line[11..]).trim().to_string();
+            // Folded continuation lines.
+            let mut j = line_end + 2;
+            while j < headers.len() && (headers[j] == b' ' || headers[j] == b'\t') {
+                let e = headers[j..]
+                    .windows(2)
+                    .position(|w| w == b"\r\n")
+                    .map(|p| j + p)
+                    .unwrap_or(headers.len());
+                v.push_str(String::from_utf8_lossy(&headers[j..e]).trim());
+                j = e + 2;
+            }
+            let v = v.trim_start_matches('<').trim_end_matches('>').to_string();
+            return if v.is_empty() { None } else { Some(v) };
+        }
+        i = line_end + 2;
+    }
+    None
+}

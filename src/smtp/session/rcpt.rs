@@ -1,0 +1,145 @@
+//! RCPT TO: parameters (NOTIFY, ORCPT), the recipient limit, the rcptto
+//! hook and the relay rule. Only an explicit `Accept()` from the script
+//! takes a recipient past [`relay::permits`]; every refusal is recorded
+//! with the reply sent.
+
+use tracing::debug;
+
+use super::{relay, Decision, Flow, Session};
+use crate::envelope::{Address, RecipientDsn, RecipientInfo};
+use crate::policy::{Hook, HookArguments};
+use crate::proto::command;
+use crate::proto::reply::SmtpReply;
+
+impl Session {
+    pub(super) async fn cmd_rcpt(
+        &mut self,
+        address: String,
+        params: Vec<(String, String)>,
+    ) -> Flow {
+        let Some(tx) = self.tx.as_ref() else {
+            return self.error(503, "5.5.1", "Need MAIL command");
+        };
+        if tx.chunks.is_some() {
+            return self.error(503, "5.5.1", "RCPT not allowed after BDAT");
+        }
+        if !params.is_empty() && !self.extended {
+            return self.error(555, "5.5.4", "Parameters are not supported after HELO");
+        }
+        let smtputf8 = tx.info.smtputf8;
+        let mut dsn = RecipientDsn::default();
+        for (k, v) in &params {
+            match k.as_str() {
+                "NOTIFY" => {
+                    let items: Vec<String> = v.split(',').map(|s| s.to_ascii_uppercase()).collect();
+                    let valid = items
+                        .iter()
+                        .all(|i| matches!(i.as_str(), "NEVER" | "SUCCESS" | "FAILURE" | "DELAY"));
+                    let never_alone = !items.iter().any(|i| i == "NEVER") || items.len() == 1;
+                    let mut dedup = items.clone();
+                    dedup.sort();
+                    dedup.dedup();
+                    if !valid || !never_alone || dedup.len() != items.len() {
+                        return self.error(501, "5.5.4", "Malformed NOTIFY parameter");
+                    }
+                    dsn.notify = items;
+                }
+                "ORCPT" => {
+                    let parsed = v.split_once(';').and_then(|(t, a)| {
+                        let t = t.to_ascii_lowercase();
+                        if (t == "rfc822" || t == "utf-8") && !a.is_empty() {
+                            command::xtext_decode(a).map(|a| (t, a))
+                        } else {
+                            None
+                        }
+                    });
+                    match parsed {
+                        Some(p) => dsn.orcpt = Some(p),
+                        None => return self.error(501, "5.5.4", "Malformed ORCPT parameter"),
+                    }
+                }
+                _ => {
+                    return self.error(555, "5.5.4", &format!("Unsupported parameter {k}"));
+                }
+            }
+        }
+        if !address.is_ascii() && !smtputf8 {
+            return self.error(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+        }
+        let tx_info = tx.info.clone();
+        let rcpt = address.to_lowercase();
+        if tx_info.recipients.len() >= self.ctx.config.limits.recipients {
+            let reply = SmtpReply::with(452, "4.5.3", "Too many recipients");
+            return self.refuse("recipient limit", &tx_info, &reply, false, &[rcpt], 0);
+        }
+        let args = HookArguments::RcptTo {
+            address: rcpt.clone(),
+            params: command::params_map(&params),
+        };
+        let (decision, transportid) = self
+            .stage_for(
+                Hook::RcptTo,
+                args,
+                Some(tx_info.clone()),
+                std::slice::from_ref(&rcpt),
+                0,
+            )
+            .await;
+        let mut transportid = transportid.unwrap_or_else(|| "default".to_string());
+        let (rcpt, custom) = match decision {
+            Decision::Done(flow) => return flow,
+            // The script's explicit decision: accepted whatever the relay
+            // rule says, with Halon's rewrites.
+            Decision::Accepted { reply, rewrite } => {
+                if let Some(t) = rewrite.transportid {
+                    transportid = t;
+                }
+                let r = rewrite.recipient.unwrap_or(rcpt);
+                debug!(conn = %self.info.id, tx = %tx_info.id, to = %r, transport = %transportid, "recipient accepted by policy");
+                (r, reply)
+            }
+            // Everything else: the built-in rule decides.
+            Decision::Builtin(custom) => {
+                if !self.relay_permits(&rcpt) {
+                    let reply = SmtpReply::with(550, "5.7.1", "Relaying denied");
+                    let flow = self.refuse("relay rule", &tx_info, &reply, false, &[rcpt], 0);
+                    return match flow {
+                        Flow::Close => Flow::Close,
+                        Flow::Continue => self.count_error(),
+                    };
+                }
+                (rcpt, custom)
+            }
+        };
+        let Some(tx) = self.tx.as_mut() else {
+            return Flow::Continue;
+        };
+        if !tx.info.recipients.iter().any(|r| r.recipient == rcpt) {
+            tx.info.recipients.push(RecipientInfo {
+                address: Address::split(&rcpt),
+                recipient: rcpt,
+                params: command::params_map(&params),
+                transportid,
+                dsn,
+            });
+        }
+        match custom {
+            Some(r) => self.reply(&r),
+            None => self.send(250, "2.1.5", "Recipient OK"),
+        }
+        Flow::Continue
+    }
+
+    /// The built-in relay rule for one recipient address (a bare
+    /// `postmaster`, RFC 5321 §4.5.1, is always ours).
+    pub(super) fn relay_permits(&self, recipient: &str) -> bool {
+        let addr = Address::split(recipient);
+        addr.domain.is_empty()
+            || relay::permits(
+                &self.ctx.config.relay,
+                &addr.domain,
+                self.info.remoteip.parse().ok(),
+                self.info.auth.is_some(),
+            )
+    }
+}
