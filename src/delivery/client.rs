@@ -486,18 +486,7 @@ pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// RFC 3461 xtext.
-pub fn xtext_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
-    out
-}
+pub use crate::proto::params::xtext_encode;
 
 #[cfg(test)]
 mod tests {

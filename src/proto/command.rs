@@ -2,7 +2,8 @@
 //! 3030, 3461, 6152 and 6531). Pure functions over one command line; the
 //! session decides what a parsed command means in its current state.
 
-use std::collections::BTreeMap;
+use super::params::{MailParams, RcptParams};
+use super::reply::SmtpReply;
 
 /// A parsed command line. Addresses keep their original case; parameters are
 /// keyed by upper-case name, valueless parameters map to "".
@@ -12,11 +13,11 @@ pub enum Command {
     Helo(String),
     Mail {
         address: String,
-        params: Vec<(String, String)>,
+        params: MailParams,
     },
     Rcpt {
         address: String,
-        params: Vec<(String, String)>,
+        params: RcptParams,
     },
     Data,
     Bdat {
@@ -45,6 +46,8 @@ pub enum ParseError {
     Syntax(&'static str),
     /// 553 5.1.3 / 501: the address is malformed.
     BadAddress(&'static str),
+    /// A parameter is malformed or unknown: the reply to send.
+    Param(SmtpReply),
 }
 
 /// Verbs the server implements (the proxy hook by default sees the others).
@@ -96,12 +99,14 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
             let a = strip_prefix_ci(args, "FROM:")
                 .ok_or(ParseError::Syntax("use MAIL FROM:<address>"))?;
             let (address, params) = parse_path_and_params(a.trim_start(), true)?;
+            let params = MailParams::parse(params).map_err(|e| ParseError::Param(e.0))?;
             Ok(Command::Mail { address, params })
         }
         "RCPT" => {
             let a =
                 strip_prefix_ci(args, "TO:").ok_or(ParseError::Syntax("use RCPT TO:<address>"))?;
             let (address, params) = parse_path_and_params(a.trim_start(), false)?;
+            let params = RcptParams::parse(params).map_err(|e| ParseError::Param(e.0))?;
             Ok(Command::Rcpt { address, params })
         }
         "DATA" => no_args(Command::Data),
@@ -351,37 +356,7 @@ fn validate_mailbox(m: &str, is_mail: bool) -> Result<(), ParseError> {
     Ok(())
 }
 
-/// Decode RFC 3461 xtext ("+2B" escapes); None if malformed.
-pub fn xtext_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'+' {
-            let hex = s.get(i + 1..i + 3)?;
-            if !hex
-                .bytes()
-                .all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(&h))
-            {
-                return None;
-            }
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else if (33..=126).contains(&c) && c != b'=' {
-            out.push(c);
-            i += 1;
-        } else {
-            return None;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Parameters as the map scripts see.
-pub fn params_map(params: &[(String, String)]) -> BTreeMap<String, String> {
-    params.iter().cloned().collect()
-}
+pub use super::params::xtext_decode;
 
 #[cfg(test)]
 mod tests {
@@ -389,23 +364,32 @@ mod tests {
 
     #[test]
     fn mail_variants() {
+        let Command::Mail { address, params } =
+            parse("MAIL FROM:<a@b.c> SIZE=10 BODY=8BITMIME").unwrap()
+        else {
+            panic!("not MAIL")
+        };
+        assert_eq!(address, "a@b.c");
+        assert_eq!(params.size, Some(10));
+        assert_eq!(params.body, Some(super::super::params::Body::EightBitMime));
         assert_eq!(
-            parse("MAIL FROM:<a@b.c> SIZE=10 BODY=8BITMIME").unwrap(),
-            Command::Mail {
-                address: "a@b.c".into(),
-                params: vec![
-                    ("SIZE".into(), "10".into()),
-                    ("BODY".into(), "8BITMIME".into())
-                ]
-            }
+            params.raw,
+            vec![
+                ("SIZE".to_string(), "10".to_string()),
+                ("BODY".to_string(), "8BITMIME".to_string())
+            ]
         );
         assert_eq!(
             parse("mail from: <>").unwrap(),
             Command::Mail {
                 address: "".into(),
-                params: vec![]
+                params: MailParams::default()
             }
         );
+        assert!(matches!(
+            parse("MAIL FROM:<a@b> SIZE=big"),
+            Err(ParseError::Param(r)) if r.code == 501
+        ));
         assert!(matches!(parse("MAIL FROM:a@b"), Err(ParseError::Syntax(_))));
         assert!(matches!(parse("MAIL TO:<a@b>"), Err(ParseError::Syntax(_))));
         assert!(matches!(
@@ -424,7 +408,7 @@ mod tests {
             parse("MAIL FROM:<@x.y,@z:\"a b\"@[127.0.0.1]>").unwrap(),
             Command::Mail {
                 address: "\"a b\"@[127.0.0.1]".into(),
-                params: vec![]
+                params: MailParams::default()
             }
         );
     }

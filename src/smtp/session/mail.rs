@@ -7,70 +7,35 @@ use tracing::debug;
 use super::{now_secs, Decision, Flow, Session, Transaction};
 use crate::envelope::{Address, MessageDsn, TransactionInfo};
 use crate::policy::{Hook, HookArguments};
-use crate::proto::command;
+use crate::proto::params::{Body, MailParams};
 
 impl Session {
-    pub(super) async fn cmd_mail(
-        &mut self,
-        address: String,
-        params: Vec<(String, String)>,
-    ) -> Flow {
+    pub(super) async fn cmd_mail(&mut self, address: String, params: MailParams) -> Flow {
         if self.info.helo.is_none() {
             return self.error(503, "5.5.1", "Send HELO/EHLO first");
         }
         if self.tx.is_some() {
             return self.error(503, "5.5.1", "Nested MAIL command");
         }
-        if !params.is_empty() && !self.extended {
+        if !params.raw.is_empty() && !self.extended {
             return self.error(555, "5.5.4", "Parameters are not supported after HELO");
         }
-        let mut dsn = MessageDsn::default();
-        let mut eight_bit = false;
-        let mut smtputf8 = false;
-        for (k, v) in &params {
-            match k.as_str() {
-                "SIZE" => {
-                    let Ok(n) = v.parse::<u64>() else {
-                        return self.error(501, "5.5.4", "Syntax error in SIZE parameter");
-                    };
-                    if n > self.ctx.config.limits.message_size {
-                        return self.error(
-                            552,
-                            "5.3.4",
-                            "Message size exceeds fixed maximum message size",
-                        );
-                    }
-                }
-                "BODY" => match v.to_ascii_uppercase().as_str() {
-                    "7BIT" => {}
-                    "8BITMIME" => eight_bit = true,
-                    _ => return self.error(555, "5.5.4", "Unsupported BODY type"),
-                },
-                "SMTPUTF8" => {
-                    if !v.is_empty() {
-                        return self.error(501, "5.5.4", "SMTPUTF8 takes no value");
-                    }
-                    smtputf8 = true;
-                }
-                "RET" => match v.to_ascii_uppercase().as_str() {
-                    "FULL" | "HDRS" => dsn.ret = Some(v.to_ascii_uppercase()),
-                    _ => return self.error(501, "5.5.4", "RET must be FULL or HDRS"),
-                },
-                "ENVID" => match command::xtext_decode(v) {
-                    Some(d) if !v.is_empty() && v.len() <= 100 => dsn.envid = Some(d),
-                    _ => return self.error(501, "5.5.4", "Malformed ENVID"),
-                },
-                "AUTH" => {
-                    // RFC 4954 §5: accepted, and ignored for unauthenticated clients.
-                    if command::xtext_decode(v).is_none() {
-                        return self.error(501, "5.5.4", "Malformed AUTH parameter");
-                    }
-                }
-                _ => {
-                    return self.error(555, "5.5.4", &format!("Unsupported parameter {k}"));
-                }
-            }
+        if params
+            .size
+            .is_some_and(|n| n > self.ctx.config.limits.message_size)
+        {
+            return self.error(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            );
         }
+        let smtputf8 = params.smtputf8;
+        let eight_bit = params.body == Some(Body::EightBitMime);
+        let dsn = MessageDsn {
+            ret: params.ret.map(|r| r.as_str().to_string()),
+            envid: params.envid.clone(),
+        };
         if !address.is_ascii() && !smtputf8 {
             return self.error(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
         }
@@ -83,7 +48,7 @@ impl Session {
                 Address::split(&sender)
             },
             sender,
-            senderparams: command::params_map(&params),
+            senderparams: params.map(),
             recipients: Vec::new(),
             ts: now_secs(),
             dsn,

@@ -313,6 +313,10 @@ impl Session {
                 }
                 return self.error(501, "5.5.4", &format!("Syntax error: {why}"));
             }
+            Err(ParseError::Param(reply)) => {
+                self.reply(&reply);
+                return self.count_error();
+            }
             Err(ParseError::BadAddress(why)) => {
                 let enh = if command::verb_of(line) == "MAIL" {
                     "5.1.7"

@@ -8,61 +8,25 @@ use tracing::debug;
 use super::{relay, Decision, Flow, Session};
 use crate::envelope::{Address, RecipientDsn, RecipientInfo};
 use crate::policy::{Hook, HookArguments};
-use crate::proto::command;
+use crate::proto::params::RcptParams;
 use crate::proto::reply::SmtpReply;
 
 impl Session {
-    pub(super) async fn cmd_rcpt(
-        &mut self,
-        address: String,
-        params: Vec<(String, String)>,
-    ) -> Flow {
+    pub(super) async fn cmd_rcpt(&mut self, address: String, params: RcptParams) -> Flow {
         let Some(tx) = self.tx.as_ref() else {
             return self.error(503, "5.5.1", "Need MAIL command");
         };
         if tx.chunks.is_some() {
             return self.error(503, "5.5.1", "RCPT not allowed after BDAT");
         }
-        if !params.is_empty() && !self.extended {
+        if !params.raw.is_empty() && !self.extended {
             return self.error(555, "5.5.4", "Parameters are not supported after HELO");
         }
         let smtputf8 = tx.info.smtputf8;
-        let mut dsn = RecipientDsn::default();
-        for (k, v) in &params {
-            match k.as_str() {
-                "NOTIFY" => {
-                    let items: Vec<String> = v.split(',').map(|s| s.to_ascii_uppercase()).collect();
-                    let valid = items
-                        .iter()
-                        .all(|i| matches!(i.as_str(), "NEVER" | "SUCCESS" | "FAILURE" | "DELAY"));
-                    let never_alone = !items.iter().any(|i| i == "NEVER") || items.len() == 1;
-                    let mut dedup = items.clone();
-                    dedup.sort();
-                    dedup.dedup();
-                    if !valid || !never_alone || dedup.len() != items.len() {
-                        return self.error(501, "5.5.4", "Malformed NOTIFY parameter");
-                    }
-                    dsn.notify = items;
-                }
-                "ORCPT" => {
-                    let parsed = v.split_once(';').and_then(|(t, a)| {
-                        let t = t.to_ascii_lowercase();
-                        if (t == "rfc822" || t == "utf-8") && !a.is_empty() {
-                            command::xtext_decode(a).map(|a| (t, a))
-                        } else {
-                            None
-                        }
-                    });
-                    match parsed {
-                        Some(p) => dsn.orcpt = Some(p),
-                        None => return self.error(501, "5.5.4", "Malformed ORCPT parameter"),
-                    }
-                }
-                _ => {
-                    return self.error(555, "5.5.4", &format!("Unsupported parameter {k}"));
-                }
-            }
-        }
+        let dsn = RecipientDsn {
+            notify: params.notify_strings(),
+            orcpt: params.orcpt.clone(),
+        };
         if !address.is_ascii() && !smtputf8 {
             return self.error(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
         }
@@ -74,7 +38,7 @@ impl Session {
         }
         let args = HookArguments::RcptTo {
             address: rcpt.clone(),
-            params: command::params_map(&params),
+            params: params.map(),
         };
         let (decision, transportid) = self
             .stage_for(
@@ -118,7 +82,7 @@ impl Session {
             tx.info.recipients.push(RecipientInfo {
                 address: Address::split(&rcpt),
                 recipient: rcpt,
-                params: command::params_map(&params),
+                params: params.map(),
                 transportid,
                 dsn,
             });
