@@ -37,9 +37,9 @@ fn main() {
             .map(|k| HistoryRecord {
                 ts,
                 action: if k % 10 == 0 {
-                    "DEFER".into()
+                    sluice::store::history::HistoryAction::Defer
                 } else {
-                    "DELIVER".into()
+                    sluice::store::history::HistoryAction::Deliver
                 },
                 id: format!("q{k:010}"),
                 transaction: format!("t{:010}", k / 2),

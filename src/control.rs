@@ -244,23 +244,18 @@ pub fn queue_action(store: &Store, action: &str, id: &str) -> Result<Value, Stri
             e.metadata.insert("_bounce".into(), "operator".into());
         }
         "delete" => {
-            let (act, reason) = ("DELETE", "deleted by operator");
             let recs: Vec<_> = e
                 .recipients
                 .iter()
-                .map(|r| crate::store::history::HistoryRecord {
-                    ts: now_secs(),
-                    action: act.into(),
-                    id: e.id.clone(),
-                    transaction: e.transaction.clone(),
-                    message_id: e.message_id.clone(),
-                    sender: e.sender.clone(),
-                    recipient: r.recipient.clone(),
-                    transportid: e.transportid.clone(),
-                    size: e.size,
-                    reason: reason.into(),
-                    metadata: e.metadata.clone(),
-                    ..Default::default()
+                .map(|r| {
+                    let mut h = crate::store::history::HistoryRecord::for_entry(
+                        &e,
+                        &r.recipient,
+                        crate::store::history::HistoryAction::Delete,
+                        "deleted by operator".into(),
+                    );
+                    h.attempt = e.attempts;
+                    h
                 })
                 .collect();
             store.append_history(&recs).map_err(|e| e.to_string())?;

@@ -24,7 +24,7 @@ use crate::policy::{
     DeliveryInfo, DeliveryResult, Hook, HookArguments, HookInput, HookVerdict, PolicyEngine,
 };
 use crate::proto::reply::SmtpReply;
-use crate::store::history::HistoryRecord;
+use crate::store::history::{HistoryAction, HistoryRecord};
 use crate::store::queue::{NewMessage, QueueEntry, QueuedRecipient};
 use crate::store::Store;
 use client::{ClientError, Envelope, SmtpClient};
@@ -621,27 +621,10 @@ impl DeliveryService {
         &self,
         e: &QueueEntry,
         r: &QueuedRecipient,
-        action: &str,
+        action: HistoryAction,
         reason: String,
     ) -> HistoryRecord {
-        HistoryRecord {
-            ts: now_secs(),
-            action: action.to_string(),
-            id: e.id.clone(),
-            transaction: e.transaction.clone(),
-            message_id: e.message_id.clone(),
-            sender: e.sender.clone(),
-            recipient: r.recipient.clone(),
-            transportid: e.transportid.clone(),
-            size: e.size,
-            client_ip: e.client.ip.clone(),
-            serverid: e.client.serverid.clone(),
-            connection: e.client.connection.clone(),
-            reason,
-            metadata: e.metadata.clone(),
-            attempt: e.attempts + 1,
-            ..Default::default()
-        }
+        HistoryRecord::for_entry(e, &r.recipient, action, reason)
     }
 
     /// Record outcomes, bounce what failed, and remove or reschedule the entry.
@@ -673,7 +656,8 @@ impl DeliveryService {
                     ip,
                     dsn_relayed,
                 } => {
-                    let mut h = self.history_record(entry, r, "DELIVER", reply.to_string());
+                    let mut h =
+                        self.history_record(entry, r, HistoryAction::Deliver, reply.to_string());
                     h.remote_host = Some(host.clone());
                     h.remote_ip = Some(ip);
                     h.transportid = transportid.to_string();
@@ -683,7 +667,8 @@ impl DeliveryService {
                     }
                 }
                 Outcome::Failed { reply, host, ip } => {
-                    let mut h = self.history_record(entry, r, "ERROR", reply.to_string());
+                    let mut h =
+                        self.history_record(entry, r, HistoryAction::Error, reply.to_string());
                     h.remote_host = host.clone();
                     h.remote_ip = ip;
                     history.push(h);
@@ -696,13 +681,15 @@ impl DeliveryService {
                             "4.4.7",
                             format!("delivery time expired; last error: {reason}"),
                         );
-                        let mut h = self.history_record(entry, r, "ERROR", reply.to_string());
+                        let mut h =
+                            self.history_record(entry, r, HistoryAction::Error, reply.to_string());
                         h.remote_host = host.clone();
                         h.remote_ip = ip;
                         history.push(h);
                         failed.push((r.clone(), reply, host));
                     } else {
-                        let mut h = self.history_record(entry, r, "DEFER", reason.clone());
+                        let mut h =
+                            self.history_record(entry, r, HistoryAction::Defer, reason.clone());
                         h.remote_host = host;
                         h.remote_ip = ip;
                         h.next_retry = Some(now + backoff);
@@ -714,7 +701,7 @@ impl DeliveryService {
             }
         }
         for h in &history {
-            crate::metrics::delivery_attempt(&h.action, transportid);
+            crate::metrics::delivery_attempt(h.action.as_str(), transportid);
             info!(
                 queue = %entry.id, tx = %entry.transaction, action = %h.action, to = %h.recipient,
                 relay = %h.remote_host.as_deref().unwrap_or("-"), reason = %h.reason, "delivery"

@@ -272,7 +272,7 @@ pub struct QueueDsn {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryRequest {
     /// REJECT, DELETE, DELIVER, DEFER or ERROR.
-    pub action: String,
+    pub action: crate::store::history::HistoryAction,
     pub recipient: String,
     pub sender: Option<String>,
     pub metadata: BTreeMap<String, String>,

@@ -12,13 +12,78 @@ use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
 
+/// What a history record says happened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HistoryAction {
+    /// The message was accepted and queued (one record, all recipients).
+    #[default]
+    Received,
+    /// Refused for good: a 5xx at SMTP time, or by a script.
+    Reject,
+    /// Refused for now: a 4xx at SMTP time, or a delivery attempt to retry.
+    Defer,
+    /// Handed to the next hop.
+    Deliver,
+    /// Delivery failed for good (bounced).
+    Error,
+    /// Removed by an operator (or a script).
+    Delete,
+}
+
+impl HistoryAction {
+    pub const ALL: [HistoryAction; 6] = [
+        HistoryAction::Received,
+        HistoryAction::Reject,
+        HistoryAction::Defer,
+        HistoryAction::Deliver,
+        HistoryAction::Error,
+        HistoryAction::Delete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryAction::Received => "RECEIVED",
+            HistoryAction::Reject => "REJECT",
+            HistoryAction::Defer => "DEFER",
+            HistoryAction::Deliver => "DELIVER",
+            HistoryAction::Error => "ERROR",
+            HistoryAction::Delete => "DELETE",
+        }
+    }
+
+    /// "reject" → `Reject` (case-insensitive).
+    pub fn parse(s: &str) -> Option<HistoryAction> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl std::fmt::Display for HistoryAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for HistoryAction {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for HistoryAction {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// What happened to one recipient of one message.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HistoryRecord {
     /// Unix seconds.
     pub ts: f64,
-    /// REJECT | DELETE | DELIVER | DEFER | ERROR
-    pub action: String,
+    pub action: HistoryAction,
     /// Queue id, when the message was queued.
     #[serde(default)]
     pub id: String,
@@ -63,10 +128,10 @@ pub struct SmtpOrigin {
 }
 
 impl HistoryRecord {
-    fn from_smtp(origin: &SmtpOrigin, action: &str) -> HistoryRecord {
+    fn from_smtp(origin: &SmtpOrigin, action: HistoryAction) -> HistoryRecord {
         HistoryRecord {
             ts: now_secs(),
-            action: action.to_string(),
+            action,
             client_ip: origin.client_ip.clone(),
             serverid: origin.serverid.clone(),
             connection: origin.connection.clone(),
@@ -86,9 +151,9 @@ impl HistoryRecord {
         reply: &crate::proto::reply::SmtpReply,
     ) -> HistoryRecord {
         let action = if reply.is_permanent() {
-            "REJECT"
+            HistoryAction::Reject
         } else {
-            "DEFER"
+            HistoryAction::Defer
         };
         HistoryRecord {
             transaction: transaction.to_string(),
@@ -121,7 +186,7 @@ impl HistoryRecord {
             size,
             reason: format!("queued as {}", queue_ids.join(",")),
             metadata,
-            ..Self::from_smtp(origin, "RECEIVED")
+            ..Self::from_smtp(origin, HistoryAction::Received)
         }
     }
 
@@ -131,7 +196,7 @@ impl HistoryRecord {
         origin: &SmtpOrigin,
         transaction: &str,
         sender: &str,
-        action: &str,
+        action: HistoryAction,
         recipient: &str,
         transportid: &str,
         reason: &str,
@@ -145,6 +210,37 @@ impl HistoryRecord {
             reason: reason.to_string(),
             metadata,
             ..Self::from_smtp(origin, action)
+        }
+    }
+}
+
+impl HistoryRecord {
+    /// An outcome for one recipient of a queued entry (delivery, an
+    /// operator's delete): the entry's envelope and client, attempt number
+    /// `attempts + 1`.
+    pub fn for_entry(
+        e: &super::queue::QueueEntry,
+        recipient: &str,
+        action: HistoryAction,
+        reason: String,
+    ) -> HistoryRecord {
+        HistoryRecord {
+            ts: now_secs(),
+            action,
+            id: e.id.clone(),
+            transaction: e.transaction.clone(),
+            message_id: e.message_id.clone(),
+            sender: e.sender.clone(),
+            recipient: recipient.to_string(),
+            transportid: e.transportid.clone(),
+            size: e.size,
+            client_ip: e.client.ip.clone(),
+            serverid: e.client.serverid.clone(),
+            connection: e.client.connection.clone(),
+            reason,
+            metadata: e.metadata.clone(),
+            attempt: e.attempts + 1,
+            ..Default::default()
         }
     }
 }
@@ -164,7 +260,7 @@ fn index_keys(hid: &str, r: &HistoryRecord) -> Vec<Vec<u8>> {
         ("rcpt", &r.recipient),
         ("domain", domain),
         ("sender", &r.sender),
-        ("action", &r.action),
+        ("action", r.action.as_str()),
         ("id", &r.id),
         ("tx", &r.transaction),
         ("msgid", r.message_id.as_deref().unwrap_or("")),
@@ -227,7 +323,7 @@ impl HistoryQuery {
             && eq(&self.sender, &r.sender)
             && eq(&self.recipient, &r.recipient)
             && eq(&self.domain, domain)
-            && eq(&self.action, &r.action)
+            && eq(&self.action, r.action.as_str())
             && self.id.as_ref().is_none_or(|id| {
                 r.id == *id
                     || r.transaction == *id
@@ -453,7 +549,7 @@ mod tests {
     fn rec(action: &str, rcpt: &str, id: &str, ts: f64) -> HistoryRecord {
         HistoryRecord {
             ts,
-            action: action.into(),
+            action: HistoryAction::parse(action).unwrap(),
             id: id.into(),
             transaction: format!("tx-{id}"),
             message_id: Some(format!("{id}@example.net")),

@@ -303,7 +303,7 @@ mod tests {
     fn record(action: &str, id: &str) -> HistoryRecord {
         HistoryRecord {
             ts: 1_700_000_000.0,
-            action: action.into(),
+            action: super::history::HistoryAction::parse(action).unwrap(),
             id: id.into(),
             transaction: format!("t{id}"),
             sender: "a@example.net".into(),

@@ -5,19 +5,22 @@ use mlua::{Lua, Table, Value};
 
 use super::{address_arg, string_map, with_run};
 use crate::policy::HistoryRequest;
+use crate::store::history::HistoryAction;
 
 pub const ACTIONS: [&str; 5] = ["REJECT", "DELETE", "DELIVER", "DEFER", "ERROR"];
 
 pub fn register(lua: &Lua) -> mlua::Result<()> {
     let f = lua.create_function(
         |lua, (action, recipient, opts): (String, Value, Option<Table>)| -> mlua::Result<bool> {
-            let action = action.to_ascii_uppercase();
-            if !ACTIONS.contains(&action.as_str()) {
-                return Err(mlua::Error::runtime(format!(
-                    "History(): action {action:?} is not one of {}",
-                    ACTIONS.join(", ")
-                )));
-            }
+            let action = match HistoryAction::parse(&action) {
+                Some(a) if ACTIONS.contains(&a.as_str()) => a,
+                _ => {
+                    return Err(mlua::Error::runtime(format!(
+                        "History(): action {action:?} is not one of {}",
+                        ACTIONS.join(", ")
+                    )))
+                }
+            };
             let recipient = address_arg(&recipient, "History(): recipient")?;
             let mut req = HistoryRequest {
                 action,

@@ -516,7 +516,7 @@ impl Session {
                         &origin,
                         &txid,
                         h.sender.as_deref().unwrap_or(&sender),
-                        &h.action,
+                        h.action,
                         &h.recipient,
                         h.transportid.as_deref().unwrap_or_default(),
                         h.reason.as_deref().unwrap_or_default(),
