@@ -241,7 +241,7 @@ pub fn queue_action(store: &Store, action: &str, id: &str) -> Result<Value, Stri
         "bounce" => {
             e.state = QueueState::Queued;
             e.next_attempt = now_secs();
-            e.metadata.insert("_bounce".into(), "operator".into());
+            e.control.bounce_requested = true;
         }
         "delete" => {
             let recs: Vec<_> = e

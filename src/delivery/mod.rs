@@ -226,7 +226,7 @@ impl DeliveryService {
         // predelivery may reroute, hold off or cancel.
         let mut transportid = entry.transportid.clone();
         let mut forced: Option<Outcome> = None;
-        if entry.metadata.remove("_bounce").is_some() {
+        if std::mem::take(&mut entry.control.bounce_requested) {
             forced = Some(Outcome::Failed {
                 reply: SmtpReply::with(550, "5.0.0", "bounced by the operator"),
                 host: None,
@@ -343,10 +343,17 @@ impl DeliveryService {
             {
                 // The script may word this entry's report:
                 // context.bounce_subject / context.bounce_text.
-                for key in ["bounce_subject", "bounce_text"] {
-                    if let Some(v) = out.context.get(key).and_then(|v| v.as_str()) {
-                        entry.metadata.insert(format!("_{key}"), v.to_string());
-                    }
+                let word = |key: &str| {
+                    out.context
+                        .get(key)
+                        .and_then(|v| v.as_str())
+                        .map(String::from)
+                };
+                if let Some(v) = word("bounce_subject") {
+                    entry.control.bounce_subject = Some(v);
+                }
+                if let Some(v) = word("bounce_text") {
+                    entry.control.bounce_text = Some(v);
                 }
                 for o in outcomes.iter_mut() {
                     match (&out.verdict, &o) {
@@ -796,16 +803,21 @@ impl DeliveryService {
         let (subject, text) = dsn::default_text(action);
         let q = &self.config.queue;
         // A postdelivery script's wording for this entry, then the config's.
-        let per_entry = |k: &str| entry.metadata.get(k).map(|s| s.as_str());
         let subject = if action == "failed" {
-            per_entry("_bounce_subject")
+            entry
+                .control
+                .bounce_subject
+                .as_deref()
                 .or(q.bounce_subject.as_deref())
                 .unwrap_or(subject)
         } else {
             subject
         };
         let text = if action == "failed" {
-            per_entry("_bounce_text")
+            entry
+                .control
+                .bounce_text
+                .as_deref()
                 .or(q.bounce_text.as_deref())
                 .unwrap_or(text)
         } else {

@@ -96,6 +96,27 @@ pub struct QueueEntry {
     /// A delay DSN was already sent (NOTIFY=DELAY is honoured once).
     #[serde(default)]
     pub delay_notified: bool,
+    /// What the operator and the delivery hooks asked of this entry — kept
+    /// apart from `metadata`, which is the scripts' own.
+    #[serde(default, skip_serializing_if = "EntryControl::is_empty")]
+    pub control: EntryControl,
+}
+
+/// Control data of a queue entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EntryControl {
+    /// `sluice queue bounce`: fail it at the next attempt.
+    pub bounce_requested: bool,
+    /// A postdelivery script's wording of this entry's failure report.
+    pub bounce_subject: Option<String>,
+    pub bounce_text: Option<String>,
+}
+
+impl EntryControl {
+    pub fn is_empty(&self) -> bool {
+        *self == EntryControl::default()
+    }
 }
 
 impl QueueEntry {
@@ -135,6 +156,7 @@ impl QueueEntry {
             message_id: None,
             last_error: None,
             delay_notified: false,
+            control: EntryControl::default(),
         }
     }
 
@@ -483,32 +505,22 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn entry(id: &str, body: &str) -> QueueEntry {
-        QueueEntry {
-            id: id.into(),
-            transaction: "t".into(),
-            state: QueueState::Queued,
-            sender: "a@b".into(),
-            recipients: vec![QueuedRecipient {
+        let mut e = QueueEntry::accepted(
+            "t",
+            "a@b",
+            vec![QueuedRecipient {
                 recipient: "c@d".into(),
                 transportid: "default".into(),
                 dsn: Default::default(),
             }],
-            transportid: "default".into(),
-            dsn: Default::default(),
-            metadata: Default::default(),
-            jobid: None,
-            received_at: 1.0,
-            next_attempt: 1.0,
-            attempts: 0,
-            size: 3,
-            body: body.into(),
-            smtputf8: false,
-            eight_bit: false,
-            client: Default::default(),
-            message_id: None,
-            last_error: None,
-            delay_notified: false,
-        }
+            "default",
+            body,
+            3,
+        );
+        e.id = id.into();
+        e.received_at = 1.0;
+        e.next_attempt = 1.0;
+        e
     }
 
     /// A message with one entry `id` whose body `body_id` holds `bytes`.
