@@ -329,7 +329,7 @@ async fn route(req: &Request, shared: &Shared) -> Response {
     match req.path.as_str() {
         "/metrics" => {
             let store = shared.store.clone();
-            let queue = tokio::task::spawn_blocking(move || crate::metrics::queue_by_state(&store))
+            let queue = tokio::task::spawn_blocking(move || store.count_by_state())
                 .await
                 .ok();
             Response::text(

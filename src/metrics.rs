@@ -19,7 +19,6 @@ use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use crate::policy::{Hook, VerdictKind};
-use crate::store::Store;
 
 const RELAXED: Ordering = Ordering::Relaxed;
 
@@ -257,27 +256,9 @@ fn label_value(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Queue entries by state, read from the store (a scan of the queue tree
-/// decoding only the state; run it off the async threads).
-pub fn queue_by_state(store: &Store) -> BTreeMap<&'static str, u64> {
-    #[derive(serde::Deserialize)]
-    struct StateOnly {
-        state: crate::store::queue::QueueState,
-    }
-    let mut out: BTreeMap<&'static str, u64> = [("queued", 0), ("held", 0), ("active", 0)]
-        .into_iter()
-        .collect();
-    let (queue, _, _) = store.trees();
-    for (_, v) in queue.iter().flatten() {
-        if let Ok(s) = serde_json::from_slice::<StateOnly>(&v) {
-            *out.entry(s.state.as_str()).or_default() += 1;
-        }
-    }
-    out
-}
-
 /// The whole registry in Prometheus text format. `queue` is the result of
-/// [`queue_by_state`] (None: the queue gauge is left out).
+/// [`Store::count_by_state`](crate::store::Store::count_by_state) (None:
+/// the queue gauge is left out).
 pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
     let m = &*GLOBAL;
     let mut out = String::with_capacity(16 * 1024);

@@ -66,7 +66,7 @@ pub struct DeliveryService {
     config: Arc<Config>,
     store: Store,
     policy: Arc<PolicyEngine>,
-    dns: crate::policy::api::dns::Dns,
+    dns: crate::scan::dns::Dns,
     tls: HashMap<String, Arc<rustls::ClientConfig>>,
     inflight: Mutex<HashSet<String>>,
     active: Arc<Semaphore>,
@@ -95,7 +95,7 @@ impl DeliveryService {
             per_transport.insert(name.clone(), Arc::new(Semaphore::new(t.concurrency)));
         }
         Ok(Arc::new(DeliveryService {
-            dns: crate::policy::api::dns::Dns::new(&config.dns),
+            dns: crate::scan::dns::Dns::new(&config.dns),
             active: Arc::new(Semaphore::new(config.queue.max_active.max(1))),
             config,
             store,

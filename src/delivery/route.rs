@@ -6,8 +6,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::{split_host_port, TransportConfig};
-use crate::policy::api::dns::Dns;
 use crate::proto::reply::SmtpReply;
+use crate::scan::dns::Dns;
 use crate::scan::dns::LookupError;
 
 #[derive(Debug)]

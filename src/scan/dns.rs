@@ -469,6 +469,43 @@ pub fn format_rdata(r: &RData) -> String {
     }
 }
 
+/// A resolver built on first use from `[dns]`: what the policy engine (per
+/// config epoch) and the delivery code (MX look-ups) each hold one of.
+pub struct Dns {
+    cfg: DnsConfig,
+    resolver: std::sync::OnceLock<Result<Arc<Resolver>, String>>,
+}
+
+impl Dns {
+    pub fn new(cfg: &DnsConfig) -> Dns {
+        Dns {
+            cfg: cfg.clone(),
+            resolver: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The shared resolver (built on first use).
+    pub fn resolver(&self) -> Result<&Arc<Resolver>, String> {
+        self.resolver
+            .get_or_init(|| Resolver::new(&self.cfg).map(Arc::new))
+            .as_ref()
+            .map_err(|e| e.clone())
+    }
+
+    /// Records of `name`/`rtype` in presentation form.
+    pub async fn query(&self, name: &str, rtype: &str) -> Result<Vec<String>, String> {
+        let resolver = self.resolver()?;
+        resolver.query(name, rtype).await.map_err(|e| e.to_string())
+    }
+
+    /// Forward-confirmed reverse DNS: a PTR name of `ip` whose A/AAAA
+    /// records include `ip` (the first one that does), else None.
+    pub async fn fcrdns(&self, ip: IpAddr) -> Option<String> {
+        let resolver = self.resolver().ok()?;
+        resolver.fcrdns(ip).await.ok().flatten()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -241,6 +241,26 @@ impl Store {
         Ok(())
     }
 
+    /// Queue entries by state ("queued", "held", "active"), decoding only the
+    /// state of each (a scan: run it off the async threads). For the metrics,
+    /// which receive numbers and never read sled themselves.
+    pub fn count_by_state(&self) -> BTreeMap<&'static str, u64> {
+        #[derive(serde::Deserialize)]
+        struct StateOnly {
+            state: QueueState,
+        }
+        let mut out: BTreeMap<&'static str, u64> = [("queued", 0), ("held", 0), ("active", 0)]
+            .into_iter()
+            .collect();
+        let (queue, _, _) = self.trees();
+        for (_, v) in queue.iter().flatten() {
+            if let Ok(s) = serde_json::from_slice::<StateOnly>(&v) {
+                *out.entry(s.state.as_str()).or_default() += 1;
+            }
+        }
+        out
+    }
+
     /// The write without waiting for the flush; all or nothing per message
     /// once flushed.
     ///

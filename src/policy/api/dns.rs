@@ -4,53 +4,17 @@
 //! while the query is in flight. `type` defaults to "A"; a PTR query accepts
 //! an IP address. `dns.fcrdns(ip)` → the forward-confirmed PTR name or nil.
 //!
-//! One [`Resolver`](crate::scan::dns::Resolver) per config epoch, built on
-//! first use from `[dns]` (empty `nameservers` = /etc/resolv.conf) and shared
-//! with the sender checks (SPF, DKIM, DMARC, DNSBL…).
+//! One [`Dns`] per config epoch, built on first use from `[dns]` (empty
+//! `nameservers` = /etc/resolv.conf) and shared with the sender checks (SPF,
+//! DKIM, DMARC, DNSBL…).
 
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use mlua::{Lua, Value};
 
 use super::Shared;
-use crate::config::DnsConfig;
-use crate::scan::dns::Resolver;
-
-pub struct Dns {
-    cfg: DnsConfig,
-    resolver: OnceLock<Result<Arc<Resolver>, String>>,
-}
-
-impl Dns {
-    pub fn new(cfg: &DnsConfig) -> Dns {
-        Dns {
-            cfg: cfg.clone(),
-            resolver: OnceLock::new(),
-        }
-    }
-
-    /// The shared resolver (built on first use).
-    pub fn resolver(&self) -> Result<&Arc<Resolver>, String> {
-        self.resolver
-            .get_or_init(|| Resolver::new(&self.cfg).map(Arc::new))
-            .as_ref()
-            .map_err(|e| e.clone())
-    }
-
-    /// Records of `name`/`rtype` in presentation form.
-    pub async fn query(&self, name: &str, rtype: &str) -> Result<Vec<String>, String> {
-        let resolver = self.resolver()?;
-        resolver.query(name, rtype).await.map_err(|e| e.to_string())
-    }
-
-    /// Forward-confirmed reverse DNS: a PTR name of `ip` whose A/AAAA
-    /// records include `ip` (the first one that does), else None.
-    pub async fn fcrdns(&self, ip: IpAddr) -> Option<String> {
-        let resolver = self.resolver().ok()?;
-        resolver.fcrdns(ip).await.ok().flatten()
-    }
-}
+pub use crate::scan::dns::Dns;
 
 pub fn register(lua: &Lua) -> mlua::Result<()> {
     let t = lua.create_table()?;
