@@ -505,7 +505,8 @@ async fn policy_then_lua_script() {
     let mut cfg = Config::default();
     cfg.scripts.lib_path = vec![PathBuf::from("lib-lua")];
     cfg.scripts.rcptto = Some(lua);
-    let engine = PolicyEngine::load_with(&cfg, &c.script_sources()).unwrap();
+    cfg.scripts.axigen = vec![policy.clone()];
+    let engine = PolicyEngine::load(&cfg).unwrap();
     let run = |addr: &str| {
         engine.run(
             Hook::RcptTo,
