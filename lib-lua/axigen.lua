@@ -291,7 +291,7 @@ getters.totalmailsize = function(self) return self.st.counters.size or 0 end
 
 getters.mailfrom = function(self)
   if self.hook == "mailfrom" then
-    return args(self).address
+    return args(self).sender
   elseif delivery(self) then
     return args(self).sender
   end
@@ -328,7 +328,7 @@ getters.rcptcount = function(self)
 end
 getters.currentrcpt = function(self)
   if self.hook == "rcptto" then
-    return args(self).address
+    return args(self).recipient
   end
   return ""
 end
@@ -1105,7 +1105,7 @@ function Ax:finish()
     end
   elseif h == "rcptto" then
     local t = self.env.transaction
-    local orig = lower(str(args(self).address))
+    local orig = lower(str(args(self).recipient))
     local max = session_number(self, "maxrcptcount")
     local have = (t and t.recipients and #t.recipients or 0) + #st.txn.added
     if max and have >= max and not self.discard then

@@ -75,7 +75,7 @@ pub struct TestScriptArgs {
     #[arg(long)]
     pub message: Option<PathBuf>,
     /// Envelope and arguments as JSON, e.g.
-    /// '{"connection":{"remoteip":"192.0.2.1"},"transaction":{"sender":"a@b"},"arguments":{"address":"x@y"}}'
+    /// '{"connection":{"remoteip":"192.0.2.1"},"transaction":{"sender":"a@b"},"arguments":{"recipient":"x@y"}}'
     #[arg(long, default_value = "{}")]
     pub envelope: String,
 }

@@ -334,18 +334,40 @@ async fn arguments_and_envelope_are_visible() {
     params.insert("SIZE".to_string(), "99".to_string());
     let o = run1(
         Hook::MailFrom,
-        "Reply(arguments.address .. ' ' .. arguments.params.SIZE)",
+        "Reply(arguments.sender .. ' ' .. arguments.address.localpart .. ' ' .. arguments.address.domain .. ' ' .. arguments.params.SIZE)",
         HookArguments::MailFrom {
-            address: "a@b.c".into(),
+            address: "A@B.c".into(),
             params,
         },
     )
     .await;
-    assert_eq!(reply_of(&o).lines, vec!["a@b.c 99"]);
+    assert_eq!(reply_of(&o).lines, vec!["a@b.c a b.c 99"]);
+    // The null sender: "" and no address.
+    let o = run1(
+        Hook::MailFrom,
+        "Reply('[' .. arguments.sender .. '] ' .. tostring(arguments.address))",
+        HookArguments::MailFrom {
+            address: String::new(),
+            params: BTreeMap::new(),
+        },
+    )
+    .await;
+    assert_eq!(reply_of(&o).lines, vec!["[] nil"]);
+    // A recipient without a domain (postmaster).
+    let o = run1(
+        Hook::RcptTo,
+        "Reply(arguments.recipient .. ' [' .. arguments.address.localpart .. '] [' .. arguments.address.domain .. ']')",
+        HookArguments::RcptTo {
+            address: "PostMaster".into(),
+            params: BTreeMap::new(),
+        },
+    )
+    .await;
+    assert_eq!(reply_of(&o).lines, vec!["postmaster [postmaster] []"]);
 
     let t = T::with(
         Hook::RcptTo,
-        "Reply(transaction.sender .. ' ' .. transaction.senderaddress.domain .. ' ' .. transaction.senderparams.SIZE .. ' ' .. #transaction.recipients .. ' ' .. transaction.recipients[1].address.localpart .. ' ' .. arguments.address)",
+        "Reply(transaction.sender .. ' ' .. transaction.senderaddress.domain .. ' ' .. transaction.senderparams.SIZE .. ' ' .. #transaction.recipients .. ' ' .. transaction.recipients[1].address.localpart .. ' ' .. arguments.recipient .. ' ' .. arguments.address.localpart .. ' ' .. arguments.address.domain)",
     );
     let mut i = input(HookArguments::RcptTo {
         address: "carol@example.org".into(),
@@ -355,7 +377,7 @@ async fn arguments_and_envelope_are_visible() {
     let o = t.engine().run(Hook::RcptTo, i).await;
     assert_eq!(
         reply_of(&o).lines,
-        vec!["alice@example.com example.com 1234 1 bob carol@example.org"]
+        vec!["alice@example.com example.com 1234 1 bob carol@example.org carol example.org"]
     );
 }
 
@@ -1031,7 +1053,7 @@ async fn history_requests_are_kept_on_reject() {
 async fn rcptto_sets_transport() {
     let t = T::with(
         Hook::RcptTo,
-        "if arguments.address:match('@lmtp%.example$') then Pass({transportid = 'lmtp'}) end",
+        "if arguments.address.domain == 'lmtp.example' then Pass({transportid = 'lmtp'}) end",
     );
     let e = t.engine();
     let o = e
@@ -1773,7 +1795,7 @@ async fn extra_sources_run_before_the_file() {
     let o = e.run(Hook::RcptTo, input(args())).await;
     assert_eq!(o.context, json!({"order": "axigen,file"}), "{:?}", o.error);
     // A verdict ends the chain.
-    let src = "if arguments.address:find('spam') then Reject('axigen says no') end";
+    let src = "if arguments.recipient:find('spam') then Reject('axigen says no') end";
     let e = PolicyEngine::load_with(&t.cfg, &extra(src)).unwrap();
     let o = e.run(Hook::RcptTo, input(args())).await;
     assert_eq!(reply_of(&o).lines, vec!["axigen says no"]);
