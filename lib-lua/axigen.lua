@@ -27,6 +27,17 @@
 --   require("axigen").local_domains = {"example.org", …}
 --       makes isRcptDomainLocal / isRcptLocal known and lets
 --       localDelivery / remoteDelivery (when a policy sets them) decide.
+--
+-- Relaying: Sluice's built-in relay rule (relay.domains,
+-- relay.trusted_networks, an authenticated session) decides every
+-- recipient unless an rcptto script explicitly calls Accept(). This runtime
+-- never does: smtpAction "accept" in onRcptTo (or a filter that accepts)
+-- ends the hook with Pass(), so the built-in rule still decides. A policy
+-- can only narrow relaying: remoteDelivery / localDelivery "none" (or "no")
+-- refuse non-local / local recipients, "auth" refuses them for clients that
+-- did not authenticate. Recipients added by addRcpt or rewritten through
+-- currentRcpt are queued with mail:queue at end of data, where the server
+-- applies the same rule.
 --   require("axigen").filters.NAME = function(f) … return action, text end
 --       a filter addFilter can add and executeFilters runs; `f` has
 --       get(variable), mail, event, hook. action: accept, continue,
@@ -291,7 +302,7 @@ getters.totalmailsize = function(self) return self.st.counters.size or 0 end
 
 getters.mailfrom = function(self)
   if self.hook == "mailfrom" then
-    return args(self).address
+    return args(self).sender
   elseif delivery(self) then
     return args(self).sender
   end
@@ -328,7 +339,7 @@ getters.rcptcount = function(self)
 end
 getters.currentrcpt = function(self)
   if self.hook == "rcptto" then
-    return args(self).address
+    return args(self).recipient
   end
   return ""
 end
@@ -1105,7 +1116,7 @@ function Ax:finish()
     end
   elseif h == "rcptto" then
     local t = self.env.transaction
-    local orig = lower(str(args(self).address))
+    local orig = lower(str(args(self).recipient))
     local max = session_number(self, "maxrcptcount")
     local have = (t and t.recipients and #t.recipients or 0) + #st.txn.added
     if max and have >= max and not self.discard then
@@ -1119,7 +1130,7 @@ function Ax:finish()
       if rule ~= nil then
         rule = lower(trim(rule))
         local authed = getters.authuser(self)
-        if rule == "none" or (rule == "auth" and (authed == nil or authed == "")) then
+        if rule == "none" or rule == "no" or (rule == "auth" and (authed == nil or authed == "")) then
           Reject(is_local and "Local delivery is not allowed" or "Relaying denied",
             { reply_codes = { code = 550, enhanced = "5.7.1" } })
         end
@@ -1170,6 +1181,8 @@ function Ax:finish()
       end
     end
   end
+  -- "accept" never becomes Accept() before end of data: in rcptto that
+  -- would be an explicit relay decision (see the top of this file).
   if self.accepted and h ~= "postdelivery" then
     Pass()
   end

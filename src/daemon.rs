@@ -15,23 +15,6 @@ use crate::smtp::server::{self, RunningServer};
 use crate::store::Store;
 use crate::tls::{self, TlsStore};
 
-/// Compile the `[scripts] axigen` policies; warnings are logged, errors
-/// (all of them, with file:line:col) fail the load.
-pub fn axigen_sources(config: &Config) -> anyhow::Result<Vec<crate::policy::ScriptSource>> {
-    match crate::axigen::config_sources(&config.scripts.axigen) {
-        Ok((sources, warnings)) => {
-            for w in warnings {
-                warn!("{w}");
-            }
-            Ok(sources)
-        }
-        Err(errors) => Err(anyhow::anyhow!(
-            "Axigen policy errors:\n{}",
-            crate::axigen::render_diagnostics(&errors)
-        )),
-    }
-}
-
 pub struct Daemon {
     pub server: RunningServer,
     delivery_stop: tokio::sync::watch::Sender<bool>,
@@ -65,8 +48,7 @@ impl Daemon {
             // Optional: STARTTLS is simply not offered without a certificate.
             TlsStore::new(tls::server_config(&config.tls).ok())
         };
-        let sources = axigen_sources(&config)?;
-        let policy = PolicyEngine::load_with(&config, &sources).context("loading scripts")?;
+        let policy = PolicyEngine::load(&config).context("loading scripts")?;
         let reload: ReloadFn = {
             let config = config.clone();
             let tls_store = tls_store.clone();
@@ -77,11 +59,11 @@ impl Daemon {
                 policy
                     .reload(&config)
                     .map_err(|e| format!("scripts: {e}"))?;
-                done.push("scripts");
+                done.push(policy.sources().summary());
                 if config.tls.certificate.exists() {
                     let sc = tls::server_config(&config.tls).map_err(|e| e.to_string())?;
                     tls_store.set(sc);
-                    done.push("tls certificate");
+                    done.push("tls certificate".into());
                 }
                 Ok(format!(
                     "reloaded: {}",

@@ -506,7 +506,8 @@ async fn policy_then_lua_script() {
     let mut cfg = Config::default();
     cfg.scripts.lib_path = vec![PathBuf::from("lib-lua")];
     cfg.scripts.rcptto = Some(lua);
-    let engine = PolicyEngine::load_with(&cfg, &c.script_sources()).unwrap();
+    cfg.scripts.axigen = vec![policy.clone()];
+    let engine = PolicyEngine::load(&cfg).unwrap();
     let run = |addr: &str| {
         engine.run(
             Hook::RcptTo,
@@ -554,4 +555,133 @@ async fn runtime_errors_name_the_policy_line() {
     let err = o.error.expect("an error");
     let mapped = axigen::map_error(&c, Hook::Connect, &err);
     assert!(mapped.contains("tests/axigen/broken.axigen:3:"), "{mapped}");
+}
+
+/// An inline policy loaded as `[scripts] axigen`, with the test settings
+/// (local domain example.org) and a Lua filter module that accepts all.
+fn load_inline(src: &str) -> Policy {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inline.axigen");
+    std::fs::write(&file, src).unwrap();
+    std::fs::write(
+        dir.path().join("accept_filters.lua"),
+        "local M = {}\nfunction M.all() return \"accept\" end\nreturn M\n",
+    )
+    .unwrap();
+    let compiled = axigen::compile_file(&file).unwrap_or_else(|d| panic!("{d:?}"));
+    let mut cfg = Config::default();
+    cfg.scripts.lib_path = vec![
+        PathBuf::from("lib-lua"),
+        PathBuf::from("tests/axigen/lib"),
+        dir.path().to_path_buf(),
+    ];
+    cfg.scripts.axigen = vec![file];
+    let engine = PolicyEngine::load(&cfg).unwrap();
+    Policy {
+        _dir: dir,
+        engine,
+        compiled,
+    }
+}
+
+/// The relay rule belongs to the server: an Axigen onRcptTo never answers
+/// with `Accept()` (the explicit relay decision of an rcptto script). An
+/// "accept" — set by the policy or by a filter — is `Pass()`, so the
+/// built-in rule still decides; the policy can only refuse more.
+#[tokio::test]
+async fn axigen_rcptto_never_opens_the_relay() {
+    let accepting = [
+        "event onRcptTo {\n\tset (smtpAction, \"accept\");\n}\n",
+        "event onRcptTo {\n}\n",
+        "event onRcptTo {\n\tset (remoteDelivery, \"all\");\n\tset (smtpAction, \"accept\");\n}\n",
+        "event onRcptTo {\n\tset (currentRcpt, \"someone@elsewhere.example\");\n\tcall (addRcpt);\n\tset (smtpAction, \"accept\");\n}\n",
+        "event onRcptTo {\n\tset (filterName, \"all\");\n\tset (filterType, \"lua\");\n\tset (filterAddress, \"accept_filters.all\");\n\tcall (addFilter);\n\tcall (executeFilters);\n}\n",
+    ];
+    for src in accepting {
+        let p = load_inline(src);
+        for rcpt in ["victim@elsewhere.example", "bob@example.org"] {
+            for authed in [false, true] {
+                let mut s = Session::new(&p, "203.0.113.9");
+                if authed {
+                    s.conn.auth = Some(sluice::envelope::AuthInfo {
+                        mechanism: "PLAIN".into(),
+                        username: "alice".into(),
+                    });
+                }
+                let o = s.rcpt_to("a@sender.example", &[], rcpt).await;
+                assert!(
+                    is_pass(&o),
+                    "{src}: {rcpt} (auth {authed}) gave {:?}, not Pass",
+                    o.verdict
+                );
+            }
+        }
+    }
+
+    // remoteDelivery / localDelivery only narrow.
+    let narrowing = "event onRcptTo {\n\tset (remoteDelivery, \"RD\");\n\tset (localDelivery, \"LD\");\n\tset (smtpAction, \"accept\");\n}\n";
+    // (remoteDelivery, localDelivery, recipient, authenticated) → refused?
+    let cases = [
+        ("no", "all", "victim@elsewhere.example", true, true),
+        ("none", "all", "victim@elsewhere.example", false, true),
+        ("no", "all", "bob@example.org", false, false),
+        ("auth", "all", "victim@elsewhere.example", false, true),
+        ("auth", "all", "victim@elsewhere.example", true, false),
+        ("all", "no", "bob@example.org", true, true),
+        ("all", "auth", "bob@example.org", false, true),
+        ("all", "all", "victim@elsewhere.example", false, false),
+    ];
+    for (rd, ld, rcpt, authed, refused) in cases {
+        let p = load_inline(&narrowing.replace("RD", rd).replace("LD", ld));
+        let mut s = Session::new(&p, "203.0.113.9");
+        if authed {
+            s.conn.auth = Some(sluice::envelope::AuthInfo {
+                mechanism: "PLAIN".into(),
+                username: "alice".into(),
+            });
+        }
+        let o = s.rcpt_to("a@sender.example", &[], rcpt).await;
+        let what = format!("remoteDelivery={rd} localDelivery={ld} {rcpt} auth={authed}");
+        if refused {
+            let (code, text) = reply(&o);
+            assert_eq!(code, 550, "{what}: {text}");
+            assert!(!is_pass(&o), "{what}");
+        } else {
+            assert!(is_pass(&o), "{what}: {:?}", o.verdict);
+        }
+    }
+}
+
+/// A policy that discards recipients in onRcptTo gets the generated eod even
+/// without an onDataReceived event: the built-in eod would queue every
+/// recipient the session took, the discarded one included.
+#[tokio::test]
+async fn discarded_recipients_are_not_queued_without_an_eod_event() {
+    let p = load_inline(
+        "event onRcptTo {\n\tif (isCase (currentRcpt, \"gone@elsewhere.example\")) {\n\t\tcall (discardRcpt);\n\t}\n}\n",
+    );
+    assert!(p.compiled.hook(Hook::Eod).is_some(), "an eod hook");
+    let mut s = Session::new(&p, "203.0.113.9");
+    let o = s
+        .rcpt_to("a@sender.example", &[], "gone@elsewhere.example")
+        .await;
+    assert!(!is_pass(&o), "discard answers the client");
+    let o = s
+        .rcpt_to(
+            "a@sender.example",
+            &["gone@elsewhere.example"],
+            "bob@example.org",
+        )
+        .await;
+    assert!(is_pass(&o), "{:?}", o.verdict);
+    let o = s
+        .data(
+            Hook::Eod,
+            "a@sender.example",
+            &["gone@elsewhere.example", "bob@example.org"],
+            MSG,
+        )
+        .await;
+    let rcpts: Vec<&str> = o.queued.iter().map(|q| q.recipient.as_str()).collect();
+    assert_eq!(rcpts, vec!["bob@example.org"]);
 }

@@ -179,7 +179,7 @@ fn queue_show_without_daemon_prints_envelope_then_raw_message() {
 fn test_script_shows_the_verdict() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("mailfrom.lua");
-    std::fs::write(&script, r#"if arguments.address:match("@spam%.example$") then Reject("no spam", {reply_codes = {code = 554}}) end"#).unwrap();
+    std::fs::write(&script, r#"if arguments.address.domain == "spam.example" then Reject("no spam", {reply_codes = {code = 554}}) end"#).unwrap();
     let cfg = dir.path().join("s.toml");
     std::fs::write(&cfg, format!("[scripts]\nmailfrom = {script:?}\n")).unwrap();
     let out = sluice(
@@ -189,7 +189,7 @@ fn test_script_shows_the_verdict() {
             "-c",
             cfg.to_str().unwrap(),
             "--envelope",
-            r#"{"arguments":{"address":"x@spam.example"}}"#,
+            r#"{"arguments":{"sender":"x@spam.example"}}"#,
         ],
         &[],
     );
@@ -208,7 +208,7 @@ fn test_script_shows_the_verdict() {
             "-c",
             cfg.to_str().unwrap(),
             "--envelope",
-            r#"{"arguments":{"address":"x@good.example"}}"#,
+            r#"{"arguments":{"sender":"x@good.example"}}"#,
         ],
         &[],
     );

@@ -132,12 +132,12 @@ async fn lua_examples_run() {
         };
         let mut env = envelope.clone();
         if matches!(ex.hook, Hook::RcptTo | Hook::MailFrom) {
-            let addr = if ex.hook == Hook::RcptTo {
-                "bob@example.org"
+            let (key, addr) = if ex.hook == Hook::RcptTo {
+                ("recipient", "bob@example.org")
             } else {
-                "alice@example.net"
+                ("sender", "alice@example.net")
             };
-            env["arguments"]["address"] = Value::String(addr.into());
+            env["arguments"][key] = Value::String(addr.into());
         }
         let message = matches!(ex.hook, Hook::Eod | Hook::Headers).then(|| MESSAGE.into());
         let input = test_input(ex.hook, &env, message).unwrap();

@@ -90,7 +90,7 @@ async fn start_with_http(token: &str) -> (TestServer, Sink, tempfile::TempDir) {
     let rcptto = scripts.path().join("rcptto.lua");
     std::fs::write(
         &rcptto,
-        "if arguments.address == \"blocked@example.org\" then Reject(\"no such user\") end\nPass()\n",
+        "if arguments.recipient == \"blocked@example.org\" then Reject(\"no such user\") end\nPass()\n",
     )
     .unwrap();
     let srv = TestServer::start(&format!(

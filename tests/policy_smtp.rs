@@ -50,15 +50,15 @@ async fn stage_verdicts_reply_codes_and_multiline_reasons() {
         &[
             ("helo", r#"if arguments.host == "bad.example" then Reject("bad helo") end"#),
             ("mailfrom", r#"
-                if arguments.address == "spam@example.net" then
+                if arguments.sender == "spam@example.net" then
                   Reject({"line one", "line two"}, {reply_codes = {code = 553, enhanced = {5,7,26}}})
-                elseif arguments.address == "later@example.net" then
+                elseif arguments.sender == "later@example.net" then
                   Defer("try later")
                 elseif arguments.params.SIZE == "42" then
                   Reply("size 42 is nice", {reply_codes = {code = 250, enhanced = {2,1,0}}})
                 end"#),
             ("rcptto", r#"
-                local a = arguments.address
+                local a = arguments.recipient
                 if a:match("@lmtp%.example$") then Pass({transportid = "mailstore"}) end
                 if a:match("@example%.org$") then Pass() end
                 Reject("not here")"#),
@@ -119,8 +119,8 @@ async fn verdicts_cannot_be_caught_by_pcall_and_errors_answer_421() {
             ),
             (
                 "rcptto",
-                r#"if arguments.address == "boom@example.org" then error("kaboom") end
-                if arguments.address == "loop@example.org" then while true do end end"#,
+                r#"if arguments.recipient == "boom@example.org" then error("kaboom") end
+                if arguments.recipient == "loop@example.org" then while true do end end"#,
             ),
         ],
         "",
@@ -134,8 +134,8 @@ async fn verdicts_cannot_be_caught_by_pcall_and_errors_answer_421() {
     let (srv2, _d2) = start_with(
         &[(
             "rcptto",
-            r#"if arguments.address == "boom@example.org" then error("kaboom") end
-                if arguments.address == "loop@example.org" then while true do end end"#,
+            r#"if arguments.recipient == "boom@example.org" then error("kaboom") end
+                if arguments.recipient == "loop@example.org" then while true do end end"#,
         )],
         "",
     )

@@ -6,8 +6,9 @@ local routes = {
   ["lists.example.org"] = "lmtp",
 }
 
-local domain = arguments.address:match("@(.+)$")
-local transport = domain and routes[domain:lower()]
+-- arguments.recipient is the address string, arguments.address its parts
+-- ({localpart, domain}; lowercase, domain "" for a bare "postmaster").
+local transport = routes[arguments.address.domain]
 
 if transport == nil then
   Reject("Relaying denied", {reply_codes = {code = 550, enhanced = {5, 7, 1}}})

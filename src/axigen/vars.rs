@@ -333,6 +333,9 @@ pub const EOD_METHODS: &[&str] = &[
     "modifyheader",
     "modifyifexistsheader",
     "addrcpt",
+    // The eod hook leaves a discarded recipient out; without it the built-in
+    // eod would queue every recipient the session took, discarded or not.
+    "discardrcpt",
 ];
 pub const EOD_VARS: &[&str] = &[
     "currentrcpt",

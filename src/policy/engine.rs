@@ -39,8 +39,10 @@ struct Script {
 /// Everything compiled from one config.
 struct Epoch {
     id: u64,
-    /// Per hook, the scripts that run in order (extra sources, then the file).
+    /// Per hook, the scripts that run in order (Axigen hooks, extra sources, then the file).
     scripts: [Vec<Arc<Script>>; 12],
+    /// The configured files `scripts` came from.
+    sources: LoadedSources,
     lib_path: Vec<PathBuf>,
     limits: Limits,
     /// Uppercase verbs the proxy hook wants; empty = the ones the server does not know.
@@ -80,21 +82,79 @@ pub struct ScriptSource {
     pub source: String,
 }
 
-fn compile(cfg: &Config, extra: &[ScriptSource], id: u64) -> Result<Epoch, PolicyError> {
-    let mut scripts: [Vec<Arc<Script>>; 12] = Default::default();
-    for x in extra {
-        let path = PathBuf::from(&x.name);
-        let bytecode = sandbox::compile_wrapped(&path, &x.source)?;
-        scripts[x.hook.index()].push(Arc::new(Script { path, bytecode }));
+/// What an epoch was compiled from (`sluice reload` reports it): the paths
+/// a reload compiles again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadedSources {
+    /// The `[scripts]` Lua files with their hooks, in hook-table order.
+    pub lua: Vec<(Hook, PathBuf)>,
+    /// The `[scripts] axigen` policies, in config order.
+    pub axigen: Vec<PathBuf>,
+}
+
+impl LoadedSources {
+    /// "3 scripts, 1 axigen policy".
+    pub fn summary(&self) -> String {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        format!(
+            "{}, {}",
+            plural(self.lua.len(), "script", "scripts"),
+            plural(self.axigen.len(), "axigen policy", "axigen policies")
+        )
     }
+}
+
+/// Compile one config: the `[scripts] axigen` policies, then `extra`, then
+/// the `[scripts]` Lua files. Every error of every file is reported (one
+/// [`PolicyError`] when there is one, [`PolicyError::Many`] otherwise);
+/// on success, the Axigen warnings come with the epoch.
+fn compile(
+    cfg: &Config,
+    extra: &[ScriptSource],
+    id: u64,
+) -> Result<(Epoch, Vec<crate::axigen::Diagnostic>), PolicyError> {
+    let mut errors = Vec::new();
+    let (mut sources, warnings) = match crate::axigen::config_sources(&cfg.scripts.axigen) {
+        Ok(x) => x,
+        Err(diags) => {
+            errors.push(PolicyError::Axigen(crate::axigen::render_diagnostics(
+                &diags,
+            )));
+            (Vec::new(), Vec::new())
+        }
+    };
+    sources.extend(extra.iter().cloned());
+    let mut scripts: [Vec<Arc<Script>>; 12] = Default::default();
+    for x in &sources {
+        let path = PathBuf::from(&x.name);
+        match sandbox::compile_wrapped(&path, &x.source) {
+            Ok(bytecode) => scripts[x.hook.index()].push(Arc::new(Script { path, bytecode })),
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut loaded = LoadedSources {
+        lua: Vec::new(),
+        axigen: cfg.scripts.axigen.clone(),
+    };
     for spec in &HOOKS {
         if let Some(path) = (spec.script)(&cfg.scripts) {
-            let bytecode = sandbox::compile_file(path)?;
-            scripts[spec.hook.index()].push(Arc::new(Script {
-                path: path.to_path_buf(),
-                bytecode,
-            }));
+            match sandbox::compile_file(path) {
+                Ok(bytecode) => scripts[spec.hook.index()].push(Arc::new(Script {
+                    path: path.to_path_buf(),
+                    bytecode,
+                })),
+                Err(e) => errors.push(e),
+            }
+            loaded.lua.push((spec.hook, path.to_path_buf()));
         }
+    }
+    if !errors.is_empty() {
+        return Err(if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            PolicyError::Many(errors)
+        });
     }
     let s = &cfg.scripts;
     let lib_path = if s.lib_path.is_empty() {
@@ -102,9 +162,10 @@ fn compile(cfg: &Config, extra: &[ScriptSource], id: u64) -> Result<Epoch, Polic
     } else {
         s.lib_path.clone()
     };
-    Ok(Epoch {
+    let epoch = Epoch {
         id,
         scripts,
+        sources: loaded,
         lib_path,
         limits: Limits {
             memory: if s.memory_limit == 0 {
@@ -126,22 +187,34 @@ fn compile(cfg: &Config, extra: &[ScriptSource], id: u64) -> Result<Epoch, Polic
             .collect(),
         transports: cfg.transport.keys().cloned().collect(),
         dns: Arc::new(Dns::new(&cfg.dns)),
-        scan: Arc::new(api::scan_context(cfg, extra)?),
-    })
+        scan: Arc::new(api::scan_context(cfg, &sources)?),
+    };
+    Ok((epoch, warnings))
+}
+
+fn log_warnings(warnings: &[crate::axigen::Diagnostic]) {
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
 }
 
 impl PolicyEngine {
-    /// Compile every configured script. Errors name `file:line: message`.
+    /// Compile every configured script: the `[scripts]` Lua files and the
+    /// `[scripts] axigen` policies (their warnings are logged). Errors name
+    /// `file:line: message` (Axigen: `file:line:col`), all of them.
     pub fn load(cfg: &Config) -> Result<Arc<PolicyEngine>, PolicyError> {
         Self::load_with(cfg, &[])
     }
 
-    /// [`load`](Self::load) plus scripts that are not `[scripts]` files.
+    /// [`load`](Self::load) plus scripts that are neither `[scripts]` files
+    /// nor Axigen policies (tests inject hand-made sources). A reload
+    /// recompiles the configured files only and drops these.
     pub fn load_with(
         cfg: &Config,
         extra: &[ScriptSource],
     ) -> Result<Arc<PolicyEngine>, PolicyError> {
-        let epoch = compile(cfg, extra, 1)?;
+        let (epoch, warnings) = compile(cfg, extra, 1)?;
+        log_warnings(&warnings);
         Ok(Arc::new(PolicyEngine {
             current: RwLock::new(Arc::new(epoch)),
             pool: Mutex::new(Vec::new()),
@@ -149,33 +222,35 @@ impl PolicyEngine {
         }))
     }
 
-    /// `sluice check`: compile the hook scripts and every module under
-    /// lib_path, and try building a state.
-    pub fn check(cfg: &Config) -> Result<(), PolicyError> {
-        Self::check_with(cfg, &[])
-    }
-
-    pub fn check_with(cfg: &Config, extra: &[ScriptSource]) -> Result<(), PolicyError> {
-        let epoch = compile(cfg, extra, 0)?;
+    /// `sluice check`: compile the hook scripts, the Axigen policies and
+    /// every module under lib_path, and try building a state. Returns the
+    /// Axigen warnings (for the caller to print).
+    pub fn check(cfg: &Config) -> Result<Vec<crate::axigen::Diagnostic>, PolicyError> {
+        let (epoch, warnings) = compile(cfg, &[], 0)?;
         for dir in &epoch.lib_path {
             check_modules(dir)?;
         }
-        new_pooled(&epoch).map(|_| ())
+        new_pooled(&epoch)?;
+        Ok(warnings)
     }
 
-    /// Swap in newly compiled scripts; on error the old ones stay.
+    /// Recompile every configured Lua file and Axigen policy and swap them
+    /// all in; on any error the old ones all stay, and the error names every
+    /// problem.
     pub fn reload(&self, cfg: &Config) -> Result<(), PolicyError> {
-        self.reload_with(cfg, &[])
-    }
-
-    pub fn reload_with(&self, cfg: &Config, extra: &[ScriptSource]) -> Result<(), PolicyError> {
         let id = self.next_epoch.fetch_add(1, Ordering::Relaxed);
-        let epoch = Arc::new(compile(cfg, extra, id)?);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = epoch;
+        let (epoch, warnings) = compile(cfg, &[], id)?;
+        log_warnings(&warnings);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(epoch);
         let old: Vec<PooledState> =
             std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
         drop(old);
         Ok(())
+    }
+
+    /// The files the current scripts were compiled from.
+    pub fn sources(&self) -> LoadedSources {
+        self.epoch().sources.clone()
     }
 
     fn epoch(&self) -> Arc<Epoch> {

@@ -10,11 +10,14 @@
 //!
 //! How the server drives it:
 //!
-//! - `PolicyEngine::load(&cfg)` at start (errors are `file:line: message`),
-//!   `reload(&cfg)` on SIGHUP / `sluice reload` (an error keeps the old
-//!   scripts), `check(&cfg)` for `sluice check`. `load_with`/`reload_with`
-//!   add [`ScriptSource`]s (translated Axigen policies) that run before the
-//!   hook's Lua file.
+//! - `PolicyEngine::load(&cfg)` at start compiles every `[scripts]` Lua file
+//!   and every `[scripts] axigen` policy (translated to [`ScriptSource`]s
+//!   that run before the hook's Lua file); errors are `file:line: message`
+//!   (Axigen: `file:line:col`), all of them. `reload(&cfg)` on SIGHUP /
+//!   `sluice reload` recompiles them all and swaps them in together, or
+//!   keeps all the old ones; `sources()` says what is loaded. `check(&cfg)`
+//!   for `sluice check` (returns the Axigen warnings). `load_with` injects
+//!   extra sources (tests).
 //! - Before each stage, `has_hook(hook)`; if false, carry on as if `Pass`
 //!   (running a hook without a script returns its fall-through verdict —
 //!   for `auth` that is Reject 535, for `eod` the built-in default that
@@ -40,7 +43,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use engine::{PolicyEngine, ScriptSource};
+pub use engine::{LoadedSources, PolicyEngine, ScriptSource};
 pub use hooks::{reference_markdown, DefaultReply, Fallback, Hook, HookSpec, VerdictKind, HOOKS};
 pub use testing::{outcome_json, test_input, test_script};
 
@@ -65,6 +68,13 @@ pub enum PolicyError {
     State(String),
     #[error("{0}")]
     Input(String),
+    /// `[scripts] axigen` policies that do not compile: every error
+    /// diagnostic, one per line, each `file:line:col: error: …`.
+    #[error("Axigen policy errors:\n{0}")]
+    Axigen(String),
+    /// More than one file failed: each error, one per line.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<PolicyError>),
 }
 
 /// What a hook run is given.

@@ -9,7 +9,8 @@
 //!   "connection": {"remoteip": "192.0.2.1", "helo": {"verb": "EHLO", "host": "x"}},
 //!   "sender": "a@example.com",
 //!   "recipients": ["b@example.org", {"recipient": "c@example.org", "transportid": "lmtp"}],
-//!   "arguments": {"address": "...", "params": {"SIZE": "10"}, "command": "XFOO",
+//!   "arguments": {"sender": "...", "recipient": "...", "params": {"SIZE": "10"},
+//!                 "command": "XFOO",
 //!                 "verb": "EHLO", "host": "x", "mechanism": "PLAIN",
 //!                 "username": "u", "password": "p"},
 //!   "delivery": {"recipient": "...", "attempt": 2, "result": {"code": 451, "text": "..."}},
@@ -151,11 +152,11 @@ pub fn test_input(
             password: arg("password").unwrap_or_default(),
         },
         Hook::MailFrom => HookArguments::MailFrom {
-            address: arg("address").unwrap_or_else(|| sender.clone()),
+            address: arg("sender").unwrap_or_else(|| sender.clone()),
             params: params_of(args.get("params")),
         },
         Hook::RcptTo => HookArguments::RcptTo {
-            address: arg("address")
+            address: arg("recipient")
                 .or_else(|| recipients.last().map(|r| r.recipient.clone()))
                 .unwrap_or_default(),
             params: params_of(args.get("params")),

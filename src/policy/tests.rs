@@ -335,18 +335,40 @@ async fn arguments_and_envelope_are_visible() {
     params.insert("SIZE".to_string(), "99".to_string());
     let o = run1(
         Hook::MailFrom,
-        "Reply(arguments.address .. ' ' .. arguments.params.SIZE)",
+        "Reply(arguments.sender .. ' ' .. arguments.address.localpart .. ' ' .. arguments.address.domain .. ' ' .. arguments.params.SIZE)",
         HookArguments::MailFrom {
-            address: "a@b.c".into(),
+            address: "A@B.c".into(),
             params,
         },
     )
     .await;
-    assert_eq!(reply_of(&o).lines, vec!["a@b.c 99"]);
+    assert_eq!(reply_of(&o).lines, vec!["a@b.c a b.c 99"]);
+    // The null sender: "" and no address.
+    let o = run1(
+        Hook::MailFrom,
+        "Reply('[' .. arguments.sender .. '] ' .. tostring(arguments.address))",
+        HookArguments::MailFrom {
+            address: String::new(),
+            params: BTreeMap::new(),
+        },
+    )
+    .await;
+    assert_eq!(reply_of(&o).lines, vec!["[] nil"]);
+    // A recipient without a domain (postmaster).
+    let o = run1(
+        Hook::RcptTo,
+        "Reply(arguments.recipient .. ' [' .. arguments.address.localpart .. '] [' .. arguments.address.domain .. ']')",
+        HookArguments::RcptTo {
+            address: "PostMaster".into(),
+            params: BTreeMap::new(),
+        },
+    )
+    .await;
+    assert_eq!(reply_of(&o).lines, vec!["postmaster [postmaster] []"]);
 
     let t = T::with(
         Hook::RcptTo,
-        "Reply(transaction.sender .. ' ' .. transaction.senderaddress.domain .. ' ' .. transaction.senderparams.SIZE .. ' ' .. #transaction.recipients .. ' ' .. transaction.recipients[1].address.localpart .. ' ' .. arguments.address)",
+        "Reply(transaction.sender .. ' ' .. transaction.senderaddress.domain .. ' ' .. transaction.senderparams.SIZE .. ' ' .. #transaction.recipients .. ' ' .. transaction.recipients[1].address.localpart .. ' ' .. arguments.recipient .. ' ' .. arguments.address.localpart .. ' ' .. arguments.address.domain)",
     );
     let mut i = input(HookArguments::RcptTo {
         address: "carol@example.org".into(),
@@ -356,7 +378,7 @@ async fn arguments_and_envelope_are_visible() {
     let o = t.engine().run(Hook::RcptTo, i).await;
     assert_eq!(
         reply_of(&o).lines,
-        vec!["alice@example.com example.com 1234 1 bob carol@example.org"]
+        vec!["alice@example.com example.com 1234 1 bob carol@example.org carol example.org"]
     );
 }
 
@@ -1125,7 +1147,7 @@ async fn stage_accept_rewrites() {
 async fn rcptto_sets_transport() {
     let t = T::with(
         Hook::RcptTo,
-        "if arguments.address:match('@lmtp%.example$') then Pass({transportid = 'lmtp'}) end",
+        "if arguments.address.domain == 'lmtp.example' then Pass({transportid = 'lmtp'}) end",
     );
     let e = t.engine();
     let o = e
@@ -1867,7 +1889,7 @@ async fn extra_sources_run_before_the_file() {
     let o = e.run(Hook::RcptTo, input(args())).await;
     assert_eq!(o.context, json!({"order": "axigen,file"}), "{:?}", o.error);
     // A verdict ends the chain.
-    let src = "if arguments.address:find('spam') then Reject('axigen says no') end";
+    let src = "if arguments.recipient:find('spam') then Reject('axigen says no') end";
     let e = PolicyEngine::load_with(&t.cfg, &extra(src)).unwrap();
     let o = e.run(Hook::RcptTo, input(args())).await;
     assert_eq!(reply_of(&o).lines, vec!["axigen says no"]);
@@ -1878,16 +1900,90 @@ async fn extra_sources_run_before_the_file() {
         .run(Hook::RcptTo, input(args()))
         .await;
     assert!(o.error.unwrap().contains("policy.axigen:2: x"));
-    let err = PolicyEngine::check_with(&t.cfg, &extra("if")).unwrap_err();
+    let err = PolicyEngine::load_with(&t.cfg, &extra("if")).err().unwrap();
     assert_eq!(
         err.to_string(),
         "policy.axigen:1: unexpected symbol near <eof>"
     );
-    // reload_with swaps the chain.
-    let e = t.engine();
-    e.reload_with(&t.cfg, &extra("Reject('now')")).unwrap();
+    // A reload compiles the configured files only.
+    let e = PolicyEngine::load_with(&t.cfg, &extra("Reject('now')")).unwrap();
     let o = e.run(Hook::RcptTo, input(args())).await;
     assert_eq!(reply_of(&o).lines, vec!["now"]);
+    e.reload(&t.cfg).unwrap();
+    assert_eq!(e.scripts(Hook::RcptTo).len(), 1);
+}
+
+/// `[scripts] axigen` policies belong to the engine: load and reload compile
+/// them with the Lua files, and a broken file keeps the whole old set.
+#[tokio::test]
+async fn reload_recompiles_axigen_policies() {
+    let mut t = T::with(Hook::Helo, "Reply('lua v1')");
+    t.cfg.scripts.lib_path.push(repo("lib-lua"));
+    let rule = |text: &str| {
+        format!(
+            "event onMailFrom {{\n\tif (is (mailFromDomain, \"spam.example\")) {{\n\t\tset (smtpAction, \"reject\");\n\t\tset (smtpExplanation, \"{text}\");\n\t}}\n}}\n"
+        )
+    };
+    let policy = t.file("p.axigen", &rule("v1"));
+    t.cfg.scripts.axigen = vec![policy.clone()];
+    let e = t.engine();
+    assert_eq!(
+        e.sources(),
+        LoadedSources {
+            lua: vec![(Hook::Helo, t.dir.path().join("helo.lua"))],
+            axigen: vec![policy.clone()],
+        }
+    );
+    assert_eq!(e.sources().summary(), "1 script, 1 axigen policy");
+    let mail = || {
+        input(HookArguments::MailFrom {
+            address: "x@spam.example".into(),
+            params: BTreeMap::new(),
+        })
+    };
+    let o = e.run(Hook::MailFrom, mail()).await;
+    assert_eq!(reply_of(&o).lines, vec!["v1"], "{:?}", o.error);
+
+    // Reload compiles the policy again (and picks up its changes).
+    std::fs::write(&policy, rule("v2")).unwrap();
+    e.reload(&t.cfg).unwrap();
+    let o = e.run(Hook::MailFrom, mail()).await;
+    assert_eq!(reply_of(&o).lines, vec!["v2"], "{:?}", o.error);
+
+    // A broken policy and a broken Lua file: both named, nothing swapped.
+    std::fs::write(&policy, "event onMailFrom {\n\tset (smtpAction\n}\n").unwrap();
+    let lua = t.script(Hook::Helo, "Reply('lua v2'");
+    let msg = e.reload(&t.cfg).unwrap_err().to_string();
+    assert!(msg.contains(&format!("{}:3:1:", policy.display())), "{msg}");
+    assert!(msg.contains(&format!("{}:1:", lua.display())), "{msg}");
+    let o = e.run(Hook::MailFrom, mail()).await;
+    assert_eq!(reply_of(&o).lines, vec!["v2"], "old policy still serves");
+    let o = e.run(Hook::Helo, input(helo())).await;
+    assert_eq!(
+        reply_of(&o).lines,
+        vec!["lua v1"],
+        "old script still serves"
+    );
+    assert!(PolicyEngine::check(&t.cfg).is_err());
+
+    // Warnings do not fail a load; check returns them.
+    std::fs::write(
+        &policy,
+        "event onMailFrom {\n\tset (n, \"%nothing%\");\n}\n",
+    )
+    .unwrap();
+    t.script(Hook::Helo, "Reply('lua v2')");
+    let warnings = PolicyEngine::check(&t.cfg).unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    e.reload(&t.cfg).unwrap();
+    assert!(e.has_script(Hook::MailFrom));
+    let o = e.run(Hook::Helo, input(helo())).await;
+    assert_eq!(reply_of(&o).lines, vec!["lua v2"]);
+    // Policies removed from the config are gone after a reload.
+    t.cfg.scripts.axigen.clear();
+    e.reload(&t.cfg).unwrap();
+    assert!(!e.has_script(Hook::MailFrom));
+    assert_eq!(e.sources().summary(), "1 script, 0 axigen policies");
 }
 
 /// scripts/API.md carries the hook table generated from `HOOKS`

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::json_to_lua;
 use super::mail::MailMessage;
-use crate::envelope::{ConnectionInfo, TransactionInfo};
+use crate::envelope::{Address, ConnectionInfo, TransactionInfo};
 use crate::policy::HookArguments;
 
 fn options() -> SerializeOptions {
@@ -49,7 +49,10 @@ pub fn transaction(lua: &Lua, t: Option<&TransactionInfo>) -> mlua::Result<Value
     }
 }
 
-/// `arguments`; for headers/eod `arguments.mail` is a MailMessage.
+/// `arguments`; for headers/eod `arguments.mail` is a MailMessage. In
+/// mailfrom and rcptto, as in Halon: `sender` / `recipient` is the address
+/// string (lowercase; the null sender is ""), `address` is `{localpart,
+/// domain}` (nil for the null sender; "postmaster" has domain "").
 pub fn arguments(lua: &Lua, a: &HookArguments, txn_id: Option<&str>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     match a {
@@ -67,8 +70,19 @@ pub fn arguments(lua: &Lua, a: &HookArguments, txn_id: Option<&str>) -> mlua::Re
             t.set("username", username.as_str())?;
             t.set("password", password.as_str())?;
         }
-        HookArguments::MailFrom { address, params } | HookArguments::RcptTo { address, params } => {
-            t.set("address", address.as_str())?;
+        HookArguments::MailFrom { address, params } => {
+            let sender = address.to_lowercase();
+            // The null sender has no parts: `address` is nil, `sender` "".
+            if !sender.is_empty() {
+                t.set("address", to_lua(lua, &Address::split(&sender))?)?;
+            }
+            t.set("sender", sender)?;
+            t.set("params", to_lua(lua, params)?)?;
+        }
+        HookArguments::RcptTo { address, params } => {
+            let recipient = address.to_lowercase();
+            t.set("address", to_lua(lua, &Address::split(&recipient))?)?;
+            t.set("recipient", recipient)?;
             t.set("params", to_lua(lua, params)?)?;
         }
         HookArguments::Proxy { command } => {
