@@ -1,5 +1,5 @@
 -- axigen.lua — the runtime of Axigen policies compiled to Lua by Sluice
--- (src/axigen). A generated hook script does
+-- (src/policy/axigen). A generated hook script does
 --
 --   local ax = require("axigen").begin(_ENV, "rcptto")
 --   ax:event("onRcptTo", function() ... end)

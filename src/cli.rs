@@ -279,8 +279,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Translate { file, output } => {
-            let lua = crate::axigen::translate(file)
-                .map_err(|d| anyhow::anyhow!("{}", crate::axigen::render_diagnostics(&d)))?;
+            let lua = crate::policy::axigen::translate(file).map_err(|d| {
+                anyhow::anyhow!("{}", crate::policy::axigen::render_diagnostics(&d))
+            })?;
             match output {
                 Some(o) => {
                     std::fs::write(o, lua).with_context(|| format!("writing {}", o.display()))?

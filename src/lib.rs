@@ -1,7 +1,6 @@
 //! Sluice: an inbound mail gateway. The binary (`src/main.rs`) is a thin CLI
 //! over this library so that tests and benchmarks run the same code.
 
-pub mod axigen;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{json, Value as Json};
 
-use sluice::axigen;
 use sluice::config::Config;
 use sluice::envelope::{Address, ConnectionInfo, HeloInfo, RecipientInfo, TransactionInfo};
+use sluice::policy::axigen;
 use sluice::policy::{
     DeliveryInfo, DeliveryResult, Hook, HookArguments, HookInput, HookOutcome, HookVerdict,
     PolicyEngine,

@@ -113,14 +113,14 @@ fn compile(
     cfg: &Config,
     extra: &[ScriptSource],
     id: u64,
-) -> Result<(Epoch, Vec<crate::axigen::Diagnostic>), PolicyError> {
+) -> Result<(Epoch, Vec<crate::policy::axigen::Diagnostic>), PolicyError> {
     let mut errors = Vec::new();
-    let (mut sources, warnings) = match crate::axigen::config_sources(&cfg.scripts.axigen) {
+    let (mut sources, warnings) = match crate::policy::axigen::config_sources(&cfg.scripts.axigen) {
         Ok(x) => x,
         Err(diags) => {
-            errors.push(PolicyError::Axigen(crate::axigen::render_diagnostics(
-                &diags,
-            )));
+            errors.push(PolicyError::Axigen(
+                crate::policy::axigen::render_diagnostics(&diags),
+            ));
             (Vec::new(), Vec::new())
         }
     };
@@ -192,7 +192,7 @@ fn compile(
     Ok((epoch, warnings))
 }
 
-fn log_warnings(warnings: &[crate::axigen::Diagnostic]) {
+fn log_warnings(warnings: &[crate::policy::axigen::Diagnostic]) {
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -225,7 +225,7 @@ impl PolicyEngine {
     /// `sluice check`: compile the hook scripts, the Axigen policies and
     /// every module under lib_path, and try building a state. Returns the
     /// Axigen warnings (for the caller to print).
-    pub fn check(cfg: &Config) -> Result<Vec<crate::axigen::Diagnostic>, PolicyError> {
+    pub fn check(cfg: &Config) -> Result<Vec<crate::policy::axigen::Diagnostic>, PolicyError> {
         let (epoch, warnings) = compile(cfg, &[], 0)?;
         for dir in &epoch.lib_path {
             check_modules(dir)?;

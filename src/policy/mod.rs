@@ -7,6 +7,7 @@
 //! - `sandbox`: what a fresh state contains and what it must not.
 //! - [`api`]: one file per Lua-visible object, each with a `register` function.
 //! - [`testing`]: run a hook from the command line (`sluice test-script`).
+//! - [`axigen`]: the Axigen policy compiler (lexer → parser → checks → Lua).
 //!
 //! How the server drives it:
 //!
@@ -32,6 +33,7 @@
 //! - `fcrdns(ip)` fills `connection.remoteptr`.
 
 pub mod api;
+pub mod axigen;
 mod engine;
 pub mod hooks;
 mod sandbox;
