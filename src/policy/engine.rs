@@ -13,14 +13,12 @@ use mlua::{AnyUserData, ChunkMode, Function, Lua, Table, Value};
 
 use super::api::mail::MailMessage;
 use super::api::{self, dns::Dns, envelope, RunState, ScriptVerdict, Shared, Termination};
-use super::hooks::{Fallback, Hook, HookSpec, VerdictKind, HOOKS};
+use super::hooks::{Fallback, Hook, HookSpec, VerdictKind, HOOKS, HOOK_COUNT};
 use super::sandbox::{self, Limits, DEFAULT_INSTRUCTION_LIMIT, DEFAULT_MEMORY_LIMIT};
 use super::{
-    build_reply, HookArguments, HookInput, HookOutcome, HookVerdict, PolicyError, QueueDsn,
-    QueueRequest, Rewrite,
+    build_reply, HookArguments, HookInput, HookOutcome, HookVerdict, PolicyError, Rewrite,
 };
 use crate::config::Config;
-use crate::proto::reply::SmtpReply;
 
 /// A state serves at most this many runs before it is replaced.
 const MAX_USES: u32 = 10_000;
@@ -40,7 +38,7 @@ struct Script {
 struct Epoch {
     id: u64,
     /// Per hook, the scripts that run in order (Axigen hooks, extra sources, then the file).
-    scripts: [Vec<Arc<Script>>; 12],
+    scripts: [Vec<Arc<Script>>; HOOK_COUNT],
     /// The configured files `scripts` came from.
     sources: LoadedSources,
     lib_path: Vec<PathBuf>,
@@ -125,7 +123,7 @@ fn compile(
         }
     };
     sources.extend(extra.iter().cloned());
-    let mut scripts: [Vec<Arc<Script>>; 12] = Default::default();
+    let mut scripts: [Vec<Arc<Script>>; HOOK_COUNT] = Default::default();
     for x in &sources {
         let path = PathBuf::from(&x.name);
         match sandbox::compile_wrapped(&path, &x.source) {
@@ -260,9 +258,11 @@ impl PolicyEngine {
             .clone()
     }
 
-    /// Is a script configured for `hook`? Eod always has one (the built-in default).
+    /// Does any script (Lua file or compiled Axigen hook) run for `hook`?
+    /// Without an eod script the session's built-in eod queues every
+    /// recipient to its transport.
     pub fn has_hook(&self, hook: Hook) -> bool {
-        hook == Hook::Eod || !self.epoch().scripts[hook.index()].is_empty()
+        !self.epoch().scripts[hook.index()].is_empty()
     }
 
     /// Should the proxy hook see this command line?
@@ -280,12 +280,6 @@ impl PolicyEngine {
         }
     }
 
-    /// Does any script (Lua file or compiled Axigen hook) run for `hook`?
-    /// Unlike [`PolicyEngine::has_hook`], the built-in default eod does not count.
-    pub fn has_script(&self, hook: Hook) -> bool {
-        !self.epoch().scripts[hook.index()].is_empty()
-    }
-
     /// The scripts (file paths or source names) a hook runs, in order.
     pub fn scripts(&self, hook: Hook) -> Vec<PathBuf> {
         self.epoch().scripts[hook.index()]
@@ -300,10 +294,7 @@ impl PolicyEngine {
         let spec = hook.spec();
         let chain = &epoch.scripts[hook.index()];
         if chain.is_empty() {
-            return match hook {
-                Hook::Eod => default_eod(input),
-                _ => fallback_outcome(spec.fallthrough, input.context, None),
-            };
+            return fallback_outcome(spec.fallthrough, input.context, None);
         }
         let mut st = match self.take_state(&epoch) {
             Ok(st) => st,
@@ -699,95 +690,6 @@ fn fallback_outcome(f: Fallback, context: serde_json::Value, error: Option<Strin
         history: Vec::new(),
         transportid: None,
         error,
-    }
-}
-
-/// DSN parameters of one envelope recipient.
-pub(crate) fn envelope_dsn(
-    txn: &crate::envelope::TransactionInfo,
-    r: &crate::envelope::RecipientInfo,
-) -> QueueDsn {
-    QueueDsn {
-        envid: txn.dsn.envid.clone(),
-        ret: txn.dsn.ret.clone(),
-        notify: if r.dsn.notify.is_empty() {
-            None
-        } else {
-            Some(r.dsn.notify.join(","))
-        },
-        orcpt: r.dsn.orcpt.as_ref().map(|(t, a)| format!("{t};{a}")),
-    }
-}
-
-/// The built-in eod: queue every recipient to its transport and accept.
-fn default_eod(input: HookInput) -> HookOutcome {
-    let spec = Hook::Eod.spec();
-    let message = match &input.arguments {
-        HookArguments::Mail { message, .. } => message.clone(),
-        _ => {
-            return fallback_outcome(
-                spec.on_error,
-                input.context,
-                Some("eod without a message".into()),
-            )
-        }
-    };
-    let Some(txn) = &input.transaction else {
-        return fallback_outcome(
-            spec.on_error,
-            input.context,
-            Some("eod without a transaction".into()),
-        );
-    };
-    if txn.recipients.is_empty() {
-        return HookOutcome {
-            verdict: HookVerdict::Reject {
-                reply: SmtpReply::with(554, "5.5.1", "No valid recipients"),
-                disconnect: false,
-            },
-            context: input.context,
-            queued: Vec::new(),
-            history: Vec::new(),
-            transportid: None,
-            error: None,
-        };
-    }
-    let queued = txn
-        .recipients
-        .iter()
-        .map(|r| QueueRequest {
-            queue_id: crate::ids::new_id(),
-            sender: txn.sender.clone(),
-            recipient: r.recipient.clone(),
-            transportid: if r.transportid.is_empty() {
-                "default".to_string()
-            } else {
-                r.transportid.clone()
-            },
-            message: message.clone(),
-            metadata: Default::default(),
-            hold: false,
-            jobid: None,
-            delay: None,
-            dsn: envelope_dsn(txn, r),
-        })
-        .collect();
-    HookOutcome {
-        verdict: HookVerdict::Accept {
-            custom: false,
-            rewrite: Rewrite::default(),
-            reply: build_reply(
-                spec.accept,
-                None,
-                None,
-                Some(vec![format!("{} as {}", spec.accept.text, txn.id)]),
-            ),
-        },
-        context: input.context,
-        queued,
-        history: Vec::new(),
-        transportid: None,
-        error: None,
     }
 }
 

@@ -126,6 +126,8 @@ pub struct HookSpec {
     pub accept_options: &'static [&'static str],
     /// Whose history a refusal at this hook records.
     pub refusal_history: RefusalHistory,
+    /// The whole message is there: `mail:queue`, ScanDMARC and ScanDLP work.
+    pub full_message: bool,
     /// The configured script path for this hook.
     pub script: fn(&ScriptsConfig) -> Option<&Path>,
 }
@@ -175,8 +177,11 @@ const DELIVERY_ARGS: &[&str] = &[
 ];
 const STAGE_ERROR: Fallback = Fallback::Defer(ERROR, true);
 
+/// How many hooks there are (arrays indexed by [`Hook`] use it).
+pub const HOOK_COUNT: usize = 12;
+
 /// The hook table. Order is the order hooks run in a session.
-pub static HOOKS: [HookSpec; 12] = [
+pub static HOOKS: [HookSpec; HOOK_COUNT] = [
     HookSpec {
         hook: Hook::Connect,
         name: "connect",
@@ -192,6 +197,7 @@ pub static HOOKS: [HookSpec; 12] = [
         defer: r(421, 4, 7, 0, "Service not available, try again later"),
         accept_options: &[],
         refusal_history: RefusalHistory::None,
+        full_message: false,
         script: |s| s.connect.as_deref(),
     },
     HookSpec {
@@ -208,6 +214,7 @@ pub static HOOKS: [HookSpec; 12] = [
         defer: DEFER,
         accept_options: &["host"],
         refusal_history: RefusalHistory::None,
+        full_message: false,
         script: |s| s.helo.as_deref(),
     },
     HookSpec {
@@ -225,6 +232,7 @@ pub static HOOKS: [HookSpec; 12] = [
         defer: r(454, 4, 7, 0, "Temporary authentication failure"),
         accept_options: &["reason", "reply_codes"],
         refusal_history: RefusalHistory::None,
+        full_message: false,
         script: |s| s.auth.as_deref(),
     },
     HookSpec {
@@ -241,6 +249,7 @@ pub static HOOKS: [HookSpec; 12] = [
         defer: DEFER,
         accept_options: &["sender", "reason", "reply_codes"],
         refusal_history: RefusalHistory::None,
+        full_message: false,
         script: |s| s.mailfrom.as_deref(),
     },
     HookSpec {
@@ -257,6 +266,7 @@ pub static HOOKS: [HookSpec; 12] = [
         defer: DEFER,
         accept_options: &["recipient", "transportid", "reason", "reply_codes"],
         refusal_history: RefusalHistory::Recipient,
+        full_message: false,
         script: |s| s.rcptto.as_deref(),
     },
     HookSpec {
@@ -273,6 +283,7 @@ pub static HOOKS: [HookSpec; 12] = [
         defer: DEFER,
         accept_options: &[],
         refusal_history: RefusalHistory::Transaction,
+        full_message: false,
         script: |s| s.data.as_deref(),
     },
     HookSpec {
@@ -289,6 +300,7 @@ pub static HOOKS: [HookSpec; 12] = [
         defer: DEFER,
         accept_options: &[],
         refusal_history: RefusalHistory::Transaction,
+        full_message: false,
         script: |s| s.headers.as_deref(),
     },
     HookSpec {
@@ -305,6 +317,7 @@ pub static HOOKS: [HookSpec; 12] = [
         defer: DEFER,
         accept_options: &["reason", "reply_codes"],
         refusal_history: RefusalHistory::Transaction,
+        full_message: true,
         script: |s| s.eod.as_deref(),
     },
     HookSpec {
@@ -321,6 +334,7 @@ pub static HOOKS: [HookSpec; 12] = [
         defer: DEFER,
         accept_options: &[],
         refusal_history: RefusalHistory::None,
+        full_message: false,
         script: |s| s.disconnect.as_deref(),
     },
     HookSpec {
@@ -337,6 +351,7 @@ pub static HOOKS: [HookSpec; 12] = [
         defer: DEFER,
         accept_options: &[],
         refusal_history: RefusalHistory::None,
+        full_message: false,
         script: |s| s.proxy.as_deref(),
     },
     HookSpec {
@@ -353,6 +368,7 @@ pub static HOOKS: [HookSpec; 12] = [
         defer: r(451, 4, 7, 1, "Deferred by delivery policy"),
         accept_options: &[],
         refusal_history: RefusalHistory::None,
+        full_message: false,
         script: |s| s.predelivery.as_deref(),
     },
     HookSpec {
@@ -369,12 +385,13 @@ pub static HOOKS: [HookSpec; 12] = [
         defer: r(451, 4, 7, 1, "Deferred by delivery policy"),
         accept_options: &[],
         refusal_history: RefusalHistory::None,
+        full_message: false,
         script: |s| s.postdelivery.as_deref(),
     },
 ];
 
 impl Hook {
-    pub const ALL: [Hook; 12] = [
+    pub const ALL: [Hook; HOOK_COUNT] = [
         Hook::Connect,
         Hook::Helo,
         Hook::Auth,
@@ -410,6 +427,24 @@ impl Hook {
     pub(crate) fn index(self) -> usize {
         self as usize
     }
+}
+
+/// A host function that needs the whole message (eod): the error names
+/// the hook it was called from.
+pub fn require_full_message(hook: Hook, what: &str) -> Result<(), String> {
+    if hook.spec().full_message {
+        return Ok(());
+    }
+    let hooks: Vec<&str> = HOOKS
+        .iter()
+        .filter(|s| s.full_message)
+        .map(|s| s.name)
+        .collect();
+    Err(format!(
+        "{what} is only available in the {} hook (this is {})",
+        hooks.join(", "),
+        hook.name()
+    ))
 }
 
 impl std::fmt::Display for Hook {

@@ -21,8 +21,9 @@
 //!   extra sources (tests).
 //! - Before each stage, `has_hook(hook)`; if false, carry on as if `Pass`
 //!   (running a hook without a script returns its fall-through verdict —
-//!   for `auth` that is Reject 535, for `eod` the built-in default that
-//!   queues every recipient).
+//!   for `auth` that is Reject 535). Without an eod script the session's
+//!   built-in eod queues every recipient to its transport; there is no
+//!   second default here.
 //! - For each command line, `proxy_wants(VERB, server_knows_verb)`, and for
 //!   the line after a proxy verdict with `next = true`.
 //! - `run(hook, input).await` → [`HookOutcome`]: act on `verdict` (render

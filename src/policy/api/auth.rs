@@ -27,7 +27,6 @@ use mlua::{Lua, ObjectLike, Table, Value};
 
 use super::mail::MailMessage;
 use super::{with_run, Shared};
-use crate::policy::hooks::Hook;
 use crate::scan::auth::{self, DmarcVerdict, SpfRequest};
 use crate::scan::dns::Resolver;
 use crate::scan::ScanContext;
@@ -108,12 +107,7 @@ fn scan_dmarc_fn(lua: &Lua) -> mlua::Result<mlua::Function> {
         let (hook, message, txn) = with_run(&lua, "ScanDMARC()", |rs| {
             (rs.hook, rs.message.clone(), rs.transaction.clone())
         })?;
-        if hook != Hook::Eod {
-            return Err(rt(format!(
-                "ScanDMARC() is only available in the eod hook (this is {})",
-                hook.name()
-            )));
-        }
+        crate::policy::hooks::require_full_message(hook, "ScanDMARC()").map_err(rt)?;
         let Some(message) = message else {
             return Err(rt("ScanDMARC(): no message"));
         };

@@ -9,18 +9,13 @@ use mlua::{Lua, Value};
 
 use super::auth::scanners;
 use super::with_run;
-use crate::policy::hooks::Hook;
 use crate::scan::dlp::{options_from_lua, result_to_lua, selection_from_lua, Selection};
 
 pub fn register(lua: &Lua) -> mlua::Result<()> {
     let f = lua.create_async_function(|lua, (patterns, options): (Value, Value)| async move {
         let (hook, message) = with_run(&lua, "ScanDLP()", |rs| (rs.hook, rs.message.clone()))?;
-        if hook != Hook::Eod {
-            return Err(mlua::Error::runtime(format!(
-                "ScanDLP() is only available in the eod hook (this is {})",
-                hook.name()
-            )));
-        }
+        crate::policy::hooks::require_full_message(hook, "ScanDLP()")
+            .map_err(mlua::Error::runtime)?;
         let Some(message) = message else {
             return Err(mlua::Error::runtime("ScanDLP(): no message"));
         };

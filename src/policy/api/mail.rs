@@ -23,7 +23,6 @@ use mail_parser::{MessageParser, MimeHeaders, PartType};
 use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 
 use super::{address_arg, string_map, with_run, Shared};
-use crate::policy::hooks::Hook;
 use crate::policy::{QueueDsn, QueueRequest};
 
 /// Folded header lines stay under this many characters when refolding.
@@ -530,11 +529,11 @@ fn queue(
     o: Option<Table>,
 ) -> mlua::Result<Table> {
     let (hook, txn) = with_run(lua, "queue()", |rs| (rs.hook, rs.transaction.clone()))?;
-    if hook != Hook::Eod || this.headers_only {
-        return Err(mlua::Error::runtime(format!(
-            "queue() is only available in the eod hook (this is {})",
-            hook.name()
-        )));
+    crate::policy::hooks::require_full_message(hook, "queue()").map_err(mlua::Error::runtime)?;
+    if this.headers_only {
+        return Err(mlua::Error::runtime(
+            "queue(): the message has not fully arrived yet",
+        ));
     }
     let sender = envelope_address(address_arg(&sender, "queue(): sender")?, "sender")?;
     let recipient = envelope_address(address_arg(&recipient, "queue(): recipient")?, "recipient")?;

@@ -47,7 +47,7 @@ impl Session {
             }
         }
 
-        let result = if !self.ctx.policy.has_script(Hook::Eod) {
+        let result = if !self.ctx.policy.has_hook(Hook::Eod) {
             // The built-in eod: every recipient to its transport, natively.
             self.queue_message(&info, body, size)
                 .await
