@@ -302,13 +302,7 @@ async fn auth_hook_over_starttls() {
         "AUTH must not be offered before TLS"
     );
     c.cmd("AUTH PLAIN AGFsaWNlAHMzY3JldA==", "503 5.5.1").await;
-    c.cmd("STARTTLS", "220").await;
-    let (tcp, _) = c.into_inner();
-    let tls = tokio_rustls::TlsConnector::from(tls_client_config(&srv.cert_path()))
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    let mut c = Client::new(tls);
+    let mut c = c.starttls(&srv.cert_path()).await;
     let e = c.cmd("EHLO x.example", "250").await;
     assert!(e.text.lines().any(|l| l == "AUTH PLAIN LOGIN"), "{e:?}");
     c.cmd("MAIL FROM:<a@example.net>", "250").await;

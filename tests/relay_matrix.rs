@@ -199,13 +199,7 @@ async fn run_case(policy: Policy, client: Client) {
     let mut c = srv.client().await;
     c.greet().await;
     let (replies, data) = if client == Client::Authenticated {
-        c.cmd("STARTTLS", "220").await;
-        let (tcp, _) = c.into_inner();
-        let tls = tokio_rustls::TlsConnector::from(tls_client_config(&srv.cert_path()))
-            .connect("localhost".try_into().unwrap(), tcp)
-            .await
-            .unwrap();
-        let mut c = common::Client::new(tls);
+        let mut c = c.starttls(&srv.cert_path()).await;
         c.cmd("EHLO client.example.net", "250").await;
         // AUTH PLAIN \0alice\0s3cret
         c.cmd("AUTH PLAIN AGFsaWNlAHMzY3JldA==", "235").await;

@@ -4,11 +4,36 @@
 
 use crate::store::queue::{QueueEntry, QueuedRecipient};
 
+/// RFC 3464 §2.3.3 Action field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsnAction {
+    Failed,
+    Delayed,
+    Delivered,
+    Relayed,
+}
+
+impl DsnAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DsnAction::Failed => "failed",
+            DsnAction::Delayed => "delayed",
+            DsnAction::Delivered => "delivered",
+            DsnAction::Relayed => "relayed",
+        }
+    }
+}
+
+impl std::fmt::Display for DsnAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What happened to one recipient, for the report.
 pub struct DsnRecipient<'a> {
     pub recipient: &'a QueuedRecipient,
-    /// "failed" | "delayed" | "delivered" | "relayed"
-    pub action: &'static str,
+    pub action: DsnAction,
     /// "5.1.1" style.
     pub status: String,
     pub remote_mta: Option<String>,
@@ -21,13 +46,13 @@ pub struct DsnText<'a> {
     pub body: &'a str,
 }
 
-pub fn default_text(action: &str) -> (&'static str, &'static str) {
+pub fn default_text(action: DsnAction) -> (&'static str, &'static str) {
     match action {
-        "failed" => (
+        DsnAction::Failed => (
             "Undelivered Mail Returned to Sender",
             "This is the mail system at {hostname}.\r\n\r\nI'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. The details are below.\r\n",
         ),
-        "delayed" => (
+        DsnAction::Delayed => (
             "Delayed Mail (still being retried)",
             "This is the mail system at {hostname}.\r\n\r\nYour message could not be delivered yet. It will be retried\r\nuntil it is {lifetime} old; you do not need to resend it.\r\n",
         ),
@@ -87,7 +112,7 @@ pub fn build(
         m.push_str(&format!(
             "<{}>: {}\r\n",
             r.recipient.recipient,
-            clean(r.diagnostic.as_deref().unwrap_or(r.action))
+            clean(r.diagnostic.as_deref().unwrap_or(r.action.as_str()))
         ));
     }
     m.push_str(&format!("\r\n--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n"));
@@ -115,7 +140,7 @@ pub fn build(
         if let Some(d) = &r.diagnostic {
             m.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", clean(d)));
         }
-        if r.action == "delayed" {
+        if r.action == DsnAction::Delayed {
             m.push_str(&format!(
                 "Will-Retry-Until: {}\r\n",
                 rfc5322_date(entry.next_attempt)

@@ -727,7 +727,7 @@ impl DeliveryService {
                 .filter(|(r, _, _)| dsn::wants(r, "FAILURE"))
                 .map(|(r, reply, host)| dsn::DsnRecipient {
                     recipient: r,
-                    action: "failed",
+                    action: dsn::DsnAction::Failed,
                     status: reply
                         .enhanced
                         .map(|e| e.to_string())
@@ -737,13 +737,14 @@ impl DeliveryService {
                 })
                 .collect();
             if !fails.is_empty() {
-                self.queue_report(entry, body, &fails, "failed").await;
+                self.queue_report(entry, body, &fails, dsn::DsnAction::Failed)
+                    .await;
             }
             let oks: Vec<dsn::DsnRecipient> = delivered_notify
                 .iter()
                 .map(|(r, reply, host)| dsn::DsnRecipient {
                     recipient: r,
-                    action: "delivered",
+                    action: dsn::DsnAction::Delivered,
                     status: reply
                         .enhanced
                         .map(|e| e.to_string())
@@ -753,7 +754,8 @@ impl DeliveryService {
                 })
                 .collect();
             if !oks.is_empty() {
-                self.queue_report(entry, body, &oks, "delivered").await;
+                self.queue_report(entry, body, &oks, dsn::DsnAction::Delivered)
+                    .await;
             }
         }
         if remaining.is_empty() {
@@ -777,14 +779,15 @@ impl DeliveryService {
                 .filter(|r| dsn::wants(r, "DELAY"))
                 .map(|r| dsn::DsnRecipient {
                     recipient: r,
-                    action: "delayed",
+                    action: dsn::DsnAction::Delayed,
                     status: "4.4.1".into(),
                     remote_mta: None,
                     diagnostic: entry.last_error.clone(),
                 })
                 .collect();
             if !delayed.is_empty() {
-                self.queue_report(entry, body, &delayed, "delayed").await;
+                self.queue_report(entry, body, &delayed, dsn::DsnAction::Delayed)
+                    .await;
             }
             entry.delay_notified = true;
         }
@@ -798,12 +801,12 @@ impl DeliveryService {
         entry: &QueueEntry,
         body: &Bytes,
         rcpts: &[dsn::DsnRecipient<'_>],
-        action: &str,
+        action: dsn::DsnAction,
     ) {
         let (subject, text) = dsn::default_text(action);
         let q = &self.config.queue;
         // A postdelivery script's wording for this entry, then the config's.
-        let subject = if action == "failed" {
+        let subject = if action == dsn::DsnAction::Failed {
             entry
                 .control
                 .bounce_subject
@@ -813,7 +816,7 @@ impl DeliveryService {
         } else {
             subject
         };
-        let text = if action == "failed" {
+        let text = if action == dsn::DsnAction::Failed {
             entry
                 .control
                 .bounce_text
@@ -862,7 +865,7 @@ impl DeliveryService {
         };
         match self.store.commit_messages(std::slice::from_ref(&msg)).await {
             Ok(()) => {
-                info!(queue = %entry.id, report = %id, action, to = %entry.sender, "delivery status notification queued")
+                info!(queue = %entry.id, report = %id, action = %action, to = %entry.sender, "delivery status notification queued")
             }
             Err(e) => warn!(queue = %entry.id, error = %e, "queueing the DSN failed"),
         }

@@ -234,6 +234,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 }
 
 /// A rustls client config trusting exactly the test certificate.
+impl Client<TcpStream> {
+    /// STARTTLS (expecting 220), then the handshake trusting `cert`: the
+    /// same client over TLS (EHLO again before anything else).
+    pub async fn starttls(
+        mut self,
+        cert: &Path,
+    ) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
+        self.cmd("STARTTLS", "220").await;
+        let (tcp, _) = self.into_inner();
+        let tls = tokio_rustls::TlsConnector::from(tls_client_config(cert))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        Client::new(tls)
+    }
+}
+
 pub fn tls_client_config(cert: &Path) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
