@@ -1965,7 +1965,7 @@ async fn reload_recompiles_axigen_policies() {
 }
 
 /// scripts/API.md carries the hook table generated from `HOOKS`
-/// (`SLUICE_BLESS=1` rewrites it).
+/// (`BLESS_API_DOC=1` rewrites it).
 #[test]
 fn api_doc_has_the_hook_table() {
     let path = repo("scripts/API.md");
@@ -1974,12 +1974,12 @@ fn api_doc_has_the_hook_table() {
     let a = doc.find(start).expect("start marker") + start.len();
     let b = doc.find(end).expect("end marker");
     let table = reference_markdown();
-    if std::env::var_os("SLUICE_BLESS").is_some() {
+    if std::env::var_os("BLESS_API_DOC").is_some() {
         let new = format!("{}{}{}", &doc[..a], table, &doc[b..]);
         std::fs::write(&path, new).unwrap();
         return;
     }
-    assert_eq!(&doc[a..b], table, "run with SLUICE_BLESS=1 to update");
+    assert_eq!(&doc[a..b], table, "run with BLESS_API_DOC=1 to update");
 }
 
 #[tokio::test]
