@@ -105,6 +105,18 @@ pub enum RefusalHistory {
     Transaction,
 }
 
+impl Fallback {
+    /// The reply this fallback answers with (none for `Pass`).
+    pub fn reply(self) -> Option<SmtpReply> {
+        match self {
+            Fallback::Pass => None,
+            Fallback::Reply(d, _) | Fallback::Reject(d, _) | Fallback::Defer(d, _) => {
+                Some(d.reply())
+            }
+        }
+    }
+}
+
 /// One row of the hook table.
 #[derive(Debug)]
 pub struct HookSpec {

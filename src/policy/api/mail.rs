@@ -509,10 +509,7 @@ impl UserData for MailMessage {
 
 /// An envelope address must not smuggle anything into an SMTP command.
 fn envelope_address(a: String, what: &str) -> mlua::Result<String> {
-    if a.len() > 320
-        || a.chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
-    {
+    if !super::is_envelope_address(&a) {
         return Err(mlua::Error::runtime(format!(
             "queue(): {what} {a:?} is not an envelope address"
         )));

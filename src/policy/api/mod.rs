@@ -198,6 +198,16 @@ pub(crate) fn is_terminated(lua: &Lua) -> bool {
         .unwrap_or(false)
 }
 
+/// Could `a` stand in an envelope (MAIL FROM / RCPT TO) as we write it
+/// out: at most 320 bytes, no control characters, white space or angle
+/// brackets. Used by `mail:queue` and by `Accept` rewrites.
+pub(crate) fn is_envelope_address(a: &str) -> bool {
+    a.len() <= 320
+        && !a
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+}
+
 /// An address given as a string or as `{localpart = , domain = }`.
 pub(crate) fn address_arg(v: &Value, what: &str) -> mlua::Result<String> {
     match v {

@@ -200,12 +200,7 @@ fn address_opt(
         may_be_null
     } else {
         match a.rsplit_once('@') {
-            Some((l, d)) => {
-                !l.is_empty()
-                    && !d.is_empty()
-                    && !a
-                        .contains(|c: char| c.is_whitespace() || c.is_control() || "<>".contains(c))
-            }
+            Some((l, d)) => !l.is_empty() && !d.is_empty() && super::is_envelope_address(&a),
             None => false,
         }
     };

@@ -100,10 +100,9 @@ impl Session {
                 DataProgress::End => break,
                 DataProgress::SuspiciousEnd => {
                     // Nothing after this line can be trusted to be a command.
-                    let Some(tx) = self.tx.take() else {
+                    let Some(tx) = self.end_transaction() else {
                         return Flow::Close;
                     };
-                    self.next_txid = crate::ids::new_id();
                     let reply = SmtpReply::with(
                         550,
                         "5.6.11",
@@ -202,10 +201,9 @@ impl Session {
         last: bool,
     ) -> Flow {
         if builder.flags.too_big {
-            let Some(tx) = self.tx.take() else {
+            let Some(tx) = self.end_transaction() else {
                 return Flow::Continue;
             };
-            self.next_txid = crate::ids::new_id();
             let reply = SmtpReply::with(
                 552,
                 "5.3.4",

@@ -20,10 +20,9 @@ use crate::store::queue::{ClientInfo, NewMessage, QueueEntry, QueuedRecipient};
 impl Session {
     /// End of data: check the content, run headers and eod, queue durably, answer.
     pub(super) async fn finish_message(&mut self, builder: MessageBuilder) -> Flow {
-        let Some(tx) = self.tx.take() else {
+        let Some(tx) = self.end_transaction() else {
             return Flow::Continue;
         };
-        self.next_txid = crate::ids::new_id();
         let info = tx.info;
         let rcpts = info.recipient_list();
         if let Some(reply) = self.content_rejection(&builder) {
@@ -84,10 +83,9 @@ impl Session {
                     conn = %self.info.id, tx = %info.id, to = %q.recipient,
                     "eod script queued a recipient the relay rule refuses: nothing queued"
                 );
-                let reply = match Hook::Eod.spec().on_error {
-                    crate::policy::Fallback::Defer(d, _) => d.reply(),
-                    _ => SmtpReply::with(451, "4.3.0", "Message not queued, try again later"),
-                };
+                // Answered like an eod script error: 451, nothing queued.
+                let spec = Hook::Eod.spec();
+                let reply = spec.on_error.reply().unwrap_or_else(|| spec.defer.reply());
                 return self.refuse("relay rule (eod)", &info, &reply, false, &rcpts, size);
             }
             self.queue_requests(&info, &out.queued, size)
@@ -219,6 +217,7 @@ impl Session {
         if reqs.is_empty() {
             return Ok(Vec::new());
         }
+        let client = self.client_info();
         let mut msgs: Vec<NewMessage> = Vec::new();
         let mut ids = Vec::new();
         for q in reqs {
@@ -273,7 +272,7 @@ impl Session {
             e.jobid = q.jobid.clone();
             e.smtputf8 = info.smtputf8;
             e.eight_bit = info.eight_bit;
-            e.client = self.client_info();
+            e.client = client.clone();
             e.message_id = message_id_of(&q.message);
             if q.hold {
                 e = e.held();

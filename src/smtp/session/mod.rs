@@ -184,9 +184,14 @@ impl Session {
     /// End the transaction (message done, RSET, new EHLO, STARTTLS): scripts
     /// see a new transaction id from now on.
     fn reset_transaction(&mut self) {
-        if self.tx.take().is_some() {
-            self.next_txid = crate::ids::new_id();
-        }
+        self.end_transaction();
+    }
+
+    /// Take the open transaction, if any; the next one gets a new id.
+    fn end_transaction(&mut self) -> Option<Transaction> {
+        let tx = self.tx.take()?;
+        self.next_txid = crate::ids::new_id();
+        Some(tx)
     }
 
     /// `transaction` for a hook: the open one, or the pending one (its id only).
@@ -397,6 +402,10 @@ impl Session {
         recipients: &[String],
         size: u64,
     ) -> (Decision, Option<String>) {
+        // No script: the built-in rules, without building the script's view.
+        if !self.ctx.policy.has_hook(hook) {
+            return (Decision::Builtin(None), None);
+        }
         let tx = tx.unwrap_or_else(|| self.transaction_view());
         let Some(out) = self.run_hook(hook, arguments, Some(tx.clone())).await else {
             return (Decision::Builtin(None), None);
