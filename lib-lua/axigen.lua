@@ -1,11 +1,12 @@
 -- axigen.lua — the runtime of Axigen policies compiled to Lua by Sluice
 -- (src/policy/axigen). A generated hook script does
 --
---   local ax = require("axigen").begin(_ENV, "rcptto")
+--   local ax = require("axigen").begin(_ENV, "rcptto", "policy/file")
 --   ax:event("onRcptTo", function() ... end)
 --   ax:finish()
 --
--- and the code in between reads and sets Axigen variables (ax:get/ax:set),
+-- and the code in between records the policy line it is at (ax.line = N),
+-- reads and sets Axigen variables (ax:get/ax:set),
 -- tests conditions (ax:is, ax:isCase, ax:match, ax:lessThan, …, ax:ipRange)
 -- and calls predefined methods (ax:checkSPF(), ax:addHeader(), …).
 --
@@ -22,11 +23,23 @@
 --   ndr, dsn onDelivery* settings (sendNDR, ndrSubject, …, dsnSubject, …)
 --            for the bounce / notice code
 --
--- Operator settings (set them in lib_path/axigen_local.lua, which the
--- runtime loads before the first hook):
+-- Session settings (maxRcptCount, maxDataSize, maxReceivedHeaders,
+-- allowStartTLS/Pipelining/8bitMime/BinaryData/DSN, localDelivery,
+-- remoteDelivery) are kept in context.axigen.session, where the SMTP
+-- session reads and enforces them at every stage (src/smtp/session/
+-- settings.rs): whichever event sets them, later events are not needed.
+--
+-- Local domains are relay.domains (sluice.is_local_domain): they make
+-- isRcptDomainLocal / isRcptLocal and the session's localDelivery /
+-- remoteDelivery rule. Operator overrides go in lib_path/axigen_local.lua,
+-- which the runtime loads before the first hook:
 --   require("axigen").local_domains = {"example.org", …}
---       makes isRcptDomainLocal / isRcptLocal known and lets
---       localDelivery / remoteDelivery (when a policy sets them) decide.
+--       replaces relay.domains for isRcptDomainLocal / isRcptLocal.
+--
+-- Runtime errors: an error inside an event (a scanner that fails, a bug)
+-- is logged with the policy's file:line through sluice.policy_error and
+-- counted; the event then counts as having set no action, and the hook
+-- goes on with the next event. It never turns into the hook's error reply.
 --
 -- Relaying: Sluice's built-in relay rule (relay.domains,
 -- relay.trusted_networks, an authenticated session) decides every
@@ -149,7 +162,7 @@ local SPF_NAMES = {
 -- hook runs: the place for local_domains, filters and scanner stubs.
 local local_loaded = false
 
-function M.begin(env, hook)
+function M.begin(env, hook, policy)
   if not local_loaded then
     local_loaded = true
     local ok, err = pcall(require, "axigen_local")
@@ -181,6 +194,8 @@ function M.begin(env, hook)
   local self = setmetatable({
     env = env,
     hook = hook,
+    policy = policy or "?",
+    line = 0,
     st = st,
     vars = {},
     accepted = false,
@@ -353,12 +368,21 @@ getters.currentrcptfolder = function(self)
   end
   return ""
 end
+--- Is the domain local: axigen_local.lua's local_domains when set, else
+--- relay.domains.
+local function domain_is_local(d)
+  if #M.local_domains > 0 then
+    return contains_ci(M.local_domains, d)
+  end
+  return sluice ~= nil and sluice.is_local_domain(d)
+end
+
 local function rcpt_local(self)
-  if #M.local_domains == 0 or self.hook ~= "rcptto" then
+  if self.hook ~= "rcptto" then
     return ""
   end
   local _, d = split_addr(self:get("currentRcpt"))
-  return contains_ci(M.local_domains, d) and "yes" or "no"
+  return domain_is_local(d) and "yes" or "no"
 end
 getters.isrcptdomainlocal = rcpt_local
 getters.isrcptlocal = rcpt_local
@@ -963,7 +987,10 @@ function Ax:event(name, fn)
     self.vars[k] = v
   end
   self.executed = {}
-  fn()
+  local ok, err = pcall(fn)
+  if not ok then
+    self:runtime_error(err)
+  end
   local action = lower(trim(self.vars.smtpaction))
   if action == "" then
     -- A filter's action stands when the policy did not choose one.
@@ -983,6 +1010,28 @@ function Ax:event(name, fn)
     self:decide(action, self.vars.smtpexplanation)
   end
   self:after_event()
+end
+
+--- Where the generated code is (see ax.line); true, for use in conditions.
+function Ax:at(line)
+  self.line = line
+  return true
+end
+
+--- An error inside an event: reported with the policy line, and the event
+--- counts as having set no action (a broken rule must not refuse mail the
+--- policy did not mean to refuse).
+function Ax:runtime_error(err)
+  local msg = str(err)
+  if sluice and sluice.policy_error then
+    sluice.policy_error({ policy = self.policy, line = self.line, event = self.event_name, message = msg })
+  elseif log and log.error then
+    log.error(format("axigen: %s:%d: %s: %s", self.policy, self.line, str(self.event_name), msg))
+  end
+  self.vars.smtpaction = nil
+  self.vars.smtpexplanation = nil
+  self.executed = {}
+  self.discard = nil
 end
 
 --- Per-event bookkeeping that must survive the event's variables.
@@ -1011,25 +1060,6 @@ function Ax:after_event()
       if self.vars[k] ~= nil then
         self.out[k] = self.vars[k]
       end
-    end
-  end
-end
-
-local function session_number(self, k)
-  local v = self.st.session[k]
-  if v == nil then
-    return nil
-  end
-  return num(v)
-end
-
-local function received_check(self, mail)
-  local max = session_number(self, "maxreceivedheaders")
-  if max and mail then
-    local n = #mail:getHeaders("Received")
-    if n > max then
-      Reject("Too many Received headers (" .. n .. "): mail loop detected",
-        { reply_codes = { code = 554, enhanced = "5.4.6" } })
     end
   end
 end
@@ -1115,27 +1145,7 @@ function Ax:finish()
       Reject("SPF check failed", { reply_codes = { code = 550, enhanced = "5.7.23" } })
     end
   elseif h == "rcptto" then
-    local t = self.env.transaction
     local orig = lower(str(args(self).recipient))
-    local max = session_number(self, "maxrcptcount")
-    local have = (t and t.recipients and #t.recipients or 0) + #st.txn.added
-    if max and have >= max and not self.discard then
-      Defer("Too many recipients", { reply_codes = { code = 452, enhanced = "4.5.3" } })
-    end
-    if #M.local_domains > 0 then
-      local _, d = split_addr(orig)
-      local is_local = contains_ci(M.local_domains, d)
-      local key = is_local and "localdelivery" or "remotedelivery"
-      local rule = st.session[key]
-      if rule ~= nil then
-        rule = lower(trim(rule))
-        local authed = getters.authuser(self)
-        if rule == "none" or rule == "no" or (rule == "auth" and (authed == nil or authed == "")) then
-          Reject(is_local and "Local delivery is not allowed" or "Relaying denied",
-            { reply_codes = { code = 550, enhanced = "5.7.1" } })
-        end
-      end
-    end
     local rv = self.rcpt_vars or {}
     local final = orig
     if rv.currentrcpt ~= nil then
@@ -1155,16 +1165,8 @@ function Ax:finish()
       st.txn.discarded[orig] = true
       Reply()
     end
-  elseif h == "headers" then
-    received_check(self, self:mail())
   elseif h == "eod" then
     local mail = self:mail()
-    received_check(self, mail)
-    local max = session_number(self, "maxdatasize")
-    if max and mail and mail:getSize() > max * 1024 then
-      Reject("Message size exceeds the limit of " .. math.floor(max) .. " KB",
-        { reply_codes = { code = 552, enhanced = "5.3.4" } })
-    end
     st.counters.size = (st.counters.size or 0) + (mail and mail:getSize() or 0)
     self:queue_all()
     Accept()

@@ -246,6 +246,23 @@ pub struct RelayConfig {
     pub trusted_networks: Vec<IpNet>,
 }
 
+impl RelayConfig {
+    /// Is `domain` one of `domains` (a leading dot there: any subdomain)?
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        let d = domain.trim_end_matches('.');
+        self.domains.iter().any(|rd| {
+            if let Some(suffix) = rd.strip_prefix('.') {
+                d.len() > suffix.len()
+                    && d.to_ascii_lowercase()
+                        .ends_with(&suffix.to_ascii_lowercase())
+                    && d.as_bytes()[d.len() - suffix.len() - 1] == b'.'
+            } else {
+                rd.eq_ignore_ascii_case(d)
+            }
+        })
+    }
+}
+
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {

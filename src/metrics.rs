@@ -131,6 +131,8 @@ pub struct Metrics {
     hook_seconds: Vec<Histogram>,
     /// (result, transport) → count
     deliveries: Mutex<BTreeMap<(String, String), u64>>,
+    /// (policy file, hook) → runtime errors a compiled policy survived
+    policy_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
     pub fsync_batches: AtomicU64,
     pub fsync_errors: AtomicU64,
     fsync_batch_size: Histogram,
@@ -151,6 +153,7 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     hook_verdicts: atomics(NHOOKS * VERDICTS.len()),
     hook_seconds: (0..NHOOKS).map(|_| Histogram::new(LATENCY)).collect(),
     deliveries: Mutex::new(BTreeMap::new()),
+    policy_errors: Mutex::new(BTreeMap::new()),
     fsync_batches: AtomicU64::new(0),
     fsync_errors: AtomicU64::new(0),
     fsync_batch_size: Histogram::new(BATCH),
@@ -217,6 +220,16 @@ pub fn delivery_attempt(result: &str, transport: &str) {
     let mut m = GLOBAL.deliveries.lock().unwrap_or_else(|e| e.into_inner());
     *m.entry((result.to_ascii_lowercase(), transport.to_string()))
         .or_default() += 1;
+}
+
+/// A compiled (Axigen) policy hit a runtime error in one event and went on
+/// as if the event had set no action.
+pub fn policy_runtime_error(policy: &str, hook: Hook) {
+    let mut m = GLOBAL
+        .policy_errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    *m.entry((policy.to_string(), hook.name())).or_default() += 1;
 }
 
 /// One group-commit flush that served `batch` waiters.
@@ -390,6 +403,23 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
                 "sluice_delivery_attempts_total{{result=\"{}\",transport=\"{}\"}} {n}",
                 label_value(result),
                 label_value(transport)
+            );
+        }
+    }
+
+    header(
+        &mut out,
+        "sluice_policy_runtime_errors_total",
+        "counter",
+        "Runtime errors in compiled Axigen policies, by policy file and hook; the event went on as if it had set no action.",
+    );
+    {
+        let d = m.policy_errors.lock().unwrap_or_else(|e| e.into_inner());
+        for ((policy, hook), n) in d.iter() {
+            let _ = writeln!(
+                out,
+                "sluice_policy_runtime_errors_total{{policy=\"{}\",hook=\"{hook}\"}} {n}",
+                label_value(policy)
             );
         }
     }

@@ -48,6 +48,8 @@ struct Epoch {
     transports: BTreeSet<String>,
     dns: Arc<Dns>,
     scan: Arc<crate::scan::ScanContext>,
+    hostname: String,
+    relay: Arc<crate::config::RelayConfig>,
 }
 
 struct PooledState {
@@ -186,6 +188,8 @@ fn compile(
         transports: cfg.transport.keys().cloned().collect(),
         dns: Arc::new(Dns::new(&cfg.dns)),
         scan: Arc::new(api::scan_context(cfg, &sources)?),
+        hostname: cfg.hostname.clone(),
+        relay: Arc::new(cfg.relay.clone()),
     };
     Ok((epoch, warnings))
 }
@@ -388,6 +392,8 @@ fn new_pooled(epoch: &Epoch) -> Result<PooledState, PolicyError> {
         transports: epoch.transports.clone(),
         dns: epoch.dns.clone(),
         scan: epoch.scan.clone(),
+        hostname: epoch.hostname.clone(),
+        relay: epoch.relay.clone(),
     };
     let lua = sandbox::new_state(&epoch.limits, &epoch.lib_path, shared)
         .map_err(|e| PolicyError::State(e.to_string()))?;

@@ -164,8 +164,9 @@ pub fn new_state(limits: &Limits, lib_path: &[PathBuf], shared: Shared) -> mlua:
     let string: mlua::Table = g.get("string")?;
     string.raw_set("dump", Value::Nil)?;
 
-    api::register_all(&lua)?;
+    // Before the API: `sluice.hostname` is read from it at registration.
     lua.set_app_data(shared);
+    api::register_all(&lua)?;
     lua.set_app_data(LibPath(lib_path.to_vec()));
 
     let terminated = lua.create_function(|lua, err: Value| Ok(check_terminated(lua, &err)))?;

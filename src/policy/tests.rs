@@ -1696,6 +1696,8 @@ async fn bench_runs() {
             transports: Default::default(),
             dns: Arc::new(api::dns::Dns::new(&Default::default())),
             scan: Arc::new(crate::scan::ScanContext::minimal("localhost")),
+            hostname: "localhost".into(),
+            relay: Default::default(),
         },
     )
     .unwrap();

@@ -19,6 +19,7 @@ pub mod json;
 pub mod log;
 pub mod mail;
 pub mod re;
+pub mod server;
 pub mod sha256;
 pub mod verdict;
 
@@ -48,6 +49,7 @@ pub fn register_all(lua: &Lua) -> mlua::Result<()> {
     dnsbl::register(lua)?;
     geoip::register(lua)?;
     dlp::register(lua)?;
+    server::register(lua)?;
     #[cfg(test)]
     lua.globals().set(
         "__test_panic",
@@ -93,6 +95,9 @@ pub struct Shared {
     pub dns: Arc<dns::Dns>,
     /// Sender checks, GeoIP and DLP of this epoch.
     pub scan: Arc<crate::scan::ScanContext>,
+    /// `hostname` and `[relay]` (for `sluice.*`).
+    pub hostname: String,
+    pub relay: Arc<crate::config::RelayConfig>,
 }
 
 /// A verdict as the script gave it, before defaults are applied.

@@ -145,17 +145,26 @@ fn stmts(e: &mut Emitter, body: &[Stmt]) {
     }
 }
 
+/// `ax.line = N; ` before a statement: the runtime names the policy line of
+/// a runtime error with it (errors are mostly raised inside the runtime,
+/// where Lua's own position says nothing about the policy).
+fn at(line: u32) -> String {
+    format!("ax.line = {line}; ")
+}
+
 fn stmt(e: &mut Emitter, s: &Stmt) {
     let line = Some(s.pos.line);
+    let here = at(s.pos.line);
     match &s.kind {
-        StmtKind::Set { var, value: v } => {
-            e.line(format!("ax:set({}, {})", var_name(var), value(v)), line)
-        }
+        StmtKind::Set { var, value: v } => e.line(
+            format!("{here}ax:set({}, {})", var_name(var), value(v)),
+            line,
+        ),
         StmtKind::Call(n) => match vars::method(&n.text) {
-            Some((canon, _)) => e.line(format!("ax:{canon}()"), line),
-            None => e.line(format!("{}()", method_ref(&n.key())), line),
+            Some((canon, _)) => e.line(format!("{here}ax:{canon}()"), line),
+            None => e.line(format!("{here}{}()", method_ref(&n.key())), line),
         },
-        StmtKind::Export(n) => e.line(format!("ax:export({})", var_name(n)), line),
+        StmtKind::Export(n) => e.line(format!("{here}ax:export({})", var_name(n)), line),
         StmtKind::Return => e.line("do return end", line),
         StmtKind::If { .. } => {
             let mut cur = s;
@@ -164,9 +173,13 @@ fn stmt(e: &mut Emitter, s: &Stmt) {
                 let StmtKind::If { cond: c, then, els } = &cur.kind else {
                     unreachable!()
                 };
-                let kw = if first { "if" } else { "elseif" };
+                let head = if first {
+                    format!("{}if {} then", at(cur.pos.line), cond(c))
+                } else {
+                    format!("elseif ax:at({}) and ({}) then", cur.pos.line, cond(c))
+                };
                 first = false;
-                e.line(format!("{kw} {} then", cond(c)), Some(cur.pos.line));
+                e.line(head, Some(cur.pos.line));
                 e.indent += 1;
                 stmts(e, then);
                 e.indent -= 1;
@@ -198,8 +211,12 @@ fn stmt(e: &mut Emitter, s: &Stmt) {
                 return;
             }
             for (i, (c, b)) in cases.iter().enumerate() {
-                let kw = if i == 0 { "if" } else { "elseif" };
-                e.line(format!("{kw} {} then", cond(c)), Some(c.pos.line));
+                let head = if i == 0 {
+                    format!("{}if {} then", at(c.pos.line), cond(c))
+                } else {
+                    format!("elseif ax:at({}) and ({}) then", c.pos.line, cond(c))
+                };
+                e.line(head, Some(c.pos.line));
                 e.indent += 1;
                 stmts(e, b);
                 e.indent -= 1;
@@ -245,8 +262,9 @@ pub fn hook_script(label: &str, items: &[Item], a: &Analysis, hook: Hook) -> Emi
     );
     e.line(
         format!(
-            "local ax = require(\"axigen\").begin(_ENV, {})",
-            lua_str(hook.name())
+            "local ax = require(\"axigen\").begin(_ENV, {}, {})",
+            lua_str(hook.name()),
+            lua_str(label)
         ),
         None,
     );

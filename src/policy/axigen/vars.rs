@@ -342,6 +342,4 @@ pub const EOD_VARS: &[&str] = &[
     "currentrcptfolder",
     "currentrcptrelayhost",
     "delaydelivery",
-    "maxdatasize",
-    "maxreceivedheaders",
 ];

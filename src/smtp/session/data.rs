@@ -3,6 +3,7 @@
 
 use tracing::info;
 
+use super::settings::Extension;
 use super::{Decision, Flow, Session};
 use crate::config::BareLineEnding;
 use crate::envelope::TransactionInfo;
@@ -64,7 +65,7 @@ impl Session {
         let cfg = &self.ctx.config;
         MessageBuilder::new(
             &self.received_header(tx),
-            cfg.limits.message_size,
+            self.max_message_size(),
             cfg.limits.data_line_length,
             cfg.smtp.bare_line_ending == BareLineEnding::Normalize,
         )
@@ -144,6 +145,7 @@ impl Session {
     pub(super) async fn cmd_bdat(&mut self, size: u64, last: bool) -> Flow {
         let timeout = self.ctx.config.limits.data_timeout;
         let usable = self.extended
+            && self.extension_allowed(Extension::Chunking)
             && self
                 .tx
                 .as_ref()
@@ -155,6 +157,9 @@ impl Session {
             }
             if !self.extended {
                 return self.error(503, "5.5.1", "BDAT requires EHLO");
+            }
+            if !self.extension_allowed(Extension::Chunking) {
+                return self.error(502, "5.5.1", "BDAT is not available in this session");
             }
             if self.tx.is_none() {
                 return self.error(503, "5.5.1", "Need MAIL command");

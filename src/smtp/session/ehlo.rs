@@ -3,6 +3,7 @@
 
 use tracing::debug;
 
+use super::settings::Extension;
 use super::{Decision, Flow, Session};
 use crate::envelope::HeloInfo;
 use crate::policy::{Hook, HookArguments};
@@ -32,23 +33,23 @@ impl Session {
         let reply = if self.extended {
             let mut lines = vec![greet];
             // Axigen policies switch extensions off per session (allowStartTLS & co.).
-            let on = |key: &str| !self.policy_switched_off(key);
-            if on("allowpipelining") {
+            let on = |ext| self.extension_allowed(ext);
+            if on(Extension::Pipelining) {
                 lines.push("PIPELINING".to_string());
             }
-            lines.push(format!("SIZE {}", cfg.limits.message_size));
-            if on("allow8bitmime") {
+            lines.push(format!("SIZE {}", self.max_message_size()));
+            if on(Extension::EightBitMime) {
                 lines.push("8BITMIME".to_string());
             }
             lines.push("SMTPUTF8".to_string());
             lines.push("ENHANCEDSTATUSCODES".to_string());
-            if on("allowbinarydata") {
+            if on(Extension::Chunking) {
                 lines.push("CHUNKING".to_string());
             }
-            if on("allowdsn") {
+            if on(Extension::Dsn) {
                 lines.push("DSN".to_string());
             }
-            if self.starttls_available() && on("allowstarttls") {
+            if self.starttls_available() && on(Extension::StartTls) {
                 lines.push("STARTTLS".to_string());
             }
             if self.auth_available() && self.info.auth.is_none() {

@@ -150,7 +150,7 @@ impl Session {
                     limits.data_line_length
                 ),
             )
-        } else if builder.received > limits.received_headers {
+        } else if builder.received > self.max_received_headers() {
             (
                 554,
                 "5.4.6",

@@ -4,6 +4,7 @@
 
 use tracing::debug;
 
+use super::settings::Extension;
 use super::{now_secs, Decision, Flow, Session, Transaction};
 use crate::envelope::{Address, MessageDsn, TransactionInfo};
 use crate::policy::{Hook, HookArguments};
@@ -20,14 +21,31 @@ impl Session {
         if !params.raw.is_empty() && !self.extended {
             return self.error(555, "5.5.4", "Parameters are not supported after HELO");
         }
-        if params
-            .size
-            .is_some_and(|n| n > self.ctx.config.limits.message_size)
-        {
+        if params.size.is_some_and(|n| n > self.max_message_size()) {
             return self.error(
                 552,
                 "5.3.4",
                 "Message size exceeds fixed maximum message size",
+            );
+        }
+        // RFC 1652 / RFC 3461: a parameter of an extension the session does
+        // not offer (a policy switched it off) is refused, not ignored.
+        if params.body == Some(Body::EightBitMime)
+            && !self.extension_allowed(Extension::EightBitMime)
+        {
+            return self.error(
+                555,
+                "5.5.4",
+                "BODY=8BITMIME is not available in this session",
+            );
+        }
+        if (params.ret.is_some() || params.envid.is_some())
+            && !self.extension_allowed(Extension::Dsn)
+        {
+            return self.error(
+                555,
+                "5.5.4",
+                "DSN parameters are not available in this session",
             );
         }
         let smtputf8 = params.smtputf8;

@@ -24,6 +24,7 @@ mod mail;
 mod proxy;
 mod rcpt;
 pub mod relay;
+mod settings;
 mod starttls;
 #[cfg(test)]
 mod tests;
@@ -538,13 +539,5 @@ impl Session {
             }
         }
         Some(out)
-    }
-
-    /// An Axigen policy set this session switch to "no" (context.axigen.session).
-    fn policy_switched_off(&self, key: &str) -> bool {
-        self.context
-            .pointer(&format!("/axigen/session/{key}"))
-            .and_then(|v| v.as_str())
-            .is_some_and(|v| v.eq_ignore_ascii_case("no"))
     }
 }

@@ -1,10 +1,11 @@
 //! RCPT TO: parameters (NOTIFY, ORCPT), the recipient limit, the rcptto
-//! hook and the relay rule. Only an explicit `Accept()` from the script
+//! hook, a policy's delivery rule ([`super::settings`]) and the relay rule. Only an explicit `Accept()` from the script
 //! takes a recipient past [`relay::permits`]; every refusal is recorded
 //! with the reply sent.
 
 use tracing::debug;
 
+use super::settings::Extension;
 use super::{relay, Decision, Flow, Session};
 use crate::envelope::{Address, RecipientDsn, RecipientInfo};
 use crate::policy::{Hook, HookArguments};
@@ -22,6 +23,15 @@ impl Session {
         if !params.raw.is_empty() && !self.extended {
             return self.error(555, "5.5.4", "Parameters are not supported after HELO");
         }
+        if (params.notify.is_some() || params.orcpt.is_some())
+            && !self.extension_allowed(Extension::Dsn)
+        {
+            return self.error(
+                555,
+                "5.5.4",
+                "DSN parameters are not available in this session",
+            );
+        }
         let smtputf8 = tx.info.smtputf8;
         let dsn = RecipientDsn {
             notify: params.notify_strings(),
@@ -32,7 +42,7 @@ impl Session {
         }
         let tx_info = tx.info.clone();
         let rcpt = address.to_lowercase();
-        if tx_info.recipients.len() >= self.ctx.config.limits.recipients {
+        if tx_info.recipients.len() >= self.max_recipients() {
             let reply = SmtpReply::with(452, "4.5.3", "Too many recipients");
             return self.refuse("recipient limit", &tx_info, &reply, false, &[rcpt], 0);
         }
@@ -64,6 +74,15 @@ impl Session {
             }
             // Everything else: the built-in rule decides.
             Decision::Builtin(custom) => {
+                // A policy's localDelivery / remoteDelivery narrows the rule.
+                let domain = Address::split(&rcpt).domain;
+                let rule = (!domain.is_empty())
+                    .then(|| self.delivery_rule_refuses(&domain))
+                    .flatten();
+                if let Some(why) = rule {
+                    let reply = SmtpReply::with(550, "5.7.1", why);
+                    return self.refuse("delivery rule", &tx_info, &reply, false, &[rcpt], 0);
+                }
                 if !self.relay_permits(&rcpt) {
                     let reply = SmtpReply::with(550, "5.7.1", "Relaying denied");
                     let flow = self.refuse("relay rule", &tx_info, &reply, false, &[rcpt], 0);

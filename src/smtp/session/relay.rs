@@ -25,17 +25,7 @@ pub fn permits(
 
 /// Is `domain` one of `relay.domains`?
 pub fn local_domain(cfg: &RelayConfig, domain: &str) -> bool {
-    let d = domain.trim_end_matches('.');
-    cfg.domains.iter().any(|rd| {
-        if let Some(suffix) = rd.strip_prefix('.') {
-            d.len() > suffix.len()
-                && d.to_ascii_lowercase()
-                    .ends_with(&suffix.to_ascii_lowercase())
-                && d.as_bytes()[d.len() - suffix.len() - 1] == b'.'
-        } else {
-            rd.eq_ignore_ascii_case(d)
-        }
-    })
+    cfg.is_local_domain(domain)
 }
 
 /// Is the client in `relay.trusted_networks`?

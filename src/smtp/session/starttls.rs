@@ -3,6 +3,7 @@
 
 use tracing::{info, warn};
 
+use super::settings::Extension;
 use super::{Flow, Session};
 use crate::config::ListenerTls;
 use crate::smtp::io::Stream;
@@ -18,7 +19,7 @@ impl Session {
         if self.info.tls.is_some() {
             return self.error(503, "5.5.1", "TLS already active");
         }
-        if !self.starttls_available() || self.policy_switched_off("allowstarttls") {
+        if !self.starttls_available() || !self.extension_allowed(Extension::StartTls) {
             return self.error(502, "5.5.1", "STARTTLS not available");
         }
         let Some(sc) = self.ctx.tls.get() else {
