@@ -613,6 +613,11 @@ fn load_inline(src: &str) -> Policy {
         "local M = {}\nfunction M.all() return \"accept\" end\nreturn M\n",
     )
     .unwrap();
+    std::fs::write(
+        dir.path().join("drop_filters.lua"),
+        "local M = {}\nfunction M.gone(f)\n  if f.get(\"currentRcpt\") == \"gone@example.org\" then return \"discard\" end\n  return \"continue\"\nend\nreturn M\n",
+    )
+    .unwrap();
     let compiled = axigen::compile_file(&file).unwrap_or_else(|d| panic!("{d:?}"));
     let mut cfg = Config::default();
     cfg.scripts.lib_path = vec![
@@ -709,6 +714,33 @@ async fn discarded_recipients_are_not_queued_without_an_eod_event() {
             Hook::Eod,
             "a@sender.example",
             &["gone@elsewhere.example", "bob@example.org"],
+            MSG,
+        )
+        .await;
+    let rcpts: Vec<&str> = o.queued.iter().map(|q| q.recipient.as_str()).collect();
+    assert_eq!(rcpts, vec!["bob@example.org"]);
+}
+
+/// A Lua filter that answers "discard" in onRcptTo drops the recipient the
+/// same way: the policy gets the generated eod, which leaves it out.
+#[tokio::test]
+async fn a_filter_discard_is_not_queued() {
+    let p = load_inline(
+        "event onRcptTo {\n\tset (filterName, \"drop\");\n\tset (filterType, \"lua\");\n\tset (filterAddress, \"drop_filters.gone\");\n\tcall (addFilter);\n\tcall (executeFilters);\n}\n",
+    );
+    assert!(p.compiled.hook(Hook::Eod).is_some(), "an eod hook");
+    let mut s = Session::new(&p, "203.0.113.9");
+    let o = s.rcpt_to("a@sender.example", &[], "gone@example.org").await;
+    assert_eq!(reply(&o).0, 250, "discard answers the client");
+    let o = s
+        .rcpt_to("a@sender.example", &["gone@example.org"], "bob@example.org")
+        .await;
+    assert!(is_pass(&o), "{:?}", o.verdict);
+    let o = s
+        .data(
+            Hook::Eod,
+            "a@sender.example",
+            &["gone@example.org", "bob@example.org"],
             MSG,
         )
         .await;

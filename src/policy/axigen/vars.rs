@@ -336,6 +336,8 @@ pub const EOD_METHODS: &[&str] = &[
     // The eod hook leaves a discarded recipient out; without it the built-in
     // eod would queue every recipient the session took, discarded or not.
     "discardrcpt",
+    // A filter may answer "discard" for the recipient (same reason).
+    "executefilters",
 ];
 pub const EOD_VARS: &[&str] = &[
     "currentrcpt",
