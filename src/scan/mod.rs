@@ -2,6 +2,7 @@
 //!
 //! - [`dns`]: the shared resolver (with caches) every check uses.
 //! - [`auth`]: SPF, DKIM, DMARC (`ScanDMARC`), ARC verify and seal.
+//! - [`spf`]: SPF (RFC 7208), our own evaluator.
 //! - [`dnsbl`]: DNSBL / RHSBL / DNSWL lookups, FCrDNS, sender MX.
 //! - [`geoip`]: MaxMind country and ASN databases.
 //! - [`dlp`]: content inspection (`ScanDLP`).
@@ -11,6 +12,7 @@ pub mod dlp;
 pub mod dns;
 pub mod dnsbl;
 pub mod geoip;
+pub mod spf;
 
 use std::sync::Arc;
 
