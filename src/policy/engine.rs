@@ -113,15 +113,17 @@ fn compile(
     id: u64,
 ) -> Result<(Epoch, Vec<crate::policy::axigen::Diagnostic>), PolicyError> {
     let mut errors = Vec::new();
-    let (mut sources, warnings) = match crate::policy::axigen::config_sources(&cfg.scripts.axigen) {
-        Ok(x) => x,
-        Err(diags) => {
-            errors.push(PolicyError::Axigen(
-                crate::policy::axigen::render_diagnostics(&diags),
-            ));
-            (Vec::new(), Vec::new())
-        }
-    };
+    let env = crate::policy::axigen::CompileEnv::from_config(cfg);
+    let (mut sources, warnings) =
+        match crate::policy::axigen::config_sources(&cfg.scripts.axigen, env) {
+            Ok(x) => x,
+            Err(diags) => {
+                errors.push(PolicyError::Axigen(
+                    crate::policy::axigen::render_diagnostics(&diags),
+                ));
+                (Vec::new(), Vec::new())
+            }
+        };
     sources.extend(extra.iter().cloned());
     let mut scripts: [Vec<Arc<Script>>; HOOK_COUNT] = Default::default();
     for x in &sources {
