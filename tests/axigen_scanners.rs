@@ -61,6 +61,11 @@ fn zone() -> Zone {
         .txt("broken.test", "v=spf1 include:_spf.broken.test -all")
         .servfail("_spf.broken.test")
         .mx("broken.test", 10, "mx.broken.test")
+        .txt(
+            "perm.test",
+            "v=spf1 ip4:127.0.0.0/8 redirect=a.perm.test redirect=b.perm.test",
+        )
+        .mx("perm.test", 10, "mx.perm.test")
         .txt("nullmx.test", "v=spf1 ?all")
         .mx("nullmx.test", 0, ".")
         .txt("nomx.test", "v=spf1 ?all")
@@ -370,6 +375,14 @@ async fn antispam_corpus() {
     // SPF temperror (the include's zone answers SERVFAIL): try later.
     let r = c.cmd("MAIL FROM:<a@broken.test>", "4").await;
     assert!(r.text.contains("SPF error for <a@broken.test>: <"), "{r:?}");
+    // SPF permerror (two redirect= modifiers, RFC 7208 §6): also 4xx here.
+    let r = c.cmd("MAIL FROM:<a@perm.test>", "4").await;
+    assert!(
+        r.text.contains(
+            "SPF error for <a@perm.test>: <the SPF record of perm.test cannot be evaluated>"
+        ),
+        "{r:?}"
+    );
     // SPF fail: rejected with the policy's text and SPFExplanation — the
     // domain's exp= text, or (without one) what the result means.
     let r = c.cmd("MAIL FROM:<a@fail.test>", "550").await;
@@ -432,13 +445,14 @@ async fn dnsbl_zone_lists_and_errors() {
 
 /// `sluice check` finds at load what would not work at run time: checkDNSBL
 /// with no DNSBLServer, and onBodyChunk's single run — each with file:line.
+/// A policy whose text merely mentions "geoip." loads without a database.
 #[test]
 fn check_reports_scanner_inputs_and_body_chunk() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("p.axigen");
     std::fs::write(
         &policy,
-        "event onMailFrom {\n\tcall (checkDNSBL);\n}\n\nevent onBodyChunk {\n}\n",
+        "event onMailFrom {\n\tcall (checkDNSBL);\n}\n\nevent onBodyChunk {\n\tset (smtpExplanation, \"see geoip.example.org\");\n}\n",
     )
     .unwrap();
     let (ok, out) = sluice_check(dir.path(), &policy, None);

@@ -124,6 +124,11 @@ fn compile(
                 (Vec::new(), Vec::new())
             }
         };
+    // Compiled Axigen policies never call geoip.lookup without a database
+    // (the runtime asks geoip.available()), so only the other scripts are
+    // held to "uses geoip, so needs a database" — a policy's text that
+    // merely contains "geoip." must not fail to load.
+    let axigen_count = sources.len();
     sources.extend(extra.iter().cloned());
     let mut scripts: [Vec<Arc<Script>>; HOOK_COUNT] = Default::default();
     for x in &sources {
@@ -187,7 +192,7 @@ fn compile(
             .collect(),
         transports: cfg.transport.keys().cloned().collect(),
         dns: Arc::new(Dns::new(&cfg.dns)),
-        scan: Arc::new(api::scan_context(cfg, &sources)?),
+        scan: Arc::new(api::scan_context(cfg, &sources[axigen_count..])?),
     };
     Ok((epoch, warnings))
 }

@@ -66,10 +66,8 @@ enum Effect {
 fn set_effect(key: &str, e: Event) -> Option<Effect> {
     let s = |t: &str| Some(Effect::Session(t.to_string()));
     let once = |t: &str| Some(Effect::Once(t.to_string()));
-    if vars::access(key, e).is_none() {
-        // Not known in this event: Axigen ignores the set, so does Sluice.
-        return None;
-    }
+    // Not known in this event: Axigen ignores the set, so does Sluice.
+    vars::access(key, e)?;
     if e == Event::Relay && vars::access(key, e) == Some(Access::Rw) {
         return Some(if RELAY_APPLIED.contains(&key) {
             Effect::Once("onRelay setting, applied to this delivery".to_string())
