@@ -58,9 +58,9 @@
 --
 -- Scanners: SPFResult calls spf.check, GeoIPResult geoip.lookup,
 -- checkDNSBL dnsbl.check, checkReverseDNS reverse_dns, checkSenderMX
--- sender_mx when those globals exist. Without them DNSBL, reverse DNS and
--- sender MX fall back to dns.query / dns.fcrdns; SPF and GeoIP read as ""
--- and log a warning.
+-- sender_mx (see "Scans" below for each result's value set). A scanner
+-- error is the check's error result, never a script error; GeoIP without
+-- a country database reads "" (not banned), as in Axigen without its data.
 
 local M = {}
 
@@ -405,12 +405,10 @@ for k, v in pairs(defaults) do
 end
 
 getters.spfresult = function(self)
-  self:scan_spf()
-  return self.st.session.spfresult
+  return (self:scan_spf())
 end
 getters.spfexplanation = function(self)
-  self:scan_spf()
-  return self.st.session.spfexplanation
+  return select(2, self:scan_spf())
 end
 getters.geoipresult = function(self)
   return self:country()
@@ -565,138 +563,232 @@ end
 
 ---------------------------------------------------------------------------
 -- Scans (SPF, DNSBL, reverse DNS, sender MX, GeoIP)
+--
+-- The scanners are Sluice's own (src/policy/api/{auth,dnsbl,geoip}.rs):
+--   spf.check{ip, helo, sender}  → {result, domain, identity, explanation}
+--   dnsbl.check(ip, zones)       → listed (zone → {a = {…}, txt = {…}}), errors
+--   reverse_dns(ip)              → name | nil, err (err: a temporary failure)
+--   sender_mx(domain)            → {ok, null_mx, implicit, mx} | nil, err
+--   geoip.available("country"), geoip.lookup(ip) → {country, …}
+-- A scanner failure (DNS trouble, a bad address) becomes the check's error
+-- result (TempError / Error / an empty DNSBLResult with the error in
+-- DNSBLExplanation); it never ends the hook with a script error, since
+-- that would answer 421 to every client while the DNS is down.
 
 local function global(self, name)
   return self.env[name]
 end
 
+-- Call a scanner without letting its errors end the hook. Verdicts cannot
+-- be raised by a scanner, so pcall swallows nothing the policy decided.
+local function try(f, ...)
+  local r = table.pack(pcall(f, ...))
+  if not r[1] then
+    return false, str(r[2])
+  end
+  return true, table.unpack(r, 2, r.n)
+end
+
+local function client_ip(self)
+  return (str(conn(self).remoteip):gsub("^::ffff:", ""))
+end
+
+-- SPFExplanation when the domain publishes no exp= text: what the result
+-- means, in the words of a Received-SPF comment.
+local function spf_default_explanation(res, identity, domain, addr)
+  local who = identity ~= "" and identity or domain
+  if res == "pass" then
+    return format("domain of %s designates %s as permitted sender", who, addr)
+  elseif res == "fail" then
+    return format("domain of %s does not designate %s as permitted sender", who, addr)
+  elseif res == "softfail" then
+    return format("domain of transitioning %s does not designate %s as permitted sender", who, addr)
+  elseif res == "neutral" then
+    return format("%s is neither permitted nor denied by domain of %s", addr, who)
+  elseif res == "none" then
+    return format("domain of %s does not publish an SPF record", who)
+  elseif res == "temperror" then
+    return format("temporary DNS error evaluating the SPF record of %s", domain ~= "" and domain or who)
+  elseif res == "permerror" then
+    return format("the SPF record of %s cannot be evaluated", domain ~= "" and domain or who)
+  end
+  return ""
+end
+
+--- SPFResult / SPFExplanation of the current identity (the MAIL FROM
+--- address; the HELO name before MAIL FROM and for the null sender):
+--- computed on first read, kept for the transaction (st.txn.spf, so the
+--- next MAIL FROM asks again) and returned. A Fail also goes into the
+--- session, as in Axigen: the following MAIL FROMs of the connection fail
+--- and SPFResult reads Fail from then on. A value the policy set itself
+--- (`set (SPFResult, …)`, a session variable) is read before this runs.
 function Ax:scan_spf(force)
-  local s = self.st.session
-  if s.spfresult ~= nil and not force then
-    return
+  local txn, c = self.st.txn, conn(self)
+  local h = c.helo
+  local helo = h and h.host or ""
+  if self.hook == "helo" then
+    helo = str(args(self).host)
+  end
+  local sender = self:get("mailFrom")
+  local key = lower(sender ~= "" and sender or ("helo:" .. helo))
+  local cached = txn.spf
+  if cached and cached.key == key and not force then
+    return cached.result, cached.explanation
   end
   local spf = global(self, "spf")
   if type(spf) ~= "table" or type(spf.check) ~= "function" then
     warn(self, "SPFResult needs the SPF scanner (spf.check), which is not available; it reads as \"\"")
-    return
+    return "", ""
   end
-  local c = conn(self)
-  local h = c.helo
-  local sender = self:get("mailFrom")
-  local r, expl = spf.check({
+  local ok, r = try(spf.check, {
     ip = c.remoteip,
-    helo = h and h.host or "",
+    helo = helo,
     sender = sender,
     domain = select(2, split_addr(sender)),
   })
-  if type(r) == "table" then
-    r, expl = r.result, r.explanation
+  local res, expl
+  if not ok then
+    res, expl = "temperror", "SPF check failed: " .. r
+  elseif type(r) == "table" then
+    res = lower(str(r.result))
+    expl = str(r.explanation)
+    if expl == "" then
+      expl = spf_default_explanation(res, sender ~= "" and sender or helo, str(r.domain), client_ip(self))
+    end
+  else
+    res, expl = lower(str(r)), ""
   end
-  local res = lower(str(r))
-  s.spfresult = SPF_NAMES[res] or str(r)
-  s.spfexplanation = str(expl)
+  res = SPF_NAMES[res] or str(res)
+  txn.spf = { key = key, result = res, explanation = expl }
+  if res == "Fail" then
+    self.st.session.spfresult, self.st.session.spfexplanation = res, expl
+  end
+  return res, expl
 end
 
+--- checkSPF: evaluate now (whatever was read or set before); the result
+--- is what SPFResult / SPFExplanation read for the rest of the event.
 function Ax:checkSPF()
-  self.vars.spfresult, self.vars.spfexplanation = nil, nil
-  self:scan_spf(true)
+  local res, expl = self:scan_spf(true)
+  self.vars.spfresult, self.vars.spfexplanation = res, expl
 end
 
+--- ReverseDNSResult: Pass when the client's PTR name resolves back to its
+--- address (forward-confirmed), Fail when it has none (or it does not
+--- confirm), TempError when DNS failed temporarily. The reference gives no
+--- value set; these follow SPFResult's spelling.
 function Ax:checkReverseDNS()
   local c = conn(self)
   local f = global(self, "reverse_dns")
   local r
   if type(f) == "function" then
-    r = f(c.remoteip)
-    if type(r) == "string" and SPF_NAMES[lower(r)] then
-      r = SPF_NAMES[lower(r)]
+    local ok, name, err = try(f, client_ip(self))
+    if not ok then
+      warn(self, "checkReverseDNS: " .. name)
+      r = "TempError"
+    elseif name ~= nil and name ~= false and name ~= "" then
+      r = "Pass"
+    elseif err ~= nil then
+      r = "TempError"
     else
-      r = r and "Pass" or "Fail"
+      r = "Fail"
     end
   elseif c.remoteptr ~= nil and c.remoteptr ~= "" then
     r = "Pass"
-  elseif dns and dns.fcrdns and c.remoteip then
-    r = dns.fcrdns(c.remoteip) and "Pass" or "Fail"
   else
-    warn(self, "checkReverseDNS: no resolver available")
-    r = ""
+    warn(self, "checkReverseDNS: no resolver available (reverse_dns)")
+    r = "TempError"
   end
   self:set("ReverseDNSResult", r)
 end
 
-local function reversed_v4(addr)
-  local a, b, c, d = str(addr):match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
-  if not a then
-    return nil
-  end
-  return d .. "." .. c .. "." .. b .. "." .. a
-end
-
+--- DNSBLServer: one zone, or several separated by spaces, commas or
+--- semicolons (asked in parallel; the first listing zone in the written
+--- order answers). DNSBLResult is the zone's A answer ("127.0.0.2"), ""
+--- when not listed; DNSBLExplanation its TXT, or "listed in ZONE". A zone
+--- that could not be asked is no listing: DNSBLResult "" and the error in
+--- DNSBLExplanation.
 function Ax:checkDNSBL()
-  local server = trim(self:get("DNSBLServer"))
-  local ipaddr = str(conn(self).remoteip):gsub("^::ffff:", "")
+  local zones = list(self:get("DNSBLServer"))
   local res, expl = "", ""
-  if server == "" then
+  if #zones == 0 then
     expl = "DNSBLServer is not set"
   else
-    local f = global(self, "dnsbl")
-    if type(f) == "table" and type(f.check) == "function" then
-      local r, e = f.check(ipaddr, server)
-      if type(r) == "table" then
-        r, e = r.result, r.explanation
-      end
-      res, expl = str(r), str(e)
-    elseif dns and dns.query then
-      local rev = reversed_v4(ipaddr)
-      if rev then
-        local name = rev .. "." .. server
-        local a = dns.query(name, "A")
-        if a and a[1] then
-          res = str(a[1])
-          local t = dns.query(name, "TXT")
-          expl = t and t[1] and str(t[1]) or ("listed in " .. server)
-        end
+    local d = global(self, "dnsbl")
+    if type(d) == "table" and type(d.check) == "function" then
+      local ok, listed, errors = try(d.check, client_ip(self), zones)
+      if not ok then
+        expl = "DNSBL lookup failed: " .. listed
       else
-        warn(self, "checkDNSBL: only IPv4 clients are looked up without the dnsbl scanner")
+        listed = type(listed) == "table" and listed or {}
+        for _, z in ipairs(zones) do
+          local l = listed[z] or listed[lower(z)]
+          if type(l) == "table" then
+            res = str(l.a and l.a[1])
+            local txt = l.txt and l.txt[1]
+            expl = (txt ~= nil and txt ~= "") and str(txt) or ("listed in " .. z)
+            break
+          end
+        end
+        if res == "" and type(errors) == "table" then
+          local msgs = {}
+          for _, z in ipairs(zones) do
+            local e = errors[z] or errors[lower(z)]
+            if e ~= nil then
+              msgs[#msgs + 1] = z .. ": " .. str(e)
+            end
+          end
+          if #msgs > 0 then
+            expl = "DNSBL lookup failed: " .. table.concat(msgs, "; ")
+          end
+        end
       end
     else
-      warn(self, "checkDNSBL: no resolver available")
+      warn(self, "checkDNSBL: the DNSBL scanner (dnsbl.check) is not available")
+      expl = "DNSBL scanner not available"
     end
   end
   self:set("DNSBLResult", res)
   self:set("DNSBLExplanation", expl)
 end
 
+--- SenderMXCheckResult: Neutral for the null sender, Pass when the sender
+--- domain has an MX (or, with none, an address: the implicit MX), Fail for
+--- a null MX (RFC 7505), a domain without MX and address, or no domain,
+--- Error when DNS failed temporarily.
 function Ax:checkSenderMX()
-  local _, domain = split_addr(self:get("mailFrom"))
+  local sender = self:get("mailFrom")
+  local _, domain = split_addr(sender)
   local r
   local f = global(self, "sender_mx")
-  if self:get("mailFrom") == "" then
+  if sender == "" then
     r = "Neutral"
+  elseif trim(domain) == "" then
+    r = "Fail"
   elseif type(f) == "function" then
-    local x = f(domain)
-    r = type(x) == "string" and x or (x and "Pass" or "Fail")
-  elseif dns and dns.query then
-    local mx, err = dns.query(domain, "MX")
-    if mx and #mx > 0 then
-      r = "Pass"
+    local ok, x, err = try(f, domain)
+    if not ok then
+      warn(self, "checkSenderMX: " .. x)
+      r = "Error"
+    elseif type(x) == "table" then
+      r = x.ok and "Pass" or "Fail"
+    elseif x == nil and err ~= nil then
+      r = "Error"
     else
-      local a, err2 = dns.query(domain, "A")
-      if a and #a > 0 then
-        r = "Pass"
-      elseif err and err2 and not tostring(err):lower():find("no record") and not tostring(err):lower():find("nxdomain") then
-        r = "Error"
-      else
-        r = "Fail"
-      end
+      r = x and "Pass" or "Fail"
     end
   else
+    warn(self, "checkSenderMX: the sender MX scanner (sender_mx) is not available")
     r = "Error"
   end
   self.st.session.sendermxcheckresult = r
   self.vars.sendermxcheckresult = r
 end
 
+--- GeoIPResult: the client's country (ISO code, upper case), "" when it is
+--- not known — and "" without a country database, as Axigen reads it
+--- without its GeoIP data: no lookup then, no error (`sluice check` and
+--- the start log say so once, naming the first use).
 function Ax:country()
   local s = self.st.session
   if s.geoipresult ~= nil then
@@ -707,19 +799,40 @@ function Ax:country()
     warn(self, "GeoIPResult needs the GeoIP scanner (geoip.lookup), which is not available; it reads as \"\"")
     return ""
   end
-  local r = g.lookup(conn(self).remoteip)
-  if type(r) == "table" then
-    r = r.country or r.iso_code or r.code
+  if type(g.available) == "function" and not g.available("country") then
+    s.geoipresult = ""
+    return ""
+  end
+  local ok, r = try(g.lookup, client_ip(self))
+  if not ok then
+    warn(self, "GeoIP lookup failed: " .. r)
+    r = ""
+  elseif type(r) == "table" then
+    r = r.country
   end
   s.geoipresult = upper(str(r))
   return s.geoipresult
 end
 
+--- checkGeoIp: banned when the country is in BannedCountries, or when
+--- AllowedCountries is set and the country is not in it. An unknown
+--- country (no database, an address not in it) is never banned.
+--- ActionGeoIPBan (default reject) becomes smtpAction when banned.
+local function geoip_banned(self, country)
+  local allowed, banned = list(self:get("AllowedCountries")), list(self:get("BannedCountries"))
+  return country ~= ""
+    and (contains_ci(banned, country) or (#allowed > 0 and not contains_ci(allowed, country)))
+end
+
+-- isGeoIPBanned read before (or without) checkGeoIp: the lists as they
+-- stand, no action taken.
+getters.isgeoipbanned = function(self)
+  return geoip_banned(self, self:country()) and "yes" or "no"
+end
+
 function Ax:checkGeoIp()
   local country = self:country()
-  local allowed, banned = list(self:get("AllowedCountries")), list(self:get("BannedCountries"))
-  local is_banned = country ~= ""
-    and (contains_ci(banned, country) or (#allowed > 0 and not contains_ci(allowed, country)))
+  local is_banned = geoip_banned(self, country)
   self.st.session.isgeoipbanned = is_banned and "yes" or "no"
   self.vars.isgeoipbanned = nil
   if is_banned then

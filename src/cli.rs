@@ -52,6 +52,10 @@ pub enum Cmd {
         /// Write the Lua here instead of standard output.
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
+        /// Instead of the Lua: per event, the hook it runs at, what it does
+        /// and what Sluice approximates or does not support.
+        #[arg(long)]
+        explain: bool,
     },
     /// Query the delivery history.
     History(HistoryArgs),
@@ -278,10 +282,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("config OK");
             Ok(())
         }
-        Cmd::Translate { file, output } => {
-            let lua = crate::policy::axigen::translate(file).map_err(|d| {
-                anyhow::anyhow!("{}", crate::policy::axigen::render_diagnostics(&d))
-            })?;
+        Cmd::Translate {
+            file,
+            output,
+            explain,
+        } => {
+            let lua = if *explain {
+                crate::policy::axigen::explain_file(file)
+            } else {
+                crate::policy::axigen::translate(file)
+            }
+            .map_err(|d| anyhow::anyhow!("{}", crate::policy::axigen::render_diagnostics(&d)))?;
             match output {
                 Some(o) => {
                     std::fs::write(o, lua).with_context(|| format!("writing {}", o.display()))?

@@ -348,7 +348,7 @@ async fn every_method_session() {
     assert!(is_pass(&s.mail_from("alice@sender.example").await));
     let sess = &s.context["axigen"]["session"];
     assert_eq!(sess["sendermxcheckresult"], json!("Pass"));
-    assert_eq!(sess["spfresult"], json!("Pass"));
+    assert_eq!(s.context["axigen"]["txn"]["spf"]["result"], json!("Pass"));
     assert_eq!(s.context["axigen"]["txn"]["delay"], json!("+1m 30s"));
     // onRcptTo: a Lua filter (module.function) rejects.
     let from = "alice@sender.example";

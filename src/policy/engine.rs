@@ -115,15 +115,22 @@ fn compile(
     id: u64,
 ) -> Result<(Epoch, Vec<crate::policy::axigen::Diagnostic>), PolicyError> {
     let mut errors = Vec::new();
-    let (mut sources, warnings) = match crate::policy::axigen::config_sources(&cfg.scripts.axigen) {
-        Ok(x) => x,
-        Err(diags) => {
-            errors.push(PolicyError::Axigen(
-                crate::policy::axigen::render_diagnostics(&diags),
-            ));
-            (Vec::new(), Vec::new())
-        }
-    };
+    let env = crate::policy::axigen::CompileEnv::from_config(cfg);
+    let (mut sources, warnings) =
+        match crate::policy::axigen::config_sources(&cfg.scripts.axigen, env) {
+            Ok(x) => x,
+            Err(diags) => {
+                errors.push(PolicyError::Axigen(
+                    crate::policy::axigen::render_diagnostics(&diags),
+                ));
+                (Vec::new(), Vec::new())
+            }
+        };
+    // Compiled Axigen policies never call geoip.lookup without a database
+    // (the runtime asks geoip.available()), so only the other scripts are
+    // held to "uses geoip, so needs a database" — a policy's text that
+    // merely contains "geoip." must not fail to load.
+    let axigen_count = sources.len();
     sources.extend(extra.iter().cloned());
     let mut scripts: [Vec<Arc<Script>>; HOOK_COUNT] = Default::default();
     for x in &sources {
@@ -187,7 +194,7 @@ fn compile(
             .collect(),
         transports: cfg.transport.keys().cloned().collect(),
         dns: Arc::new(Dns::new(&cfg.dns)),
-        scan: Arc::new(api::scan_context(cfg, &sources)?),
+        scan: Arc::new(api::scan_context(cfg, &sources[axigen_count..])?),
         hostname: cfg.hostname.clone(),
         relay: Arc::new(cfg.relay.clone()),
     };

@@ -60,6 +60,16 @@ impl GeoIp {
         self.country.is_some() || self.asn.is_some()
     }
 
+    /// Is there a country database (`[geoip] country_db`)?
+    pub fn has_country(&self) -> bool {
+        self.country.is_some()
+    }
+
+    /// Is there an AS database (`[geoip] asn_db`)?
+    pub fn has_asn(&self) -> bool {
+        self.asn.is_some()
+    }
+
     pub fn lookup(&self, ip: IpAddr) -> Result<GeoInfo, GeoIpError> {
         if !self.is_configured() {
             return Err(GeoIpError::NotConfigured);

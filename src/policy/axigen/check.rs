@@ -1,6 +1,11 @@
 //! Semantic checks over the parsed file: events and methods resolve, no
 //! recursion, variables are used where they exist, literals (regexes, IP
-//! ranges, numbers) are valid, nesting stays within 16 levels.
+//! ranges, numbers) are valid, nesting stays within 16 levels — and what
+//! would go wrong only at run time on this server: a scanner method with
+//! no input (checkDNSBL with DNSBLServer never set), GeoIP without a
+//! database ([`CompileEnv`]), onBodyChunk's single run. A policy `sluice
+//! check` passes must not fail in a dialogue; what it cannot rule out it
+//! says as a warning with the file:line.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -8,7 +13,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv4Subnets, Ipv6Net, Ipv6Subnets};
 
 use super::ast::*;
 use super::vars::{self, Access, Event};
-use super::{Pos, Severity};
+use super::{CompileEnv, Pos, Severity};
 
 /// The language's nesting limit for if/switch and for condition groups.
 pub const MAX_NESTING: usize = 16;
@@ -32,7 +37,13 @@ pub struct Checker<'a> {
     custom: HashSet<String>,
     /// Per event, the variables (lowercase) set by statements it runs.
     set_in: BTreeMap<Event, HashSet<String>>,
+    env: CompileEnv,
+    /// Where a running event reads GeoIP results or calls checkGeoIp.
+    geoip_uses: Vec<Pos>,
 }
+
+/// The values smtpAction and ActionGeoIPBan take effect with.
+const ACTIONS: &[&str] = &["accept", "reject", "tmpreject", "abort"];
 
 fn collect_sets(stmts: &[Stmt], out: &mut HashSet<String>, calls: &mut Vec<Name>) {
     for s in stmts {
@@ -83,7 +94,23 @@ impl<'a> Checker<'a> {
             seen: HashSet::new(),
             custom: HashSet::new(),
             set_in: BTreeMap::new(),
+            env: CompileEnv::default(),
+            geoip_uses: Vec::new(),
         }
+    }
+
+    /// Check for the server `env` describes.
+    pub fn with_env(mut self, env: CompileEnv) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// Is `var` set in `e` or in an incoming event that runs before it (the
+    /// session keeps check inputs such as DNSBLServer for the connection)?
+    fn set_by(&self, var: &str, e: Event) -> bool {
+        self.set_in
+            .iter()
+            .any(|(ev, s)| (*ev == e || (ev.incoming() && *ev < e)) && s.contains(var))
     }
 
     fn report(&mut self, pos: Pos, sev: Severity, msg: String) {
@@ -251,6 +278,25 @@ impl<'a> Checker<'a> {
             }
             self.stmts(&it.body, &ctx, label.as_deref(), 0);
         }
+        if let Some(&i) = events.get(&Event::BodyChunk) {
+            self.warn(
+                items[i].name.pos,
+                "onBodyChunk runs once, at end of data, over the whole body (Sluice has no \
+                 per-chunk hook), just before onDataReceived"
+                    .to_string(),
+            );
+        }
+        if !self.env.geoip {
+            if let Some(&first) = self.geoip_uses.iter().min() {
+                self.warn(
+                    first,
+                    "GeoIP has no country database here ([geoip] country_db is not set): \
+                     GeoIPResult reads \"\" and isGeoIPBanned \"no\", so checkGeoIp bans \
+                     no one (first use; the policy runs without it)"
+                        .to_string(),
+                );
+            }
+        }
         Analysis {
             events,
             methods,
@@ -315,6 +361,22 @@ impl<'a> Checker<'a> {
             match &s.kind {
                 StmtKind::Set { var, value } => {
                     self.value(value, ctx, method);
+                    let key = var.key();
+                    if key == "smtpaction" || key == "actiongeoipban" {
+                        if let Some(k) = value.constant() {
+                            let k = k.trim().to_ascii_lowercase();
+                            if !k.is_empty() && !ACTIONS.contains(&k.as_str()) {
+                                self.warn(
+                                    value.pos,
+                                    format!(
+                                        "`{}` {k:?} is not an action ({}); it has no effect",
+                                        var.text,
+                                        ACTIONS.join(", ")
+                                    ),
+                                );
+                            }
+                        }
+                    }
                     if vars::canonical(&var.text).is_some() {
                         if ctx.is_empty() && vars::always_ro(&var.text) {
                             self.error(
@@ -339,6 +401,25 @@ impl<'a> Checker<'a> {
                 }
                 StmtKind::Call(name) => {
                     if let Some((canon, mask)) = vars::method(&name.text) {
+                        if canon == "checkGeoIp" && !ctx.is_empty() {
+                            self.geoip_uses.push(name.pos);
+                        }
+                        if canon == "checkDNSBL" {
+                            for e in ctx {
+                                if e.incoming() && !self.set_by("dnsblserver", *e) {
+                                    self.warn(
+                                        name.pos,
+                                        format!(
+                                            "checkDNSBL in {} but DNSBLServer is never set there \
+                                             or in an earlier event{}; DNSBLResult is always \"\" \
+                                             (set (DNSBLServer, \"zone\") before the call)",
+                                            e.name(),
+                                            via(method, *e)
+                                        ),
+                                    );
+                                }
+                            }
+                        }
                         for e in ctx {
                             if !vars::method_works_in(mask, *e) {
                                 self.warn(
@@ -394,6 +475,9 @@ impl<'a> Checker<'a> {
 
     fn read(&mut self, var: &Name, ctx: &[Event], method: Option<&str>) {
         let key = var.key();
+        if (key == "geoipresult" || key == "isgeoipbanned") && !ctx.is_empty() {
+            self.geoip_uses.push(var.pos);
+        }
         if vars::canonical(&key).is_some() {
             for e in ctx {
                 if vars::access(&key, *e).is_none()

@@ -5,7 +5,11 @@
 //! error is reported) → [`ast`] → [`check`] (events, methods, recursion,
 //! variables per event, regexes, IP ranges, nesting) → [`codegen`] (one
 //! readable Lua script per hook, each line commented with its `file:line`,
-//! plus a source map). The scripts `require("axigen")`, the runtime in
+//! plus a source map); [`explain`] says in words what each event does in
+//! Sluice (`sluice translate --explain`). Checks know the server through
+//! [`CompileEnv`] (built from the config), so `sluice check` warns about
+//! what would not work there (GeoIP without a database). The scripts
+//! `require("axigen")`, the runtime in
 //! `lib-lua/axigen.lua`, which computes Axigen variables from `connection`,
 //! `transaction` and `arguments`, implements the predefined methods and
 //! turns `smtpAction` into a verdict.
@@ -27,6 +31,7 @@
 pub mod ast;
 pub mod check;
 pub mod codegen;
+pub mod explain;
 pub mod lexer;
 pub mod parser;
 #[cfg(test)]
@@ -37,6 +42,31 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::policy::{Hook, ScriptSource};
+
+/// What the compiler knows of the server a policy will run on, so that
+/// `sluice check` and the start log can say what a construct will do
+/// *there* (e.g. GeoIP without a database) instead of the first client
+/// finding out. [`compile_file`] and [`translate`] work without a config
+/// and assume everything is available ([`CompileEnv::default`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileEnv {
+    /// A GeoIP country database is configured (`[geoip] country_db`).
+    pub geoip: bool,
+}
+
+impl Default for CompileEnv {
+    fn default() -> Self {
+        CompileEnv { geoip: true }
+    }
+}
+
+impl CompileEnv {
+    pub fn from_config(cfg: &crate::config::Config) -> CompileEnv {
+        CompileEnv {
+            geoip: cfg.geoip.country_db.is_some(),
+        }
+    }
+}
 
 /// A position in a policy file (1-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,7 +161,7 @@ struct Parsed {
     diags: Vec<Diagnostic>,
 }
 
-fn parse_and_check(file: &Path, text: &str) -> Parsed {
+fn parse_and_check(file: &Path, text: &str, env: CompileEnv) -> Parsed {
     let (toks, lex_errors) = lexer::lex(text);
     let mut p = parser::Parser::new(&toks);
     let items = p.file();
@@ -140,7 +170,7 @@ fn parse_and_check(file: &Path, text: &str) -> Parsed {
         .chain(p.errors)
         .map(|(pos, m)| (pos, Severity::Error, m))
         .collect();
-    let mut c = check::Checker::new(&items);
+    let mut c = check::Checker::new(&items).with_env(env);
     let analysis = c.run();
     raw.extend(c.diags);
     raw.sort_by_key(|(pos, _, _)| *pos);
@@ -164,7 +194,16 @@ fn parse_and_check(file: &Path, text: &str) -> Parsed {
 /// Compile policy text. `Err` holds every diagnostic (errors and warnings,
 /// in file order) when there is at least one error.
 pub fn compile_str(file: &Path, text: &str) -> Result<CompiledPolicy, Vec<Diagnostic>> {
-    let parsed = parse_and_check(file, text);
+    compile_str_in(file, text, CompileEnv::default())
+}
+
+/// [`compile_str`] for the server `env` describes.
+pub fn compile_str_in(
+    file: &Path,
+    text: &str,
+    env: CompileEnv,
+) -> Result<CompiledPolicy, Vec<Diagnostic>> {
+    let parsed = parse_and_check(file, text, env);
     if parsed.diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(parsed.diags);
     }
@@ -206,7 +245,28 @@ fn read(path: &Path) -> Result<String, Vec<Diagnostic>> {
 }
 
 pub fn compile_file(path: &Path) -> Result<CompiledPolicy, Vec<Diagnostic>> {
-    compile_str(path, &read(path)?)
+    compile_file_in(path, CompileEnv::default())
+}
+
+/// [`compile_file`] for the server `env` describes.
+pub fn compile_file_in(path: &Path, env: CompileEnv) -> Result<CompiledPolicy, Vec<Diagnostic>> {
+    compile_str_in(path, &read(path)?, env)
+}
+
+/// `sluice translate --explain`: what each event of the policy does in
+/// Sluice (see [`explain`]).
+pub fn explain_file(path: &Path) -> Result<String, Vec<Diagnostic>> {
+    let text = read(path)?;
+    let parsed = parse_and_check(path, &text, CompileEnv::default());
+    if parsed.diags.iter().any(|d| d.severity == Severity::Error) {
+        return Err(parsed.diags);
+    }
+    Ok(explain::explain(
+        path,
+        &parsed.items,
+        &parsed.analysis,
+        &parsed.diags,
+    ))
 }
 
 /// One readable Lua file showing every hook of the policy (for `sluice
@@ -256,16 +316,18 @@ pub fn map_error(policy: &CompiledPolicy, hook: Hook, lua_error: &str) -> String
     .into_owned()
 }
 
-/// Compile every `[scripts] axigen` file: the engine's extra script sources
-/// (in file order) and the warnings; or every error of every file.
+/// Compile every `[scripts] axigen` file for the server `env` describes:
+/// the engine's extra script sources (in file order) and the warnings; or
+/// every error of every file.
 pub fn config_sources(
     paths: &[std::path::PathBuf],
+    env: CompileEnv,
 ) -> Result<(Vec<ScriptSource>, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut sources = Vec::new();
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
     for p in paths {
-        match compile_file(p) {
+        match compile_file_in(p, env) {
             Ok(c) => {
                 sources.extend(c.script_sources());
                 warnings.extend(c.warnings.iter().cloned());

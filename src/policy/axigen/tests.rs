@@ -328,3 +328,152 @@ fn fuzz_lexer_and_parser() {
     assert!(compile_str(Path::new("d.axigen"), &deep).is_err());
     assert!(compiled > 0);
 }
+
+// ------------------------------------------------ scanners and the server
+
+fn diags_in(src: &str, env: CompileEnv) -> Vec<String> {
+    match compile_str_in(Path::new("p.axigen"), src, env) {
+        Ok(c) => c.warnings.iter().map(|d| d.to_string()).collect(),
+        Err(d) => d.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// GeoIP without a country database: one warning, at the first use in the
+/// file, only when the environment says there is no database.
+#[test]
+fn geoip_without_database_warns_once_at_the_first_use() {
+    let src = "method geo {\n\tcall (checkGeoIp);\n}\nevent onConnect {\n\tif (is (GeoIPResult, \"\")) { }\n\tcall (geo);\n}\nevent onEhlo {\n\tif (is (isGeoIPBanned, \"yes\")) { }\n}\n";
+    let d = diags_in(src, CompileEnv { geoip: false });
+    let geo: Vec<&String> = d.iter().filter(|d| d.contains("GeoIP")).collect();
+    assert_eq!(geo.len(), 1, "{d:?}");
+    assert!(
+        geo[0].starts_with("p.axigen:2:8: warning: GeoIP has no country database"),
+        "{d:?}"
+    );
+    assert!(geo[0].contains("GeoIPResult reads \"\" and isGeoIPBanned \"no\""));
+    assert!(diags_in(src, CompileEnv { geoip: true }).is_empty());
+    assert!(diags(src).is_empty(), "no config: everything is assumed");
+    // A method no event calls never runs: no warning.
+    let unused = "method geo {\n\tcall (checkGeoIp);\n}\nevent onConnect { }\n";
+    assert!(diags_in(unused, CompileEnv { geoip: false }).is_empty());
+}
+
+#[test]
+fn checkdnsbl_without_dnsblserver_warns() {
+    let d = diags("event onMailFrom {\n\tcall (checkDNSBL);\n}\n");
+    assert_eq!(
+        d,
+        ["p.axigen:2:8: warning: checkDNSBL in onMailFrom but DNSBLServer is never set there or in an earlier event; DNSBLResult is always \"\" (set (DNSBLServer, \"zone\") before the call)"]
+    );
+    // Set in an earlier event (a session setting) or through a method: fine.
+    assert!(diags("event onConnect {\n\tset (DNSBLServer, \"bl.test\");\n}\nevent onMailFrom {\n\tcall (checkDNSBL);\n}\n").is_empty());
+    assert!(diags("method z {\n\tset (DNSBLServer, \"bl.test\");\n}\nevent onRcptTo {\n\tcall (z);\n\tcall (checkDNSBL);\n}\n").is_empty());
+    // Set only in a later event: the earlier call finds nothing.
+    let d = diags("event onConnect {\n\tcall (checkDNSBL);\n}\nevent onRcptTo {\n\tset (DNSBLServer, \"bl.test\");\n}\n");
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].contains("checkDNSBL in onConnect"), "{d:?}");
+}
+
+#[test]
+fn unknown_actions_and_body_chunk_warn() {
+    let d = diags("event onConnect {\n\tset (smtpAction, \"drop\");\n\tset (ActionGeoIPBan, \"Reject\");\n\tset (smtpAction, \"\");\n}\nevent onBodyChunk {\n}\n");
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(
+        d[0].starts_with("p.axigen:2:19: warning: `smtpAction` \"drop\" is not an action (accept, reject, tmpreject, abort)"),
+        "{d:?}"
+    );
+    assert!(
+        d[1].starts_with(
+            "p.axigen:6:7: warning: onBodyChunk runs once, at end of data, over the whole body"
+        ),
+        "{d:?}"
+    );
+}
+
+fn explained(src: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("e.axigen");
+    std::fs::write(&p, src).unwrap();
+    let out = explain_file(&p).unwrap_or_else(|d| panic!("{d:?}"));
+    out.replace(&p.display().to_string(), "e.axigen")
+}
+
+/// Each event: its hook and stage; the methods it reaches (through custom
+/// methods too); what its sets do, session settings apart; and the
+/// approximations.
+#[test]
+fn explain_lists_hooks_effects_and_approximations() {
+    let out = explained(
+        "event onConnect {\n\tset (smtpGreeting, \"hi\");\n\tcall (limits);\n\tcall (checkGeoIp);\n}\n\
+         method limits {\n\tset (maxDataSize, \"100\");\n\tset (x, \"1\");\n}\n\
+         event onRcptTo {\n\tif (is (isOverquota, \"yes\")) { set (smtpAction, \"reject\"); }\n\tcall (executeFilters);\n}\n\
+         event onBodyChunk {\n\tset (HeaderName, \"X-A\");\n\tcall (addHeader);\n}\n\
+         event onRelay {\n\tset (remoteSmtpHost, \"[192.0.2.1]\");\n}\n",
+    );
+    let expect = [
+        "onConnect (e.axigen:1) → hook `connect`, when the client connects, before the 220 banner",
+        "    limits (line 3): custom method (line 6), its statements are listed here",
+        "    checkGeoIp (line 4): the client's country ([geoip] country_db)",
+        "  sets (take effect):\n    smtpGreeting (line 2): the 220 banner",
+        "  session settings:\n    maxDataSize (line 7, in method limits): message size limit in KB, enforced at end of data",
+        "  custom variables (this event only, unless exported): x (line 8, in method limits)",
+        "onRcptTo (e.axigen:10) → hook `rcptto`, at each RCPT TO",
+        "    smtpAction (line 11): the verdict of this command",
+        "    isOverquota is always \"no\" (Sluice has no mailbox quotas) (line 11)",
+        "    executeFilters (line 12) runs Lua filters only",
+        "onBodyChunk (e.axigen:14) → hook `eod`, at end of data, before onDataReceived (once over the whole body, not per chunk)",
+        "    addHeader (line 16): header change (HeaderName / HeaderValue) of the queued message",
+        "    onBodyChunk runs once, at end of data, over the whole body — not once per chunk",
+        "onRelay (e.axigen:18) → hook `predelivery`, before each delivery attempt",
+        "    remoteSmtpHost (line 19) is not applied",
+        "Warnings:\n  e.axigen:14:7: warning: onBodyChunk runs once",
+    ];
+    for e in expect {
+        assert!(out.contains(e), "missing {e:?} in:\n{out}");
+    }
+    // Events in the order they run, whatever the file order.
+    let c = out.find("\nonConnect").unwrap();
+    let r = out.find("\nonRcptTo").unwrap();
+    let b = out.find("\nonBodyChunk").unwrap();
+    assert!(c < r && r < b, "{out}");
+}
+
+#[test]
+fn explain_a_method_with_no_effect_and_errors() {
+    let out =
+        explained("event onConnect {\n\tcall (checkSenderMX);\n\tset (HeaderValue, \"v\");\n}\n");
+    assert!(
+        out.contains("    checkSenderMX (line 2): no effect in onConnect"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sets with no effect in onConnect: HeaderValue (line 3)"),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.axigen");
+    std::fs::write(&p, "event onConnect {\n\tcall (nosuch);\n}\n").unwrap();
+    let e = explain_file(&p).unwrap_err();
+    assert!(e[0].to_string().contains(":2:"), "{e:?}");
+}
+
+/// A variable set in several places is one line with every place; check
+/// results read without their method are said to be computed on demand.
+#[test]
+fn explain_groups_sets_and_names_implicit_checks() {
+    let out = explained(
+        "event onMailFrom {\n\tif (isCase (SPFResult, \"fail\")) { set (smtpAction, \"reject\"); }\n\tif (is (SPFResult, \"x\")) { set (smtpAction, \"tmpreject\"); }\n}\n",
+    );
+    assert!(
+        out.contains("    smtpAction (line 2; line 3): the verdict of this command"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  reads (computed on demand):\n    SPFResult (line 2; line 3): runs the SPF check (spf.check) on the first read"),
+        "{out}"
+    );
+    let called = explained(
+        "event onMailFrom {\n\tcall (checkSPF);\n\tif (isCase (SPFResult, \"fail\")) { }\n}\n",
+    );
+    assert!(!called.contains("computed on demand"), "{called}");
+}

@@ -10,37 +10,46 @@ ax.filters.reject_bad = function(f)
   return "continue"
 end
 
+-- The stubs answer in the shapes of the real scanners
+-- (src/policy/api/{auth,dnsbl,geoip}.rs); tests/axigen_scanners.rs runs the
+-- real ones against a test DNS server and GeoIP database.
 spf = {
   check = function(q)
     if q.ip == "192.0.2.66" then
-      return "fail", "192.0.2.66 is not allowed"
+      return { result = "fail", domain = "sender.example", identity = "mailfrom",
+               explanation = "192.0.2.66 is not allowed" }
     end
-    return "pass", "ok"
+    return { result = "pass", domain = "sender.example", identity = "mailfrom", explanation = "ok" }
   end,
 }
 
 geoip = {
+  available = function() return true end,
   lookup = function(ip)
     if ip == "192.0.2.99" then
-      return { country = "cn" }
+      return { country = "CN" }
     end
-    return "RO"
+    return { country = "RO" }
   end,
 }
 
 dnsbl = {
-  check = function(ip, zone)
+  check = function(ip, zones)
     if ip == "192.0.2.50" then
-      return "127.0.0.2", "listed in " .. zone
+      return { [zones[1]] = { a = { "127.0.0.2" }, txt = {} } }, nil
     end
-    return nil
+    return {}, nil
   end,
 }
 
 sender_mx = function(domain)
-  return domain ~= "nomx.example"
+  local ok = domain ~= "nomx.example"
+  return { ok = ok, null_mx = false, implicit = false, mx = {} }
 end
 
 reverse_dns = function(ip)
-  return ip ~= "192.0.2.51"
+  if ip == "192.0.2.51" then
+    return nil
+  end
+  return "client.example"
 end
