@@ -141,7 +141,13 @@ fn diagnostics_every_class() {
 #[test]
 fn golden_lua() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    for name in ["basic", "methods"] {
+    for name in [
+        "basic",
+        "methods",
+        "routing_smarthost",
+        "routing_rcpt",
+        "processing",
+    ] {
         let src = PathBuf::from(format!("tests/axigen/{name}.axigen"));
         let golden = PathBuf::from(format!("tests/axigen/{name}.lua"));
         let got = translate(&src).unwrap_or_else(|d| {
@@ -279,10 +285,16 @@ fn fuzz_lexer_and_parser() {
         " ",
         "\t",
     ];
-    let corpus: Vec<String> = ["basic", "methods"]
-        .iter()
-        .map(|n| std::fs::read_to_string(format!("tests/axigen/{n}.axigen")).unwrap())
-        .collect();
+    let corpus: Vec<String> = [
+        "basic",
+        "methods",
+        "routing_smarthost",
+        "routing_rcpt",
+        "processing",
+    ]
+    .iter()
+    .map(|n| std::fs::read_to_string(format!("tests/axigen/{n}.axigen")).unwrap())
+    .collect();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut compiled = 0;
     for i in 0..3000 {
