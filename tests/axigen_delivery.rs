@@ -21,6 +21,15 @@ async fn server(
     fill: &[(&str, String)],
     default_hop: &str,
 ) -> (TestServer, tempfile::TempDir) {
+    server_with(policy, fill, default_hop, "").await
+}
+
+async fn server_with(
+    policy: &str,
+    fill: &[(&str, String)],
+    default_hop: &str,
+    queue: &str,
+) -> (TestServer, tempfile::TempDir) {
     let root = env!("CARGO_MANIFEST_DIR");
     let mut text = std::fs::read_to_string(format!("{root}/tests/axigen/{policy}.axigen")).unwrap();
     for (k, v) in fill {
@@ -31,7 +40,7 @@ async fn server(
     std::fs::write(&path, text).unwrap();
     let lib = format!("{root}/lib-lua");
     let srv = TestServer::start(&format!(
-        "[queue]\nmin_retry_delay = \"1s\"\nmax_retry_delay = \"2s\"\n\
+        "[queue]\nmin_retry_delay = \"1s\"\nmax_retry_delay = \"2s\"\n{queue}\n\
          [transport.default]\nhost = [{default_hop:?}]\ntls = \"none\"\nconnect_timeout = \"2s\"\n\
          [scripts]\nlib_path = [{lib:?}]\naxigen = [{path:?}]\n"
     ))
@@ -89,6 +98,35 @@ async fn on_relay_sends_everything_through_the_smarthost() {
         default_hop.messages().is_empty(),
         "the transport's own hop is bypassed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_relay_ssl_enabled_requires_tls_to_the_smarthost() {
+    let default_hop = Sink::start(false, false).await;
+    let smarthost = Sink::start(false, false).await;
+    // The same policy with sslEnabled "yes": the smarthost (a sink without
+    // STARTTLS) must not get the message in the clear.
+    let (srv, _d) = server(
+        "routing_smarthost",
+        &[
+            ("@SMARTHOST_PORT@", smarthost.addr.port().to_string()),
+            (
+                "set (sslEnabled, \"no\")",
+                "set (sslEnabled, \"yes\")".to_string(),
+            ),
+        ],
+        &default_hop.addr.to_string(),
+    )
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    c.send_message("s@example.net", &["a@example.org"], MSG, "250")
+        .await;
+    assert!(wait_until(|| !history(&srv, "a@example.org", HistoryAction::Defer).is_empty()).await);
+    let h = history(&srv, "a@example.org", HistoryAction::Defer);
+    assert!(h[0].reason.contains("does not offer STARTTLS"), "{h:?}");
+    assert!(smarthost.messages().is_empty());
+    assert!(default_hop.messages().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,4 +375,46 @@ async fn overquota_action_reject_bounces_and_tmpreject_retries() {
         1,
         "no bounce for the patient one"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_bounce_is_worded_by_on_delivery_failure() {
+    let sink = Sink::start(false, false).await;
+    sink.set_rule(|a| {
+        if a.starts_with("busy") {
+            SinkAnswer::TempFail
+        } else {
+            SinkAnswer::Accept
+        }
+    });
+    // The retry after a second is past the lifetime: its temporary failure
+    // is final, and onDeliveryFailure (not onTemporaryDeliveryFailure)
+    // words the bounce.
+    let (srv, _d) = server_with(
+        "processing",
+        &[],
+        &sink.addr.to_string(),
+        "max_lifetime = \"1s\"",
+    )
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    c.send_message("s@example.net", &["busy@example.org"], MSG, "250")
+        .await;
+    assert!(wait_until(|| !reports(&sink, "s@example.net", "Action: failed").is_empty()).await);
+    let b = reports(&sink, "s@example.net", "Action: failed");
+    let t = &b[0];
+    for want in [
+        "Subject: Undeliverable: your message to busy@example.org\r\n",
+        "Recipient: busy@example.org - Reason: 550 5.4.7 delivery time expired; last error: ",
+        "451 4.2.0 try later",
+        "Status: 5.4.7\r\n",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    assert_eq!(
+        history(&srv, "busy@example.org", HistoryAction::Error).len(),
+        1
+    );
+    assert!(wait_until(|| srv.store().queue_len() == 0).await);
 }

@@ -1,6 +1,9 @@
 //! Delivery status notifications (RFC 3464 multipart/report): failure,
 //! delay and success reports to the envelope sender, honouring RET (full
-//! message or headers only), ENVID and ORCPT.
+//! message or headers only), ENVID and ORCPT. The human-readable part (and
+//! From:, Subject:, how much of the original comes back) may be worded per
+//! entry by a postdelivery script ([`DsnText`]); the machine-readable
+//! delivery-status part never is — mail clients and MTAs parse it.
 
 use crate::store::queue::{AttachSource, QueueEntry, QueuedRecipient};
 
@@ -203,9 +206,8 @@ pub fn build(
         attach = attach.min(AttachSource::Headers);
     }
     let mut out = m.into_bytes();
-    if attach == AttachSource::None {
-        // RFC 3464 §2: the returned content is optional.
-    } else if attach == AttachSource::Headers {
+    // RFC 3464 §2: the returned content is optional (AttachSource::None).
+    if attach == AttachSource::Headers {
         out.extend_from_slice(
             format!("\r\n--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n").as_bytes(),
         );
@@ -215,7 +217,7 @@ pub fn build(
             .map(|p| p + 2)
             .unwrap_or(original.len());
         out.extend_from_slice(&original[..end]);
-    } else {
+    } else if attach == AttachSource::Full {
         out.extend_from_slice(
             format!("\r\n--{boundary}\r\nContent-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n\r\n").as_bytes(),
         );

@@ -5,6 +5,17 @@
 //! (RFC 3464). An entry leaves the queue only after the next hop accepted
 //! it and the history record is written; after a crash it is retried, so a
 //! message whose 250 raced the crash may be delivered twice — never lost.
+//!
+//! The delivery hooks talk to this code through typed verdict options, not
+//! context keys (the hooks run outside any connection, so their `context`
+//! starts empty and is dropped): predelivery `Pass({host, port, tls})` is a
+//! [`Route`] for this attempt, laid over the transport and the entry's
+//! `metadata.relayhost`; postdelivery `Pass({bounce, delay, success})` is
+//! the report wording, merged into the entry's `control.reports` so a
+//! report sent on a later attempt (at expiry) still uses it. An entry's
+//! `control.overquota` (mail:queue `overquota`, Axigen overquotaAction)
+//! decides what a next hop's X.2.2 reply means. The compiled Axigen
+//! onRelay / onDelivery* events give exactly these verdicts.
 
 pub mod client;
 pub mod dsn;
@@ -461,10 +472,11 @@ impl DeliveryService {
                         .and_then(|v| v.as_str())
                         .map(String::from)
                 };
-                if let (Some(_), _) | (_, Some(_)) = (word("bounce_subject"), word("bounce_text")) {
+                let (subject, text) = (word("bounce_subject"), word("bounce_text"));
+                if subject.is_some() || text.is_some() {
                     let b = reports.bounce.get_or_insert_with(Default::default);
-                    b.subject = b.subject.take().or(word("bounce_subject"));
-                    b.text = b.text.take().or(word("bounce_text"));
+                    b.subject = b.subject.take().or(subject);
+                    b.text = b.text.take().or(text);
                 }
                 if let Some(d) = reports.delay.as_mut() {
                     // "Now" is this attempt's, not the entry's.
