@@ -19,9 +19,14 @@
 --            delayDelivery
 --   filters  filters registered with addFilter
 --   relay    onRelay settings (remoteSmtpHost, remoteSmtpPort, sslEnabled,
---            …) for the delivery code
+--            …) as set; the delivery code gets them as the predelivery
+--            verdict Pass({host, port, tls}) (Ax:relay_route)
 --   ndr, dsn onDelivery* settings (sendNDR, ndrSubject, …, dsnSubject, …)
---            for the bounce / notice code
+--            as set; the delivery code gets them as the postdelivery
+--            verdict Pass({bounce|delay|success = {subject, from, text,
+--            recipient_text, footer, attach, send}}) (Ax:report_wording),
+--            kept on the queue entry for the report
+--   txn.overquota  overquotaAction per recipient → mail:queue({overquota})
 --
 -- Session settings (maxRcptCount, maxDataSize, maxReceivedHeaders,
 -- allowStartTLS/Pipelining/8bitMime/BinaryData/DSN, localDelivery,
@@ -430,6 +435,18 @@ getters.ndrrcptfailinfo = function(self)
   return trim(format("%s %s %s", str(r.code), str(r.enhanced), str(r.text)):gsub("%s+", " "))
 end
 getters.dsnrcptstatus = getters.ndrrcptfailinfo
+getters.ndrremainingretrycount = function(self) return args(self).remaining_attempts end
+getters.ndrrescheduledate = function(self)
+  local t = tonumber(args(self).next_attempt)
+  return t and math.floor(t) or nil
+end
+getters.mailsize = function(self)
+  if delivery(self) then
+    return args(self).size
+  end
+  local m = self:mail()
+  return m and m:getSize() or nil
+end
 getters.sendndr = function(self)
   return self.event_name == "onDeliveryFailure" and "yes" or "no"
 end
@@ -459,6 +476,11 @@ function Ax:set(name, value)
   self.vars[k] = value
   if SESSION[k] then
     self.st.session[k] = value
+    if k == "overquotaaction" and self.hook == "rcptto" then
+      -- Per recipient (as received): queue_all hands it to mail:queue.
+      self.st.txn.overquota = self.st.txn.overquota or {}
+      self.st.txn.overquota[lower(str(args(self).recipient))] = value
+    end
   elseif k == "delaydelivery" then
     self.st.txn.delay = value
   end
@@ -1204,7 +1226,7 @@ function Ax:queue_all()
     end
   end
   local done = {}
-  local function q(rcpt, transport)
+  local function q(rcpt, transport, received_as)
     rcpt = lower(rcpt)
     if done[rcpt] then
       return
@@ -1218,6 +1240,12 @@ function Ax:queue_all()
       meta.relayhost = txn.relay[rcpt]
     end
     local opts = { metadata = meta }
+    local oq = lower(trim((txn.overquota or {})[received_as or rcpt] or ""))
+    if oq == "reject" or oq == "tmpreject" then
+      opts.overquota = oq
+    elseif oq ~= "" then
+      warn(self, "overquotaAction " .. oq .. " is not reject or tmpreject; ignored")
+    end
     if delay then
       opts.delay = delay
     end
@@ -1230,7 +1258,7 @@ function Ax:queue_all()
       if transport == nil or transport == "" then
         transport = "default"
       end
-      q(txn.rewrite[addr] or addr, transport)
+      q(txn.rewrite[addr] or addr, transport, addr)
     end
   end
   for _, list_ in ipairs({ txn.added, self.eod_added }) do
@@ -1241,6 +1269,125 @@ function Ax:queue_all()
       q(a.recipient, "default")
     end
   end
+end
+
+-- Warnings that concern the policy, not one message: once per process.
+local warned_once = {}
+local function warn_once(msg)
+  if not warned_once[msg] then
+    warned_once[msg] = true
+    if log and log.warn then
+      log.warn("axigen: " .. msg)
+    end
+  end
+end
+
+-- onRelay settings Sluice does not act on (the rest are read below).
+local RELAY_UNSUPPORTED = {
+  localinterface = "localInterface", authuser = "authUser", authpasswd = "authPasswd",
+  atuhpasswd = "authPasswd", requestauth = "requestAuth",
+}
+
+--- onRelay settings → the predelivery route: Pass({host, port, tls}).
+--- remoteSmtpHost "[192.0.2.1]" is that address, a name is resolved to
+--- its addresses (no MX lookup); remoteSmtpIp is used when no host is set.
+--- sslEnabled "yes" requires TLS (STARTTLS) to the hop, "no" (or
+--- allowStartTLS "no") sends in the clear.
+function Ax:relay_route(out)
+  for k, name in pairs(RELAY_UNSUPPORTED) do
+    if out[k] ~= nil and trim(out[k]) ~= "" then
+      warn_once("onRelay " .. name .. " is not supported by Sluice; ignored")
+    end
+  end
+  local route = {}
+  local host = trim(out.remotesmtphost or "")
+  local rip = trim(out.remotesmtpip or "")
+  if host == "" and rip ~= "" then
+    host = "[" .. rip .. "]"
+  end
+  if host ~= "" then
+    route.host = host
+  end
+  local port = trim(out.remotesmtpport or "")
+  if port ~= "" then
+    local n = tonumber(port)
+    if n and n >= 1 and n <= 65535 and n == math.floor(n) then
+      route.port = n
+    else
+      warn_once("onRelay remoteSmtpPort " .. port .. " is not a port; ignored")
+    end
+  end
+  local ssl = lower(trim(out.sslenabled or ""))
+  local starttls = lower(trim(out.allowstarttls or ""))
+  if ssl == "yes" then
+    route.tls = "required"
+  elseif ssl == "no" or starttls == "no" then
+    route.tls = "none"
+  end
+  if next(route) == nil then
+    return nil
+  end
+  return route
+end
+
+local PER_RCPT = {
+  ["%ndrRcptAddress%"] = "{recipient}", ["%ndrRcptFailInfo%"] = "{diagnostic}",
+  ["%dsnRcptAddress%"] = "{recipient}", ["%dsnRcptStatus%"] = "{diagnostic}",
+}
+
+-- The per-recipient template, as codegen left it (%ndrRcptAddress% …
+-- unexpanded), in the delivery code's placeholders.
+local function rcpt_template(s)
+  return (s:gsub("%%%a+%%", function(v) return PER_RCPT[v] end))
+end
+
+local ATTACH = { yes = "full", full = "full", header = "headers", headers = "headers", no = "none", none = "none" }
+
+--- onDelivery* settings → the report wording: Pass({bounce|delay|success = …}).
+function Ax:report_wording(out)
+  local w = {}
+  local function put(field, k, f)
+    local v = out[k]
+    if v ~= nil then
+      w[field] = f and f(v) or v
+    end
+  end
+  put("subject", "ndrsubject")
+  put("from", "ndrsender")
+  put("text", "ndrmessage")
+  put("recipient_text", "ndrrcptmessage", rcpt_template)
+  put("footer", "ndrmessagefooter")
+  put("subject", "dsnsubject")
+  put("from", "dsnsender")
+  put("text", "dsnmessage")
+  put("recipient_text", "dsnrcptmessage", rcpt_template)
+  put("footer", "dsnmessagefooter")
+  if out.sendndr ~= nil then
+    local v = lower(trim(out.sendndr))
+    if v == "yes" then
+      w.send = true
+    elseif v == "no" then
+      w.send = false
+    end
+  end
+  if out.ndrattachsource ~= nil then
+    local a = ATTACH[lower(trim(out.ndrattachsource))]
+    if a then
+      w.attach = a
+    else
+      warn_once("ndrAttachSource " .. out.ndrattachsource .. " is not yes, header or no; ignored")
+    end
+  end
+  if w.subject then
+    w.subject = w.subject:gsub("[\r\n]+", " ")
+  end
+  if w.from then
+    w.from = trim(w.from:gsub("[\r\n]+", " "))
+  end
+  if next(w) == nil then
+    return nil
+  end
+  return w
 end
 
 --- After the events: limits, recipient changes, then the verdict. Falls off
@@ -1286,13 +1433,24 @@ function Ax:finish()
   elseif h == "predelivery" then
     if self.out and next(self.out) then
       st.relay = self.out
+      local route = self:relay_route(self.out)
+      if route then
+        Pass(route)
+      end
     end
   elseif h == "postdelivery" then
     if self.out and next(self.out) then
+      local kind
       if self.event_name == "onDeliverySuccess" then
         st.dsn = self.out
+        kind = "success"
       else
         st.ndr = self.out
+        kind = self.event_name == "onDeliveryFailure" and "bounce" or "delay"
+      end
+      local wording = self:report_wording(self.out)
+      if wording then
+        Pass({ [kind] = wording })
       end
     end
   end

@@ -308,7 +308,8 @@ async fn basic_policy_session() {
     let o = s.data(Hook::Eod, "alice@sender.example", &many, MSG).await;
     assert_eq!(reply(&o), (550, "too many".into()));
     assert!(o.queued.is_empty());
-    // maxDataSize (35840 KB, set at connect) is enforced at end of data.
+    // maxDataSize (35840 KB, set at connect) is a session setting the SMTP
+    // session enforces (tests/axigen_session.rs).
     let ctx = s.context.clone();
     assert_eq!(ctx["axigen"]["session"]["maxdatasize"], json!("35840"));
 }
@@ -445,6 +446,15 @@ async fn delivery_events() {
         .run(Hook::PreDelivery, None, HookArguments::Delivery(d(None)))
         .await;
     assert!(is_pass(&o));
+    // The delivery code's contract: the predelivery route.
+    assert_eq!(
+        o.route,
+        Some(sluice::policy::Route {
+            host: Some("[172.30.150.10]".into()),
+            port: Some(2525),
+            tls: Some(sluice::config::TransportTls::Required),
+        })
+    );
     assert_eq!(
         o.context["axigen"]["relay"],
         json!({"remotesmtphost": "[172.30.150.10]", "remotesmtpport": "2525", "sslenabled": "yes"})
@@ -461,6 +471,11 @@ async fn delivery_events() {
         o.context["axigen"]["ndr"],
         json!({"ndrsubject": "Undeliverable: bob@example.org", "sendndr": "no"})
     );
+    // … and the postdelivery report wording.
+    let b = o.reports.bounce.clone().expect("bounce wording");
+    assert_eq!(b.subject.as_deref(), Some("Undeliverable: bob@example.org"));
+    assert_eq!(b.send, Some(false));
+    assert!(o.reports.delay.is_none() && o.reports.success.is_none());
     let o = s
         .run(
             Hook::PostDelivery,
@@ -472,6 +487,13 @@ async fn delivery_events() {
         o.context["axigen"]["dsn"],
         json!({"dsnsubject": "Delivered to bob@example.org"})
     );
+    assert_eq!(
+        o.reports
+            .success
+            .as_ref()
+            .and_then(|w| w.subject.as_deref()),
+        Some("Delivered to bob@example.org")
+    );
     let o = s
         .run(
             Hook::PostDelivery,
@@ -480,6 +502,10 @@ async fn delivery_events() {
         )
         .await;
     assert_eq!(o.context["axigen"]["ndr"], json!({"ndrmessage": "retry 2"}));
+    assert_eq!(
+        o.reports.delay.as_ref().and_then(|w| w.text.as_deref()),
+        Some("retry 2")
+    );
 }
 
 /// A compiled policy and a Lua script of the same hook: the policy runs

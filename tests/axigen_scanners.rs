@@ -224,8 +224,7 @@ async fn acceptance_basic_corpus() {
     c.cmd("RCPT TO:<three@example.org>", "452 4.5.3").await;
     c.cmd("DATA", "354").await;
     c.send_raw(big_message(3000).as_bytes()).await;
-    let r = c.cmd(".", "552 5.3.4").await;
-    assert!(r.text.contains("2 KB"), "{r:?}");
+    c.cmd(".", "552 5.3.4").await;
     let r = c
         .send_message("a@pass.test", &["one@example.org"], MSG, "250")
         .await;
@@ -256,7 +255,7 @@ async fn acceptance_basic_corpus() {
         "{out}"
     );
     assert!(
-        out.contains(&format!("{}:23:", policy.display())),
+        out.contains(&format!("{}:19:", policy.display())),
         "file:line of the first use: {out}"
     );
     let bare = server(&policy, &dns, None).await;
@@ -493,10 +492,10 @@ fn translate_explain_corpus() {
     for want in [
         "onConnect (",
         "→ hook `connect`, when the client connects, before the 220 banner",
-        "checkGeoIp (line 28, in method acceptance_basic_connect)",
-        "maxDataSize (line 24, in method acceptance_basic_connect): message size limit in KB",
-        "maxRcptCount (line 35, in method acceptance_basic_ehlo): recipients per message",
-        "onRcptTo (",
+        "checkGeoIp (line 24, in method acceptance_basic_connect)",
+        "maxDataSize (line 20, in method acceptance_basic_connect): message size limit in KB",
+        "maxRcptCount (line 31, in method acceptance_basic_ehlo): recipients per message",
+        "onDataReceived (",
     ] {
         assert!(text.contains(want), "missing {want:?}:\n{text}");
     }

@@ -154,7 +154,8 @@ async fn permanent_failure_bounces_but_never_to_the_null_sender() {
     assert!(text.contains("Final-Recipient: rfc822; gone@example.org"));
     assert!(text.contains("Action: failed"));
     assert!(text.contains("Status: 5.1.1"));
-    assert!(text.contains("Diagnostic-Code: smtp; 550 no such user"));
+    // The next hop's reply as it was sent, enhanced code included.
+    assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"));
     assert!(text.contains("Content-Type: message/rfc822"));
     assert!(
         text.contains("Subject: test"),

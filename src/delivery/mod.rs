@@ -5,6 +5,17 @@
 //! (RFC 3464). An entry leaves the queue only after the next hop accepted
 //! it and the history record is written; after a crash it is retried, so a
 //! message whose 250 raced the crash may be delivered twice — never lost.
+//!
+//! The delivery hooks talk to this code through typed verdict options, not
+//! context keys (the hooks run outside any connection, so their `context`
+//! starts empty and is dropped): predelivery `Pass({host, port, tls})` is a
+//! [`Route`] for this attempt, laid over the transport and the entry's
+//! `metadata.relayhost`; postdelivery `Pass({bounce, delay, success})` is
+//! the report wording, merged into the entry's `control.reports` so a
+//! report sent on a later attempt (at expiry) still uses it. An entry's
+//! `control.overquota` (mail:queue `overquota`, Axigen overquotaAction)
+//! decides what a next hop's X.2.2 reply means. The compiled Axigen
+//! onRelay / onDelivery* events give exactly these verdicts.
 
 pub mod client;
 pub mod dsn;
@@ -21,11 +32,13 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, TransportConfig};
 use crate::policy::{
-    DeliveryInfo, DeliveryResult, Hook, HookArguments, HookInput, HookVerdict, PolicyEngine,
+    DeliveryInfo, DeliveryResult, Hook, HookArguments, HookInput, HookVerdict, PolicyEngine, Route,
 };
 use crate::proto::reply::SmtpReply;
 use crate::store::history::{HistoryAction, HistoryRecord};
-use crate::store::queue::{NewMessage, QueueEntry, QueuedRecipient};
+use crate::store::queue::{
+    NewMessage, OverquotaAction, QueueEntry, QueuedRecipient, ReportWording,
+};
 use crate::store::Store;
 use client::{ClientError, Envelope, SmtpClient};
 
@@ -203,7 +216,87 @@ impl DeliveryService {
             queued_at: e.received_at,
             next_hop,
             result,
+            size: e.size,
+            next_attempt: None,
+            remaining_attempts: None,
         }
+    }
+
+    /// Seconds until the retry after a temporary failure of attempt number
+    /// `attempts + 1`: exponential from `min_retry_delay`, capped.
+    fn backoff(&self, attempts: u32) -> f64 {
+        let q = &self.config.queue;
+        let d = q.min_retry_delay.as_secs_f64() * 2f64.powi(attempts.min(20) as i32);
+        d.min(q.max_retry_delay.as_secs_f64())
+    }
+
+    /// After a temporary failure now: (time of the next attempt, attempts
+    /// left before the entry expires). The attempt after the lifetime ends
+    /// is the last one (see [`Self::settle`]).
+    fn retry_plan(&self, e: &QueueEntry, now: f64) -> (f64, u32) {
+        let lifetime = self.config.queue.max_lifetime.as_secs_f64();
+        let next = now + self.backoff(e.attempts);
+        let (mut t, mut k, mut left) = (next, e.attempts, 0u32);
+        while left < 10_000 {
+            left += 1;
+            if t - e.received_at > lifetime {
+                break;
+            }
+            k += 1;
+            t += self.backoff(k);
+        }
+        (next, left)
+    }
+
+    /// The transport for this attempt: the configured one, with the
+    /// entry's `metadata.relayhost` (an rcptto script, Axigen's
+    /// currentRcptRelayHost) and then the predelivery route over it.
+    fn routed(
+        t: &TransportConfig,
+        relayhost: Option<&str>,
+        route: Option<&Route>,
+    ) -> TransportConfig {
+        let mut t = t.clone();
+        let port = route.and_then(|r| r.port);
+        if let Some(p) = port {
+            t.port = p;
+        }
+        let with_port = |h: &str, port: u16| -> String {
+            if h.parse::<std::net::Ipv6Addr>().is_ok() {
+                format!("[{h}]:{port}")
+            } else {
+                format!("{h}:{port}")
+            }
+        };
+        let host = route.and_then(|r| r.host.as_deref()).or(relayhost);
+        match host {
+            Some(h) => {
+                // A hop with its own port keeps it unless the route names one.
+                let hop = match (crate::config::split_host_port(h), port) {
+                    (Some(_), None) => h.to_string(),
+                    (Some((name, _)), Some(p)) => with_port(&name, p),
+                    (None, _) => with_port(h, t.port),
+                };
+                t.host = Some(crate::config::HostList::One(hop));
+            }
+            None => {
+                if let (Some(p), Some(hl)) = (port, &t.host) {
+                    t.host = Some(crate::config::HostList::Many(
+                        hl.hosts()
+                            .iter()
+                            .map(|h| match crate::config::split_host_port(h) {
+                                Some((name, _)) => with_port(&name, p),
+                                None => h.clone(),
+                            })
+                            .collect(),
+                    ));
+                }
+            }
+        }
+        if let Some(tls) = route.and_then(|r| r.tls) {
+            t.tls = tls;
+        }
+        t
     }
 
     /// One delivery attempt of the entry a due-index key names. A key that
@@ -233,29 +326,44 @@ impl DeliveryService {
                 ip: None,
             });
         }
-        if let Some(out) = self
-            .run_delivery_hook(Hook::PreDelivery, self.delivery_info(&entry, None, None))
-            .await
-        {
-            if let Some(t) = out.transportid {
-                transportid = t;
-            }
-            match out.verdict {
-                HookVerdict::Reject { reply, .. } => {
-                    forced = Some(Outcome::Failed {
-                        reply,
-                        host: None,
-                        ip: None,
-                    })
+        let relayhost = entry
+            .metadata
+            .get("relayhost")
+            .filter(|h| !h.is_empty())
+            .cloned();
+        let mut route = None;
+        if self.policy.has_hook(Hook::PreDelivery) {
+            // The hop the script would otherwise get (Axigen: remoteSmtpHost).
+            let planned = relayhost.clone().or_else(|| {
+                self.transport(&transportid)
+                    .and_then(|t| t.host.as_ref())
+                    .and_then(|h| h.hosts().into_iter().next())
+            });
+            if let Some(out) = self
+                .run_delivery_hook(Hook::PreDelivery, self.delivery_info(&entry, None, planned))
+                .await
+            {
+                if let Some(t) = out.transportid {
+                    transportid = t;
                 }
-                HookVerdict::Defer { reply, .. } => {
-                    forced = Some(Outcome::Deferred {
-                        reason: reply.to_string(),
-                        host: None,
-                        ip: None,
-                    })
+                route = out.route;
+                match out.verdict {
+                    HookVerdict::Reject { reply, .. } => {
+                        forced = Some(Outcome::Failed {
+                            reply,
+                            host: None,
+                            ip: None,
+                        })
+                    }
+                    HookVerdict::Defer { reply, .. } => {
+                        forced = Some(Outcome::Deferred {
+                            reason: reply.to_string(),
+                            host: None,
+                            ip: None,
+                        })
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
         let outcomes: Vec<Outcome> = match forced {
@@ -278,25 +386,36 @@ impl DeliveryService {
                         Some(s) => Some(s.clone().acquire_owned().await),
                         None => None,
                     };
-                    // A script (or an Axigen onRelay / currentRcptRelayHost) may
-                    // name the next hop in the entry's metadata.
-                    match entry.metadata.get("relayhost").filter(|h| !h.is_empty()) {
-                        Some(h) => {
-                            let mut t = t.clone();
-                            let hop = if crate::config::split_host_port(h).is_some() {
-                                h.clone()
-                            } else {
-                                format!("{h}:{}", t.port)
-                            };
-                            t.host = Some(crate::config::HostList::One(hop));
-                            self.deliver(&entry, &transportid, &t, &body).await
-                        }
-                        None => self.deliver(&entry, &transportid, t, &body).await,
+                    if let Some(r) = &route {
+                        debug!(queue = %entry.id, host = ?r.host, port = ?r.port, tls = ?r.tls, "predelivery route");
                     }
+                    let t = Self::routed(t, relayhost.as_deref(), route.as_ref());
+                    self.deliver(&entry, &transportid, &t, &body).await
                 }
             },
         };
         let mut outcomes = outcomes;
+        // An attempt past the lifetime is the last: its temporary failures
+        // are final, and postdelivery sees them as failures (Axigen:
+        // onDeliveryFailure words the bounce).
+        let now = now_secs();
+        if now - entry.received_at > self.config.queue.max_lifetime.as_secs_f64() {
+            for o in outcomes.iter_mut() {
+                if let Outcome::Deferred { reason, host, ip } = o {
+                    *o = Outcome::Failed {
+                        reply: SmtpReply::with(
+                            550,
+                            "5.4.7",
+                            format!("delivery time expired; last error: {reason}"),
+                        ),
+                        host: host.take(),
+                        ip: ip.take(),
+                    };
+                }
+            }
+        }
+        // A delay notice the postdelivery script asked for at this attempt.
+        let mut delay_now = None;
         // postdelivery sees the result and may bounce now or retry later.
         if self.policy.has_hook(Hook::PostDelivery) {
             let first = outcomes.first().cloned();
@@ -337,24 +456,33 @@ impl DeliveryService {
                 ),
                 None => (None, None),
             };
-            if let Some(out) = self
-                .run_delivery_hook(Hook::PostDelivery, self.delivery_info(&entry, result, hop))
-                .await
-            {
-                // The script may word this entry's report:
-                // context.bounce_subject / context.bounce_text.
+            let mut info = self.delivery_info(&entry, result, hop);
+            if matches!(first, Some(Outcome::Deferred { .. })) {
+                let (next, left) = self.retry_plan(&entry, now);
+                info.next_attempt = Some(next);
+                info.remaining_attempts = Some(left);
+            }
+            if let Some(out) = self.run_delivery_hook(Hook::PostDelivery, info).await {
+                let mut reports = out.reports.clone();
+                // The older shorthand: context.bounce_subject / bounce_text
+                // word the failure report like Pass({bounce = {subject, text}}).
                 let word = |key: &str| {
                     out.context
                         .get(key)
                         .and_then(|v| v.as_str())
                         .map(String::from)
                 };
-                if let Some(v) = word("bounce_subject") {
-                    entry.control.bounce_subject = Some(v);
+                let (subject, text) = (word("bounce_subject"), word("bounce_text"));
+                if subject.is_some() || text.is_some() {
+                    let b = reports.bounce.get_or_insert_with(Default::default);
+                    b.subject = b.subject.take().or(subject);
+                    b.text = b.text.take().or(text);
                 }
-                if let Some(v) = word("bounce_text") {
-                    entry.control.bounce_text = Some(v);
+                if let Some(d) = reports.delay.as_mut() {
+                    // "Now" is this attempt's, not the entry's.
+                    delay_now = d.send.take();
                 }
+                entry.control.reports.merge(reports);
                 for o in outcomes.iter_mut() {
                     match (&out.verdict, &o) {
                         (HookVerdict::Reject { reply, .. }, Outcome::Deferred { host, ip, .. }) => {
@@ -376,7 +504,8 @@ impl DeliveryService {
                 }
             }
         }
-        self.settle(&mut entry, &transportid, outcomes, &body).await;
+        self.settle(&mut entry, &transportid, outcomes, &body, delay_now)
+            .await;
     }
 
     /// Route and send: returns one outcome per recipient of the entry.
@@ -514,12 +643,23 @@ impl DeliveryService {
         let mut last_err = String::from("no next hop");
         let mut last_host = None;
         let mut last_ip = None;
-        let tls_cfg =
-            self.tls.get(transportid).cloned().unwrap_or_else(|| {
-                client::client_tls_config(t.tls, None).expect("default tls config")
-            });
+        // The transport's TLS config, unless a predelivery route changed the mode.
+        let configured = self.transport(transportid).map(|c| c.tls);
+        let tls_cfg = match self.tls.get(transportid) {
+            Some(c) if configured == Some(t.tls) => c.clone(),
+            _ => match client::client_tls_config(t.tls, t.ca_file.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(queue = %entry.id, error = %e, "client TLS config");
+                    client::client_tls_config(t.tls, None).expect("default tls config")
+                }
+            },
+        };
+        let overquota = entry.control.overquota;
         for (host, addr) in hops {
-            let key = format!("{transportid}|{addr}");
+            // The TLS mode is part of the key: a route asking for TLS never
+            // reuses a plain connection to the same address.
+            let key = format!("{transportid}|{:?}|{addr}", t.tls);
             let slot = self.destination_slot(&addr.to_string(), t.connections_per_destination);
             let _permit = slot.acquire_owned().await;
             last_host = Some(host.clone());
@@ -565,6 +705,7 @@ impl DeliveryService {
                         self.put_pooled(key.clone(), c);
                         return replies
                             .into_iter()
+                            .map(|r| overquota_reply(r, overquota))
                             .map(|r| {
                                 if r.is_positive() {
                                     Outcome::Delivered {
@@ -573,9 +714,18 @@ impl DeliveryService {
                                         ip: addr.ip().to_string(),
                                         dsn_relayed,
                                     }
-                                } else if r.is_permanent() {
+                                } else if r.is_permanent() && !retry_over_quota(&r, overquota) {
                                     Outcome::Failed {
                                         reply: r,
+                                        host: Some(host.clone()),
+                                        ip: Some(addr.ip().to_string()),
+                                    }
+                                } else if r.is_permanent() {
+                                    Outcome::Deferred {
+                                        reason: format!(
+                                            "{host} [{}] said: {r} (over quota: overquotaAction tmpreject, retrying)",
+                                            addr.ip()
+                                        ),
                                         host: Some(host.clone()),
                                         ip: Some(addr.ip().to_string()),
                                     }
@@ -641,6 +791,7 @@ impl DeliveryService {
         transportid: &str,
         outcomes: Vec<Outcome>,
         body: &Bytes,
+        delay_now: Option<bool>,
     ) {
         let now = now_secs();
         let expired = now - entry.received_at > self.config.queue.max_lifetime.as_secs_f64();
@@ -649,12 +800,7 @@ impl DeliveryService {
         let mut delivered_notify: Vec<(QueuedRecipient, SmtpReply, String)> = Vec::new();
         let mut remaining = Vec::new();
         let mut last_reason = None;
-        let backoff = {
-            let q = &self.config.queue;
-            let exp = entry.attempts.min(20);
-            let d = q.min_retry_delay.as_secs_f64() * 2f64.powi(exp as i32);
-            d.min(q.max_retry_delay.as_secs_f64())
-        };
+        let backoff = self.backoff(entry.attempts);
         for (r, o) in entry.recipients.iter().zip(outcomes) {
             match o {
                 Outcome::Delivered {
@@ -685,7 +831,7 @@ impl DeliveryService {
                     if expired {
                         let reply = SmtpReply::with(
                             550,
-                            "4.4.7",
+                            "5.4.7",
                             format!("delivery time expired; last error: {reason}"),
                         );
                         let mut h =
@@ -720,7 +866,13 @@ impl DeliveryService {
         } else if let Err(e) = self.store.sync_history().await {
             warn!(queue = %entry.id, error = %e, "history flush failed");
         }
-        // Reports to the sender: never to the null sender (no bounce loops).
+        // Reports to the sender: never to the null sender (no bounce loops),
+        // and not of a kind the postdelivery script turned off.
+        let off = |w: &Option<ReportWording>| w.as_ref().and_then(|w| w.send) == Some(false);
+        let reports = entry.control.reports.clone();
+        if !entry.sender.is_empty() && off(&reports.bounce) && !failed.is_empty() {
+            info!(queue = %entry.id, to = %entry.sender, failed = failed.len(), "failure report not sent: turned off by the postdelivery policy");
+        }
         if !entry.sender.is_empty() {
             let fails: Vec<dsn::DsnRecipient> = failed
                 .iter()
@@ -733,10 +885,10 @@ impl DeliveryService {
                         .map(|e| e.to_string())
                         .unwrap_or_else(|| "5.0.0".into()),
                     remote_mta: host.clone(),
-                    diagnostic: Some(format!("{} {}", reply.code, reply.text())),
+                    diagnostic: Some(reply.to_string()),
                 })
                 .collect();
-            if !fails.is_empty() {
+            if !fails.is_empty() && !off(&reports.bounce) {
                 self.queue_report(entry, body, &fails, dsn::DsnAction::Failed)
                     .await;
             }
@@ -750,10 +902,10 @@ impl DeliveryService {
                         .map(|e| e.to_string())
                         .unwrap_or_else(|| "2.0.0".into()),
                     remote_mta: Some(host.clone()),
-                    diagnostic: Some(format!("{} {}", reply.code, reply.text())),
+                    diagnostic: Some(reply.to_string()),
                 })
                 .collect();
-            if !oks.is_empty() {
+            if !oks.is_empty() && !off(&reports.success) {
                 self.queue_report(entry, body, &oks, dsn::DsnAction::Delivered)
                     .await;
             }
@@ -769,14 +921,20 @@ impl DeliveryService {
         entry.attempts += 1;
         entry.next_attempt = now + backoff;
         entry.last_error = last_reason;
-        if !entry.delay_notified
-            && !entry.sender.is_empty()
-            && age >= self.config.queue.delay_warning.as_secs_f64()
+        // A delay notice: once, at delay_warning, for NOTIFY=DELAY; or at
+        // this attempt when the postdelivery script asked (Axigen sendNDR
+        // in onTemporaryDeliveryFailure) — then also without NOTIFY, never
+        // for NOTIFY=NEVER.
+        let asked = delay_now == Some(true);
+        if !entry.sender.is_empty()
+            && delay_now != Some(false)
+            && (asked
+                || (!entry.delay_notified && age >= self.config.queue.delay_warning.as_secs_f64()))
         {
             let delayed: Vec<dsn::DsnRecipient> = entry
                 .recipients
                 .iter()
-                .filter(|r| dsn::wants(r, "DELAY"))
+                .filter(|r| dsn::wants(r, "DELAY") || (asked && r.dsn.notify.is_empty()))
                 .map(|r| dsn::DsnRecipient {
                     recipient: r,
                     action: dsn::DsnAction::Delayed,
@@ -805,39 +963,46 @@ impl DeliveryService {
     ) {
         let (subject, text) = dsn::default_text(action);
         let q = &self.config.queue;
-        // A postdelivery script's wording for this entry, then the config's.
-        let subject = if action == dsn::DsnAction::Failed {
-            entry
-                .control
-                .bounce_subject
-                .as_deref()
-                .or(q.bounce_subject.as_deref())
-                .unwrap_or(subject)
-        } else {
-            subject
+        // A postdelivery script's wording for this entry, then the config's
+        // (failure reports only), then the built-in one.
+        let none = ReportWording::default();
+        let w = match action {
+            dsn::DsnAction::Failed => entry.control.reports.bounce.as_ref(),
+            dsn::DsnAction::Delayed => entry.control.reports.delay.as_ref(),
+            _ => entry.control.reports.success.as_ref(),
+        }
+        .unwrap_or(&none);
+        let failed = action == dsn::DsnAction::Failed;
+        let subject = w
+            .subject
+            .as_deref()
+            .or(q.bounce_subject.as_deref().filter(|_| failed))
+            .unwrap_or(subject);
+        let text = w
+            .text
+            .as_deref()
+            .or(q.bounce_text.as_deref().filter(|_| failed))
+            .unwrap_or(text);
+        let lifetime = humantime::format_duration(q.max_lifetime).to_string();
+        let expand = |s: &str| {
+            s.replace("{hostname}", &self.config.hostname)
+                .replace("{lifetime}", &lifetime)
         };
-        let text = if action == dsn::DsnAction::Failed {
-            entry
-                .control
-                .bounce_text
-                .as_deref()
-                .or(q.bounce_text.as_deref())
-                .unwrap_or(text)
-        } else {
-            text
-        };
-        let text = text.replace("{hostname}", &self.config.hostname).replace(
-            "{lifetime}",
-            &humantime::format_duration(q.max_lifetime).to_string(),
-        );
+        let (subject, text) = (expand(subject), expand(text));
+        let recipient_text = w.recipient_text.as_deref().map(expand);
+        let footer = w.footer.as_deref().map(expand);
         let report = dsn::build(
             &self.config.hostname,
             entry,
             body,
             rcpts,
             &dsn::DsnText {
-                subject,
+                subject: &subject,
+                from: w.from.as_deref(),
                 body: &text,
+                recipient_text: recipient_text.as_deref(),
+                footer: footer.as_deref(),
+                attach: w.attach.unwrap_or(crate::store::queue::AttachSource::Full),
             },
         );
         let id = crate::ids::new_id();
@@ -870,4 +1035,34 @@ impl DeliveryService {
             Err(e) => warn!(queue = %entry.id, error = %e, "queueing the DSN failed"),
         }
     }
+}
+
+/// RFC 3463 X.2.2: mailbox full.
+fn is_over_quota(r: &SmtpReply) -> bool {
+    r.enhanced.is_some_and(|e| e.1 == 2 && e.2 == 2) && !r.is_positive()
+}
+
+/// `overquota = "reject"`: a temporary over-quota answer (452 4.2.2) is a
+/// permanent failure, reported as 552 5.2.2 with the next hop's text.
+fn overquota_reply(r: SmtpReply, action: Option<OverquotaAction>) -> SmtpReply {
+    if action == Some(OverquotaAction::Reject) && is_over_quota(&r) && !r.is_permanent() {
+        let mut p = SmtpReply::new(
+            552,
+            Some(crate::proto::reply::EnhancedCode(5, 2, 2)),
+            String::new(),
+        );
+        p.lines = r.lines.clone();
+        p.lines.push(format!(
+            "(was {} {}; overquotaAction reject)",
+            r.code,
+            r.enhanced.map(|e| e.to_string()).unwrap_or_default()
+        ));
+        return p;
+    }
+    r
+}
+
+/// `overquota = "tmpreject"`: a permanent over-quota answer is retried.
+fn retry_over_quota(r: &SmtpReply, action: Option<OverquotaAction>) -> bool {
+    action == Some(OverquotaAction::Tmpreject) && is_over_quota(r) && r.is_permanent()
 }

@@ -570,6 +570,8 @@ async fn run_in_state(
             } else {
                 None
             },
+            route: v.route.clone(),
+            reports: (*v.reports).clone(),
             verdict: resolve(spec, v, txn_id.as_deref()),
             context,
             queued: rs.queued,
@@ -702,6 +704,8 @@ fn fallback_outcome(f: Fallback, context: serde_json::Value, error: Option<Strin
         queued: Vec::new(),
         history: Vec::new(),
         transportid: None,
+        route: None,
+        reports: Default::default(),
         error,
     }
 }

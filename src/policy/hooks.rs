@@ -136,6 +136,10 @@ pub struct HookSpec {
     pub defer: DefaultReply,
     /// Options `Accept({...})` takes in this hook (rewrites and reply).
     pub accept_options: &'static [&'static str],
+    /// Options `Pass({...})` takes in this hook besides `command`, `next`
+    /// and `transportid` (predelivery: the route; postdelivery: the wording
+    /// of the entry's reports).
+    pub pass_options: &'static [&'static str],
     /// Whose history a refusal at this hook records.
     pub refusal_history: RefusalHistory,
     /// The whole message is there: `mail:queue`, ScanDMARC and ScanDLP work.
@@ -186,6 +190,9 @@ const DELIVERY_ARGS: &[&str] = &[
     "queued_at",
     "next_hop",
     "result",
+    "size",
+    "next_attempt",
+    "remaining_attempts",
 ];
 const STAGE_ERROR: Fallback = Fallback::Defer(ERROR, true);
 
@@ -208,6 +215,7 @@ pub static HOOKS: [HookSpec; HOOK_COUNT] = [
         reject: r(554, 5, 7, 1, "Connection refused by policy"),
         defer: r(421, 4, 7, 0, "Service not available, try again later"),
         accept_options: &[],
+        pass_options: &[],
         refusal_history: RefusalHistory::None,
         full_message: false,
         script: |s| s.connect.as_deref(),
@@ -225,6 +233,7 @@ pub static HOOKS: [HookSpec; HOOK_COUNT] = [
         reject: REJECT,
         defer: DEFER,
         accept_options: &["host"],
+        pass_options: &[],
         refusal_history: RefusalHistory::None,
         full_message: false,
         script: |s| s.helo.as_deref(),
@@ -243,6 +252,7 @@ pub static HOOKS: [HookSpec; HOOK_COUNT] = [
         // RFC 4954 §6: temporary authentication failure.
         defer: r(454, 4, 7, 0, "Temporary authentication failure"),
         accept_options: &["reason", "reply_codes"],
+        pass_options: &[],
         refusal_history: RefusalHistory::None,
         full_message: false,
         script: |s| s.auth.as_deref(),
@@ -260,6 +270,7 @@ pub static HOOKS: [HookSpec; HOOK_COUNT] = [
         reject: REJECT,
         defer: DEFER,
         accept_options: &["sender", "reason", "reply_codes"],
+        pass_options: &[],
         refusal_history: RefusalHistory::None,
         full_message: false,
         script: |s| s.mailfrom.as_deref(),
@@ -277,6 +288,7 @@ pub static HOOKS: [HookSpec; HOOK_COUNT] = [
         reject: REJECT,
         defer: DEFER,
         accept_options: &["recipient", "transportid", "reason", "reply_codes"],
+        pass_options: &[],
         refusal_history: RefusalHistory::Recipient,
         full_message: false,
         script: |s| s.rcptto.as_deref(),
@@ -294,6 +306,7 @@ pub static HOOKS: [HookSpec; HOOK_COUNT] = [
         reject: REJECT,
         defer: DEFER,
         accept_options: &[],
+        pass_options: &[],
         refusal_history: RefusalHistory::Transaction,
         full_message: false,
         script: |s| s.data.as_deref(),
@@ -311,6 +324,7 @@ pub static HOOKS: [HookSpec; HOOK_COUNT] = [
         reject: REJECT,
         defer: DEFER,
         accept_options: &[],
+        pass_options: &[],
         refusal_history: RefusalHistory::Transaction,
         full_message: false,
         script: |s| s.headers.as_deref(),
@@ -328,6 +342,7 @@ pub static HOOKS: [HookSpec; HOOK_COUNT] = [
         reject: REJECT,
         defer: DEFER,
         accept_options: &["reason", "reply_codes"],
+        pass_options: &[],
         refusal_history: RefusalHistory::Transaction,
         full_message: true,
         script: |s| s.eod.as_deref(),
@@ -345,6 +360,7 @@ pub static HOOKS: [HookSpec; HOOK_COUNT] = [
         reject: REJECT,
         defer: DEFER,
         accept_options: &[],
+        pass_options: &[],
         refusal_history: RefusalHistory::None,
         full_message: false,
         script: |s| s.disconnect.as_deref(),
@@ -362,6 +378,7 @@ pub static HOOKS: [HookSpec; HOOK_COUNT] = [
         reject: REJECT,
         defer: DEFER,
         accept_options: &[],
+        pass_options: &[],
         refusal_history: RefusalHistory::None,
         full_message: false,
         script: |s| s.proxy.as_deref(),
@@ -379,6 +396,7 @@ pub static HOOKS: [HookSpec; HOOK_COUNT] = [
         reject: r(550, 5, 7, 1, "Rejected by delivery policy"),
         defer: r(451, 4, 7, 1, "Deferred by delivery policy"),
         accept_options: &[],
+        pass_options: &["host", "port", "tls"],
         refusal_history: RefusalHistory::None,
         full_message: false,
         script: |s| s.predelivery.as_deref(),
@@ -396,6 +414,7 @@ pub static HOOKS: [HookSpec; HOOK_COUNT] = [
         reject: r(550, 5, 7, 1, "Rejected by delivery policy"),
         defer: r(451, 4, 7, 1, "Deferred by delivery policy"),
         accept_options: &[],
+        pass_options: &["bounce", "delay", "success"],
         refusal_history: RefusalHistory::None,
         full_message: false,
         script: |s| s.postdelivery.as_deref(),
@@ -496,6 +515,9 @@ pub fn reference_markdown() -> String {
             s.verdicts
                 .iter()
                 .map(|k| match k {
+                    VerdictKind::Pass if !s.pass_options.is_empty() => {
+                        format!("Pass({{{}}})", s.pass_options.join(", "))
+                    }
                     VerdictKind::Pass => "Pass()".to_string(),
                     k => {
                         let d = s.default_reply(*k);

@@ -52,6 +52,7 @@ pub use testing::{outcome_json, test_input, test_script};
 
 use crate::envelope::{ConnectionInfo, TransactionInfo};
 use crate::proto::reply::{EnhancedCode, SmtpReply};
+pub use crate::store::queue::{AttachSource, OverquotaAction, ReportWording, ReportWordings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -141,6 +142,13 @@ pub struct DeliveryInfo {
     pub next_hop: Option<String>,
     /// postdelivery: what the next hop said (or the local error).
     pub result: Option<DeliveryResult>,
+    /// Size of the message in bytes.
+    pub size: u64,
+    /// postdelivery after a temporary failure: Unix time of the next attempt.
+    pub next_attempt: Option<f64>,
+    /// postdelivery after a temporary failure: attempts left before the
+    /// entry expires (an estimate from the backoff and `queue.max_lifetime`).
+    pub remaining_attempts: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -165,9 +173,26 @@ pub struct HookOutcome {
     /// rcptto (and predelivery): `Pass({transportid = "x"})` or
     /// `Accept({transportid = "x"})`.
     pub transportid: Option<String>,
+    /// predelivery: where this attempt goes, `Pass({host, port, tls})`.
+    pub route: Option<Route>,
+    /// postdelivery: the wording of this entry's reports,
+    /// `Pass({bounce = {…}, delay = {…}, success = {…}})`.
+    pub reports: ReportWordings,
     /// Script error message and traceback; the caller logs it with the
     /// connection id.
     pub error: Option<String>,
+}
+
+/// A predelivery script's next hop for one attempt: what it names replaces
+/// the transport's (and `metadata.relayhost`'s) setting, the rest stays.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// `"[192.0.2.1]"`, `"192.0.2.1"` or a name resolved to its addresses
+    /// (no MX lookup), optionally with `:port`.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// The transport TLS modes: none, opportunistic, required, verify.
+    pub tls: Option<crate::config::TransportTls>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -267,6 +292,8 @@ pub struct QueueRequest {
     pub jobid: Option<String>,
     pub delay: Option<Duration>,
     pub dsn: QueueDsn,
+    /// `overquota = "reject" | "tmpreject"`: what a next hop's X.2.2 means.
+    pub overquota: Option<OverquotaAction>,
 }
 
 /// RFC 3461 parameters for one queued recipient.

@@ -2052,3 +2052,104 @@ async fn a_panicking_host_function_is_a_script_error() {
     assert!(o.error.unwrap().contains("test panic"));
     assert_eq!(e.idle_states(), 0, "the state is not reused");
 }
+
+// ------------------------------------------------- delivery Pass options
+
+fn delivery_args() -> HookArguments {
+    HookArguments::Delivery(crate::policy::DeliveryInfo {
+        queue_id: "q1".into(),
+        sender: "s@example.net".into(),
+        recipient: "r@example.org".into(),
+        transportid: "default".into(),
+        attempt: 1,
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn predelivery_pass_names_the_route() {
+    let o = run1(
+        Hook::PreDelivery,
+        r#"Pass({host = "[192.0.2.1]", port = "2525", tls = "required"})"#,
+        delivery_args(),
+    )
+    .await;
+    assert!(o.error.is_none(), "{:?}", o.error);
+    assert_eq!(
+        o.route,
+        Some(crate::policy::Route {
+            host: Some("[192.0.2.1]".into()),
+            port: Some(2525),
+            tls: Some(crate::config::TransportTls::Required),
+        })
+    );
+    for (src, want) in [
+        (
+            r#"Pass({tls = "implicit"})"#,
+            "tls \"implicit\" is not a transport TLS mode",
+        ),
+        (r#"Pass({port = 70000})"#, "port must be 1-65535"),
+        (r#"Pass({host = "a b"})"#, "is not a next hop"),
+        (
+            r#"Pass({bounce = {}})"#,
+            "unknown option \"bounce\" in the predelivery hook",
+        ),
+    ] {
+        let o = run1(Hook::PreDelivery, src, delivery_args()).await;
+        let e = o.error.clone().unwrap_or_default();
+        assert!(e.contains(want), "{src}: {e}");
+        assert!(o.route.is_none());
+    }
+    // Stage hooks do not take route options.
+    let o = run1(Hook::Helo, r#"Pass({host = "x"})"#, helo()).await;
+    assert!(o
+        .error
+        .unwrap_or_default()
+        .contains("unknown option \"host\" in the helo hook"));
+}
+
+#[tokio::test]
+async fn postdelivery_pass_words_the_reports() {
+    let o = run1(
+        Hook::PostDelivery,
+        r#"Pass({bounce = {send = true, subject = "S", from = "pm@example.org", text = "T",
+                recipient_text = "{recipient}: {diagnostic}", footer = "F", attach = "headers"},
+               success = {subject = "OK"}})"#,
+        delivery_args(),
+    )
+    .await;
+    assert!(o.error.is_none(), "{:?}", o.error);
+    let b = o.reports.bounce.expect("bounce");
+    assert_eq!(b.send, Some(true));
+    assert_eq!(b.subject.as_deref(), Some("S"));
+    assert_eq!(b.from.as_deref(), Some("pm@example.org"));
+    assert_eq!(
+        b.recipient_text.as_deref(),
+        Some("{recipient}: {diagnostic}")
+    );
+    assert_eq!(b.attach, Some(crate::policy::AttachSource::Headers));
+    assert_eq!(
+        o.reports.success.and_then(|w| w.subject).as_deref(),
+        Some("OK")
+    );
+    assert!(o.reports.delay.is_none());
+    for (src, want) in [
+        (
+            r#"Pass({bounce = {colour = "red"}})"#,
+            "unknown option bounce.\"colour\"",
+        ),
+        (
+            r#"Pass({delay = {attach = "some"}})"#,
+            "delay.attach \"some\" is not full, headers or none",
+        ),
+        (
+            "Pass({success = {subject = \"a\\nBcc: x\"}})",
+            "success.subject must be one line",
+        ),
+        (r#"Pass({bounce = "x"})"#, "bounce must be a table"),
+    ] {
+        let o = run1(Hook::PostDelivery, src, delivery_args()).await;
+        let e = o.error.clone().unwrap_or_default();
+        assert!(e.contains(want), "{src}: {e}");
+    }
+}

@@ -108,9 +108,134 @@ pub struct QueueEntry {
 pub struct EntryControl {
     /// `sluice queue bounce`: fail it at the next attempt.
     pub bounce_requested: bool,
-    /// A postdelivery script's wording of this entry's failure report.
-    pub bounce_subject: Option<String>,
-    pub bounce_text: Option<String>,
+    /// A postdelivery script's wording of this entry's reports. Kept on the
+    /// entry because the report may go out on a later attempt (at expiry).
+    #[serde(skip_serializing_if = "ReportWordings::is_empty")]
+    pub reports: ReportWordings,
+    /// What an over-quota answer (enhanced code X.2.2) of the next hop means
+    /// for this entry (`mail:queue({overquota = …})`, Axigen's
+    /// overquotaAction); `None` = the reply's own class decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overquota: Option<OverquotaAction>,
+}
+
+/// Over-quota handling: Axigen's overquotaAction values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverquotaAction {
+    /// A permanent failure (bounce), even for 452 4.2.2.
+    Reject,
+    /// A temporary failure (retry later), even for 552 5.2.2.
+    Tmpreject,
+}
+
+impl OverquotaAction {
+    pub fn parse(s: &str) -> Option<OverquotaAction> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "reject" => Some(OverquotaAction::Reject),
+            "tmpreject" => Some(OverquotaAction::Tmpreject),
+            _ => None,
+        }
+    }
+}
+
+/// How much of the original message a report carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachSource {
+    None,
+    Headers,
+    Full,
+}
+
+impl AttachSource {
+    pub fn parse(s: &str) -> Option<AttachSource> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Some(AttachSource::None),
+            "headers" => Some(AttachSource::Headers),
+            "full" => Some(AttachSource::Full),
+            _ => None,
+        }
+    }
+}
+
+/// A script's wording of one kind of report (bounce, delay notice, success
+/// notice). Absent fields keep the built-in (or `[queue]`) wording.
+/// Placeholders, expanded when the report is built: `{hostname}` and
+/// `{lifetime}` everywhere; `{recipient}`, `{status}` (e.g. 5.2.2) and
+/// `{diagnostic}` (the next hop's reply) in `recipient_text`, once per
+/// recipient.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReportWording {
+    /// `Some(false)`: send no report of this kind. `Some(true)` for a delay
+    /// notice: send one at this attempt (not persisted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send: Option<bool>,
+    pub subject: Option<String>,
+    /// The report's From: header (the envelope sender stays null).
+    pub from: Option<String>,
+    /// The human-readable text before the per-recipient lines.
+    pub text: Option<String>,
+    /// One line per recipient (template).
+    pub recipient_text: Option<String>,
+    /// Text after the per-recipient lines.
+    pub footer: Option<String>,
+    /// At most this much of the original; RET=HDRS still limits it.
+    pub attach: Option<AttachSource>,
+}
+
+impl ReportWording {
+    /// `other`'s fields over `self`'s.
+    pub fn merge(&mut self, other: ReportWording) {
+        let ReportWording {
+            send,
+            subject,
+            from,
+            text,
+            recipient_text,
+            footer,
+            attach,
+        } = other;
+        self.send = send.or(self.send);
+        self.subject = subject.or(self.subject.take());
+        self.from = from.or(self.from.take());
+        self.text = text.or(self.text.take());
+        self.recipient_text = recipient_text.or(self.recipient_text.take());
+        self.footer = footer.or(self.footer.take());
+        self.attach = attach.or(self.attach);
+    }
+}
+
+/// The wording of each kind of report for one entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReportWordings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounce: Option<ReportWording>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<ReportWording>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub success: Option<ReportWording>,
+}
+
+impl ReportWordings {
+    pub fn is_empty(&self) -> bool {
+        *self == ReportWordings::default()
+    }
+
+    /// `other`'s wordings over these, field by field.
+    pub fn merge(&mut self, other: ReportWordings) {
+        for (mine, theirs) in [
+            (&mut self.bounce, other.bounce),
+            (&mut self.delay, other.delay),
+            (&mut self.success, other.success),
+        ] {
+            if let Some(w) = theirs {
+                mine.get_or_insert_with(Default::default).merge(w);
+            }
+        }
+    }
 }
 
 impl EntryControl {

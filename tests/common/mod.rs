@@ -295,6 +295,10 @@ pub enum SinkAnswer {
     PermFail,
     /// LMTP only: accept at RCPT, refuse after DATA.
     FailAfterData,
+    /// 552 5.2.2 at RCPT: mailbox full (permanent).
+    OverQuota,
+    /// 452 4.2.2 at RCPT: mailbox full (temporary).
+    OverQuotaTemp,
 }
 
 /// A message a sink received.
@@ -317,6 +321,9 @@ pub struct Sink {
     pub rule: SinkRule,
     /// Milliseconds to wait before answering the end of data (a slow next hop).
     pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Advertise DSN (default true); without it the sender of a relayed
+    /// message gets its NOTIFY=SUCCESS report from us.
+    pub dsn: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sink {
@@ -336,11 +343,13 @@ impl Sink {
             SinkAnswer::Accept
         })));
         let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (rec, conns, rl, dl) = (
+        let dsn = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (rec, conns, rl, dl, ds) = (
             received.clone(),
             connections.clone(),
             rule.clone(),
             delay_ms.clone(),
+            dsn.clone(),
         );
         tokio::spawn(async move {
             loop {
@@ -349,8 +358,9 @@ impl Sink {
                 };
                 conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (rec, rl, dl) = (rec.clone(), rl.clone(), dl.clone());
+                let dsn = ds.load(std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let _ = sink_session(s, lmtp, no_utf8, rec, rl, dl).await;
+                    let _ = sink_session(s, lmtp, no_utf8, dsn, rec, rl, dl).await;
                 });
             }
         });
@@ -360,7 +370,12 @@ impl Sink {
             connections,
             rule,
             delay_ms,
+            dsn,
         })
+    }
+
+    pub fn set_dsn(&self, on: bool) {
+        self.dsn.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn set_rule(&self, f: impl Fn(&str) -> SinkAnswer + Send + 'static) {
@@ -387,6 +402,7 @@ async fn sink_session(
     s: TcpStream,
     lmtp: bool,
     no_utf8: bool,
+    dsn: bool,
     rec: Arc<std::sync::Mutex<Vec<Received>>>,
     rule: SinkRule,
     delay_ms: Arc<std::sync::atomic::AtomicU64>,
@@ -408,7 +424,8 @@ async fn sink_session(
         let up = l.to_ascii_uppercase();
         if up.starts_with("EHLO") || up.starts_with("LHLO") {
             let utf8 = if no_utf8 { "" } else { "250-SMTPUTF8\r\n" };
-            w.write_all(format!("250-sink.test\r\n250-PIPELINING\r\n250-SIZE 10000000\r\n250-8BITMIME\r\n{utf8}250 DSN\r\n").as_bytes()).await?;
+            let last = if dsn { "250 DSN\r\n" } else { "250 HELP\r\n" };
+            w.write_all(format!("250-sink.test\r\n250-PIPELINING\r\n250-SIZE 10000000\r\n250-8BITMIME\r\n{utf8}{last}").as_bytes()).await?;
         } else if up.starts_with("MAIL FROM:") {
             let rest = &l[10..];
             let end = rest.find('>').unwrap_or(0);
@@ -424,6 +441,11 @@ async fn sink_session(
             match ans {
                 SinkAnswer::TempFail => w.write_all(b"451 4.2.0 try later\r\n").await?,
                 SinkAnswer::PermFail => w.write_all(b"550 5.1.1 no such user\r\n").await?,
+                SinkAnswer::OverQuota => w.write_all(b"552 5.2.2 mailbox full\r\n").await?,
+                SinkAnswer::OverQuotaTemp => {
+                    w.write_all(b"452 4.2.2 mailbox full, try later\r\n")
+                        .await?
+                }
                 _ => {
                     to.push((addr, rest[end + 1..].trim().to_string(), ans));
                     w.write_all(b"250 2.1.5 ok\r\n").await?

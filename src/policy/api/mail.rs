@@ -13,7 +13,7 @@
 //! - `getParts()`, `findByType(pattern)`: `{id, parent, type, filename, size,
 //!   headers = {{name, value}, …}, body}` (id 0 is the whole message)
 //! - eod only: `queue(sender, recipient, transportid[, {metadata, hold, jobid,
-//!   quotas, delay, dsn = {envid, ret, notify, orcpt}}])` → `{transaction, queue}`
+//!   quotas, delay, overquota, dsn = {envid, ret, notify, orcpt}}])` → `{transaction, queue}`
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -549,6 +549,14 @@ fn queue(
     let metadata = string_map(opt(&o, "metadata")?, "queue(): metadata")?;
     let hold = opt::<bool>(&o, "hold")?.unwrap_or(false);
     let jobid = opt::<String>(&o, "jobid")?;
+    let overquota = match opt::<String>(&o, "overquota")? {
+        None => None,
+        Some(s) => Some(crate::policy::OverquotaAction::parse(&s).ok_or_else(|| {
+            mlua::Error::runtime(format!(
+                "queue(): overquota {s:?} is not \"reject\" or \"tmpreject\""
+            ))
+        })?),
+    };
     let delay = match opt::<f64>(&o, "delay")? {
         None => None,
         // At most a year: from_secs_f64 panics on overflow.
@@ -597,6 +605,7 @@ fn queue(
         jobid,
         delay,
         dsn,
+        overquota,
     };
     with_run(lua, "queue()", |rs| rs.queued.push(req))?;
     let t = lua.create_table()?;

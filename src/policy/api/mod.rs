@@ -116,6 +116,10 @@ pub struct ScriptVerdict {
     pub host: Option<String>,
     pub sender: Option<String>,
     pub recipient: Option<String>,
+    /// predelivery `Pass({host, port, tls})`.
+    pub route: Option<crate::policy::Route>,
+    /// postdelivery `Pass({bounce, delay, success})`.
+    pub reports: Box<crate::policy::ReportWordings>,
 }
 
 /// Why a run stopped before falling off the end.

@@ -83,8 +83,12 @@ fn parse(lua: &Lua, kind: VerdictKind, args: MultiValue) -> Result<ScriptVerdict
     let Some(opts) = opts else {
         return Ok(v);
     };
+    let pass_allowed: Vec<&str> = ["command", "next", "transportid"]
+        .into_iter()
+        .chain(spec.pass_options.iter().copied())
+        .collect();
     let allowed: &[&str] = match kind {
-        VerdictKind::Pass => &["command", "next", "transportid"],
+        VerdictKind::Pass => &pass_allowed,
         VerdictKind::Reply => &["disconnect", "reply_codes", "next"],
         // Per hook: helo {host}, mailfrom {sender}, rcptto {recipient, transportid}…
         VerdictKind::Accept => spec.accept_options,
@@ -145,6 +149,17 @@ fn parse(lua: &Lua, kind: VerdictKind, args: MultiValue) -> Result<ScriptVerdict
             ))
         }
     }
+    if kind == VerdictKind::Pass {
+        // Only keys the hook's pass_options allow got past the check above.
+        v.route = route_opts(&get("host")?, &get("port")?, &get("tls")?, name)?;
+        for (key, slot) in [
+            ("bounce", &mut v.reports.bounce),
+            ("delay", &mut v.reports.delay),
+            ("success", &mut v.reports.success),
+        ] {
+            *slot = wording_opt(&get(key)?, name, key)?;
+        }
+    }
     if kind == VerdictKind::Accept {
         v.reason = reason_lines(&get("reason")?, name)?;
         v.host = match get("host")? {
@@ -179,6 +194,143 @@ fn parse(lua: &Lua, kind: VerdictKind, args: MultiValue) -> Result<ScriptVerdict
         }
     }
     Ok(v)
+}
+
+/// predelivery `Pass({host, port, tls})`: `None` when none is given.
+fn route_opts(
+    host: &Value,
+    port: &Value,
+    tls: &Value,
+    name: &str,
+) -> Result<Option<crate::policy::Route>, String> {
+    let mut r = crate::policy::Route::default();
+    match host {
+        Value::Nil => {}
+        Value::String(s) => {
+            let h = s.to_str().map_err(|e| e.to_string())?.trim().to_string();
+            let bare = h.trim_start_matches('[');
+            if h.is_empty()
+                || bare.is_empty()
+                || h.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/')
+            {
+                return Err(format!("{name}(): host {h:?} is not a next hop"));
+            }
+            r.host = Some(h);
+        }
+        other => {
+            return Err(format!(
+                "{name}(): host must be a string, got {}",
+                other.type_name()
+            ))
+        }
+    }
+    let p = match port {
+        Value::Nil => None,
+        Value::Integer(i) => Some(*i),
+        Value::Number(n) if n.fract() == 0.0 => Some(*n as i64),
+        Value::String(s) => s.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()),
+        _ => Some(-1),
+    };
+    if let Some(p) = p {
+        if !(1..=65535).contains(&p) {
+            return Err(format!("{name}(): port must be 1-65535, got {port:?}"));
+        }
+        r.port = Some(p as u16);
+    }
+    match tls {
+        Value::Nil => {}
+        Value::String(s) => {
+            let t = s.to_string_lossy();
+            r.tls = Some(
+                serde_json::from_value(serde_json::Value::String(t.to_string())).map_err(
+                    |_| {
+                        format!(
+                            "{name}(): tls {t:?} is not a transport TLS mode (none, opportunistic, required, verify)"
+                        )
+                    },
+                )?,
+            );
+        }
+        other => {
+            return Err(format!(
+                "{name}(): tls must be a string, got {}",
+                other.type_name()
+            ))
+        }
+    }
+    Ok((r != crate::policy::Route::default()).then_some(r))
+}
+
+/// postdelivery `Pass({bounce = {…}})` and its siblings.
+fn wording_opt(
+    v: &Value,
+    name: &str,
+    key: &str,
+) -> Result<Option<crate::policy::ReportWording>, String> {
+    let t = match v {
+        Value::Nil => return Ok(None),
+        Value::Table(t) => t,
+        other => {
+            return Err(format!(
+                "{name}(): {key} must be a table, got {}",
+                other.type_name()
+            ))
+        }
+    };
+    const KEYS: &[&str] = &[
+        "send",
+        "subject",
+        "from",
+        "text",
+        "recipient_text",
+        "footer",
+        "attach",
+    ];
+    let mut w = crate::policy::ReportWording::default();
+    for pair in t.clone().pairs::<Value, Value>() {
+        let (k, val) = pair.map_err(|e| e.to_string())?;
+        let k = k.to_string().unwrap_or_default();
+        let text = |val: &Value| -> Result<String, String> {
+            match val {
+                Value::String(s) => Ok(s.to_string_lossy().to_string()),
+                Value::Integer(_) | Value::Number(_) => Ok(val.to_string().unwrap_or_default()),
+                other => Err(format!(
+                    "{name}(): {key}.{k} must be a string, got {}",
+                    other.type_name()
+                )),
+            }
+        };
+        match k.as_str() {
+            "send" => w.send = Some(bool_opt(val, name, &format!("{key}.send"))?),
+            "subject" | "from" => {
+                let s = text(&val)?;
+                if s.contains(['\r', '\n']) {
+                    return Err(format!("{name}(): {key}.{k} must be one line"));
+                }
+                if k == "subject" {
+                    w.subject = Some(s)
+                } else {
+                    w.from = Some(s)
+                }
+            }
+            "text" => w.text = Some(text(&val)?),
+            "recipient_text" => w.recipient_text = Some(text(&val)?),
+            "footer" => w.footer = Some(text(&val)?),
+            "attach" => {
+                let s = text(&val)?;
+                w.attach = Some(crate::policy::AttachSource::parse(&s).ok_or_else(|| {
+                    format!("{name}(): {key}.attach {s:?} is not full, headers or none")
+                })?)
+            }
+            _ => {
+                return Err(format!(
+                    "{name}(): unknown option {key}.{k:?} (known: {})",
+                    KEYS.join(", ")
+                ))
+            }
+        }
+    }
+    Ok(Some(w))
 }
 
 /// An `Accept` address rewrite: a string or `{localpart, domain}`, lowercased;

@@ -79,13 +79,32 @@ fn method_ref(key: &str) -> String {
     }
 }
 
+/// Variables that stand for "each recipient" in ndrRcptMessage /
+/// dsnRcptMessage: kept as `%name%` in the template, which the runtime
+/// hands to the delivery code to expand once per recipient of the report.
+const PER_RECIPIENT: &[&str] = &[
+    "ndrRcptAddress",
+    "ndrRcptFailInfo",
+    "dsnRcptAddress",
+    "dsnRcptStatus",
+];
+
 fn value(v: &Value) -> String {
+    value_in(v, false)
+}
+
+fn value_in(v: &Value, per_recipient: bool) -> String {
     let parts: Vec<String> = v
         .parts
         .iter()
         .map(|p| match p {
             Part::Lit(s) => lua_str(s),
-            Part::Var(n) => format!("ax:get({})", var_name(n)),
+            Part::Var(n) => match vars::canonical(&n.text) {
+                Some(c) if per_recipient && PER_RECIPIENT.contains(&c) => {
+                    lua_str(&format!("%{c}%"))
+                }
+                _ => format!("ax:get({})", var_name(n)),
+            },
         })
         .collect();
     if parts.is_empty() {
@@ -156,10 +175,16 @@ fn stmt(e: &mut Emitter, s: &Stmt) {
     let line = Some(s.pos.line);
     let here = at(s.pos.line);
     match &s.kind {
-        StmtKind::Set { var, value: v } => e.line(
-            format!("{here}ax:set({}, {})", var_name(var), value(v)),
-            line,
-        ),
+        StmtKind::Set { var, value: v } => {
+            let template = matches!(
+                vars::canonical(&var.text),
+                Some("ndrRcptMessage" | "dsnRcptMessage")
+            );
+            e.line(
+                format!("{here}ax:set({}, {})", var_name(var), value_in(v, template)),
+                line,
+            )
+        }
         StmtKind::Call(n) => match vars::method(&n.text) {
             Some((canon, _)) => e.line(format!("{here}ax:{canon}()"), line),
             None => e.line(format!("{here}{}()", method_ref(&n.key())), line),

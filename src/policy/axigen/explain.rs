@@ -19,14 +19,33 @@ use super::check::Analysis;
 use super::vars::{self, Access, Event};
 use super::Diagnostic;
 
-/// onRelay settings Sluice's delivery applies. None yet: the runtime keeps
-/// them in the connection context (`axigen.relay`) but the delivery code
-/// reads only per-recipient metadata (currentRcptRelayHost).
-const RELAY_APPLIED: &[&str] = &[];
+/// onRelay settings Sluice's delivery applies (the runtime's
+/// `Ax:relay_route` turns them into the predelivery `Pass({host, port, tls})`
+/// route); the other onRelay settings are reported as unsupported.
+const RELAY_APPLIED: &[&str] = &[
+    "remotesmtphost",
+    "remotesmtpport",
+    "remotesmtpip",
+    "sslenabled",
+    "allowstarttls",
+];
 
-/// Bounce / success-notice settings of the delivery events Sluice applies.
-/// None yet: the runtime records them (`axigen.ndr`, `axigen.dsn`).
-const DELIVERY_APPLIED: &[&str] = &[];
+/// Bounce / success-notice settings of the delivery events Sluice applies
+/// (`Ax:report_wording` → the postdelivery `Pass({bounce, delay, success})`).
+const DELIVERY_APPLIED: &[&str] = &[
+    "sendndr",
+    "ndrattachsource",
+    "ndrsubject",
+    "ndrsender",
+    "ndrmessage",
+    "ndrrcptmessage",
+    "ndrmessagefooter",
+    "dsnsender",
+    "dsnsubject",
+    "dsnmessage",
+    "dsnrcptmessage",
+    "dsnmessagefooter",
+];
 
 /// Where and when an event runs.
 fn stage(e: Event) -> &'static str {
@@ -102,21 +121,21 @@ fn set_effect(key: &str, e: Event) -> Option<Effect> {
         "smtpexplanation" => once("the reply text of reject / tmpreject / abort"),
         "smtpgreeting" => once("the 220 banner"),
         "maxdatasize" => {
-            s("message size limit in KB, enforced at end of data (552 5.3.4)")
+            s("message size limit in KB: EHLO's SIZE, MAIL FROM SIZE= and the data itself (552 5.3.4), never above [limits] message_size")
         }
-        "maxrcptcount" => s("recipients per message, enforced at RCPT TO (452 4.5.3)"),
+        "maxrcptcount" => s("recipients per message, enforced at RCPT TO (452 4.5.3), never above [limits] recipients"),
         "maxreceivedheaders" => s(
             "Received headers allowed before the message counts as looping (554 5.4.6), \
-             checked after the headers and at end of data",
+             checked at end of data",
         ),
         "allowstarttls" => s("\"no\": EHLO stops advertising STARTTLS and STARTTLS is refused"),
         "allowpipelining" => s("\"no\": EHLO stops advertising PIPELINING"),
-        "allow8bitmime" => s("\"no\": EHLO stops advertising 8BITMIME"),
-        "allowbinarydata" => s("\"no\": EHLO stops advertising CHUNKING (BDAT)"),
-        "allowdsn" => s("\"no\": EHLO stops advertising DSN"),
+        "allow8bitmime" => s("\"no\": EHLO stops advertising 8BITMIME; BODY=8BITMIME gets 555 5.5.4"),
+        "allowbinarydata" => s("\"no\": EHLO stops advertising CHUNKING; BDAT gets 502 5.5.1"),
+        "allowdsn" => s("\"no\": EHLO stops advertising DSN; RET/ENVID/NOTIFY/ORCPT get 555 5.5.4"),
         "localdelivery" | "remotedelivery" => s(
-            "narrows relaying at RCPT TO (\"none\", \"auth\"); needs require(\"axigen\").local_domains \
-             in axigen_local.lua; the built-in relay rule still applies",
+            "narrows relaying at RCPT TO (\"none\", \"auth\": 550 5.7.1); local = relay.domains; \
+             the built-in relay rule still applies",
         ),
         "spfresult" | "spfexplanation" | "reversednsresult" | "dnsblresult"
         | "dnsblexplanation" => s("check result, read by later events (SPFResult Fail also fails the next MAIL FROM)"),

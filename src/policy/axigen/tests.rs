@@ -141,7 +141,13 @@ fn diagnostics_every_class() {
 #[test]
 fn golden_lua() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    for name in ["basic", "methods"] {
+    for name in [
+        "basic",
+        "methods",
+        "routing_smarthost",
+        "routing_rcpt",
+        "processing",
+    ] {
         let src = PathBuf::from(format!("tests/axigen/{name}.axigen"));
         let golden = PathBuf::from(format!("tests/axigen/{name}.lua"));
         let got = translate(&src).unwrap_or_else(|d| {
@@ -279,10 +285,16 @@ fn fuzz_lexer_and_parser() {
         " ",
         "\t",
     ];
-    let corpus: Vec<String> = ["basic", "methods"]
-        .iter()
-        .map(|n| std::fs::read_to_string(format!("tests/axigen/{n}.axigen")).unwrap())
-        .collect();
+    let corpus: Vec<String> = [
+        "basic",
+        "methods",
+        "routing_smarthost",
+        "routing_rcpt",
+        "processing",
+    ]
+    .iter()
+    .map(|n| std::fs::read_to_string(format!("tests/axigen/{n}.axigen")).unwrap())
+    .collect();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut compiled = 0;
     for i in 0..3000 {
@@ -408,14 +420,14 @@ fn explain_lists_hooks_effects_and_approximations() {
          method limits {\n\tset (maxDataSize, \"100\");\n\tset (x, \"1\");\n}\n\
          event onRcptTo {\n\tif (is (isOverquota, \"yes\")) { set (smtpAction, \"reject\"); }\n\tcall (executeFilters);\n}\n\
          event onBodyChunk {\n\tset (HeaderName, \"X-A\");\n\tcall (addHeader);\n}\n\
-         event onRelay {\n\tset (remoteSmtpHost, \"[192.0.2.1]\");\n}\n",
+         event onRelay {\n\tset (remoteSmtpHost, \"[192.0.2.1]\");\n\tset (localInterface, \"192.0.2.9\");\n}\n",
     );
     let expect = [
         "onConnect (e.axigen:1) → hook `connect`, when the client connects, before the 220 banner",
         "    limits (line 3): custom method (line 6), its statements are listed here",
         "    checkGeoIp (line 4): the client's country ([geoip] country_db)",
         "  sets (take effect):\n    smtpGreeting (line 2): the 220 banner",
-        "  session settings:\n    maxDataSize (line 7, in method limits): message size limit in KB, enforced at end of data",
+        "  session settings:\n    maxDataSize (line 7, in method limits): message size limit in KB: EHLO's SIZE, MAIL FROM SIZE=",
         "  custom variables (this event only, unless exported): x (line 8, in method limits)",
         "onRcptTo (e.axigen:10) → hook `rcptto`, at each RCPT TO",
         "    smtpAction (line 11): the verdict of this command",
@@ -425,7 +437,8 @@ fn explain_lists_hooks_effects_and_approximations() {
         "    addHeader (line 16): header change (HeaderName / HeaderValue) of the queued message",
         "    onBodyChunk runs once, at end of data, over the whole body — not once per chunk",
         "onRelay (e.axigen:18) → hook `predelivery`, before each delivery attempt",
-        "    remoteSmtpHost (line 19) is not applied",
+        "    remoteSmtpHost (line 19): onRelay setting, applied to this delivery",
+        "    localInterface (line 20) is not applied",
         "Warnings:\n  e.axigen:14:7: warning: onBodyChunk runs once",
     ];
     for e in expect {

@@ -343,5 +343,7 @@ pub const EOD_VARS: &[&str] = &[
     "currentrcpt",
     "currentrcptfolder",
     "currentrcptrelayhost",
+    // Carried to the queue entry by mail:queue({overquota = …}).
+    "overquotaaction",
     "delaydelivery",
 ];

@@ -270,6 +270,7 @@ impl Session {
             };
             e.metadata = q.metadata.clone();
             e.jobid = q.jobid.clone();
+            e.control.overquota = q.overquota;
             e.smtputf8 = info.smtputf8;
             e.eight_bit = info.eight_bit;
             e.client = client.clone();
