@@ -8,8 +8,9 @@
 //! The corpus (tests/axigen/acceptance_basic.axigen, antispam.axigen) is
 //! written the way Axigen WebAdmin writes smtpFilters.script; each file
 //! passes `sluice check`, and its dialogues must not raise a single hook
-//! error (the `sluice_hook_errors_total` series): what check accepts, the
-//! runtime runs.
+//! error or policy runtime error (`sluice_hook_errors_total`,
+//! `sluice_policy_runtime_errors_total`): what check accepts, the runtime
+//! runs.
 //!
 //! Clients connect from several loopback addresses (127.0.0.1 … 127.0.2.1,
 //! all local on Linux) so one daemon sees listed, unlisted, PTR-less and
@@ -128,12 +129,19 @@ async fn client_from(srv: &TestServer, src: &str) -> Client<TcpStream> {
     Client::new(s)
 }
 
-/// Hook errors of the whole process so far. Every test of this file
-/// expects none, so a before/after comparison holds even with the tests
-/// running in parallel.
+/// Hook errors and policy runtime errors (an event that failed and counted
+/// as setting no action) of the whole process so far. Every test of this
+/// file expects none, so a before/after comparison holds even with the
+/// tests running in parallel.
 fn hook_errors() -> f64 {
     let text = sluice::metrics::render(None);
-    sluice::policy::Hook::ALL
+    let runtime: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_policy_runtime_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    runtime
+        + sluice::policy::Hook::ALL
         .iter()
         .map(|h| {
             sluice::metrics::sample(
