@@ -142,15 +142,15 @@ fn hook_errors() -> f64 {
         .sum();
     runtime
         + sluice::policy::Hook::ALL
-        .iter()
-        .map(|h| {
-            sluice::metrics::sample(
-                &text,
-                &format!("sluice_hook_errors_total{{hook=\"{}\"}}", h.name()),
-            )
-            .unwrap_or(0.0)
-        })
-        .sum()
+            .iter()
+            .map(|h| {
+                sluice::metrics::sample(
+                    &text,
+                    &format!("sluice_hook_errors_total{{hook=\"{}\"}}", h.name()),
+                )
+                .unwrap_or(0.0)
+            })
+            .sum()
 }
 
 /// `sluice check -c` on a config loading `policy`: (success, stderr+stdout).
