@@ -150,7 +150,7 @@ fn hook_errors() -> f64 {
                 )
                 .unwrap_or(0.0)
             })
-            .sum()
+            .sum::<f64>()
 }
 
 /// `sluice check -c` on a config loading `policy`: (success, stderr+stdout).
