@@ -447,11 +447,15 @@ pub struct DlpConfig {
     pub rules: BTreeMap<String, serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// authserv-id in Authentication-Results; empty = hostname.
     pub authserv_id: String,
+    /// The built-in eod (no eod script) adds our Authentication-Results
+    /// (spf, dkim, dmarc, arc) and removes every incoming one that claims
+    /// our authserv-id (RFC 8601 §5).
+    pub results: bool,
     /// ARC sealing keys: selector, domain, PEM key path.
     pub arc_selector: String,
     pub arc_domain: String,
@@ -463,6 +467,18 @@ pub struct AuthConfig {
 pub struct GeoipConfig {
     pub country_db: Option<PathBuf>,
     pub asn_db: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            authserv_id: String::new(),
+            results: true,
+            arc_selector: String::new(),
+            arc_domain: String::new(),
+            arc_key: None,
+        }
+    }
 }
 
 impl Config {

@@ -321,6 +321,46 @@ async fn scan_dmarc_subdomain_policy_pct_and_psl() {
     );
 }
 
+/// RFC 9091: `np` applies to a From subdomain that does not exist (no A,
+/// AAAA or MX), `sp` to one that does; a public suffix's record applies
+/// when it says `psd=y`, and is ignored otherwise.
+#[tokio::test]
+async fn scan_dmarc_np_and_psd() {
+    let mut env = Env::new().await;
+    env.script(Hook::Eod, SCAN);
+    let e = env.engine();
+    let ghost = message("a@ghost.npdom.com", "hi", 10);
+    assert_eq!(
+        dmarc(&e, BAD_IP, "a@ghost.npdom.com", &ghost).await,
+        json!({"ghost.npdom.com": "reject"}),
+        "np for a subdomain that does not exist"
+    );
+    let real = message("a@real.npdom.com", "hi", 10);
+    assert_eq!(
+        dmarc(&e, BAD_IP, "a@real.npdom.com", &real).await,
+        json!({"real.npdom.com": "quarantine"}),
+        "sp for one that exists"
+    );
+    let top = message("a@npdom.com", "hi", 10);
+    assert_eq!(
+        dmarc(&e, BAD_IP, "a@npdom.com", &top).await,
+        json!({"npdom.com": "none"}),
+        "p for the domain itself"
+    );
+    let bank = message("a@example.bank", "hi", 10);
+    assert_eq!(
+        dmarc(&e, BAD_IP, "a@example.bank", &bank).await,
+        json!({"example.bank": "reject"}),
+        "the PSD record (psd=y) of .bank"
+    );
+    let museum = message("a@art.museum", "hi", 10);
+    assert_eq!(
+        dmarc(&e, BAD_IP, "a@art.museum", &museum).await,
+        json!({"art.museum": "policy_absent"}),
+        "a suffix record without psd=y is not a policy"
+    );
+}
+
 #[tokio::test]
 async fn scan_dmarc_overrides_and_hook_check() {
     let mut env = Env::new().await;
@@ -776,10 +816,21 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The example and the shipped default eod (scripts/eod.lua) stamp our
+/// Authentication-Results the way the built-in eod does.
 #[tokio::test]
 async fn example_auth_results() {
+    for script in [
+        example("auth-results.lua"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/eod.lua"),
+    ] {
+        stamps_results(script).await;
+    }
+}
+
+async fn stamps_results(script: PathBuf) {
     let mut env = Env::new().await;
-    env.set(Hook::Eod, example("auth-results.lua"));
+    env.set(Hook::Eod, script);
     let mut m = b"Authentication-Results: mx.example.org; dkim=pass (forged)\r\n\
                   Authentication-Results: other.example; spf=fail\r\n"
         .to_vec();

@@ -24,7 +24,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_message() {
     std::fs::write(
         &cfg,
         format!(
-            "hostname = \"mx.crash.example\"\ndata_dir = {:?}\ncontrol_socket = {:?}\n[[listener]]\nid = \"inbound\"\naddress = \"127.0.0.1:{port}\"\n[queue]\ndeliver = false\n",
+            "hostname = \"mx.crash.example\"\ndata_dir = {:?}\ncontrol_socket = {:?}\n[[listener]]\nid = \"inbound\"\naddress = \"127.0.0.1:{port}\"\n[queue]\ndeliver = false\n[auth]\nresults = false\n",
             dir.path().join("var"),
             dir.path().join("var/control.sock")
         ),

@@ -388,6 +388,26 @@ impl PolicyEngine {
         dns.fcrdns(ip).await
     }
 
+    /// Our Authentication-Results value for a message (SPF, DKIM, ARC,
+    /// DMARC with this epoch's resolver and `[auth]`), for the built-in eod.
+    pub async fn authentication_results(
+        &self,
+        raw: &[u8],
+        spf: &crate::scan::auth::SpfRequest,
+    ) -> Result<String, String> {
+        let epoch = self.epoch();
+        let resolver = epoch.dns.resolver()?.clone();
+        crate::scan::auth::authenticate(&resolver, &epoch.scan.auth, raw, spf, false)
+            .await
+            .map(|r| r.header_value)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The authserv-id of this epoch (`[auth] authserv_id`, else the hostname).
+    pub fn authserv_id(&self) -> String {
+        self.epoch().scan.auth.authserv_id.clone()
+    }
+
     /// Idle states in the pool (tests, metrics).
     pub fn idle_states(&self) -> usize {
         self.pool.lock().unwrap_or_else(|e| e.into_inner()).len()

@@ -1,5 +1,7 @@
-//! Sender authentication with mail-auth over the shared [`Resolver`]:
-//! SPF (RFC 7208), DKIM (RFC 6376), DMARC (RFC 7489) as Halon's
+//! Sender authentication over the shared [`Resolver`]: SPF (RFC 7208) by
+//! our own evaluator ([`super::spf`]), fed to mail-auth's DMARC and
+//! Authentication-Results code; with mail-auth DKIM (RFC 6376), DMARC
+//! (RFC 7489, RFC 9091) as Halon's
 //! `ScanDMARC` reports it, ARC verify and seal (RFC 8617), and the
 //! Authentication-Results header (RFC 8601).
 //!
@@ -10,10 +12,13 @@
 //! addresses, unparsable); otherwise the From domain and one of `pass`,
 //! `none`, `reject`, `quarantine`, `temperror`, `policy_absent`:
 //!
-//! 1. Policy discovery (RFC 7489 §6.6.3): `_dmarc.<from>`, then
-//!    `_dmarc.<organisational domain>` (public suffix list); a record found
-//!    at the organisational domain applies its `sp` (default `p`). No
-//!    record → `policy_absent`; a DNS failure → `temperror`.
+//! 1. Policy discovery (RFC 7489 §6.6.3, RFC 9091 §4): `_dmarc.<from>`,
+//!    then `_dmarc.<organisational domain>` (public suffix list), then
+//!    `_dmarc.<public suffix>` when that record says `psd=y`. A record
+//!    found above the From domain applies its `sp` (default `p`), or its
+//!    `np` (default `sp`) when the From domain does not exist (no A, AAAA
+//!    or MX: RFC 9091 §2.7). No record → `policy_absent`; a DNS failure →
+//!    `temperror`.
 //! 2. Identifier alignment: SPF `pass` for the MAIL FROM domain (the HELO
 //!    domain for the null sender), DKIM `pass` for a signature's `d=`, each
 //!    compared with the From domain exactly (`aspf`/`adkim=s`) or by
@@ -31,14 +36,14 @@ use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::Done;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::dmarc::{Alignment, Dmarc, Policy};
-use mail_auth::spf::verify::SpfParameters;
+use mail_auth::dmarc::{Alignment, Dmarc, Policy, Psd};
 use mail_auth::{
     ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, Error,
     SpfOutput, SpfResult,
 };
 
 use super::dns::Resolver;
+use super::spf;
 use crate::config::Config;
 
 /// Headers an ARC-Message-Signature covers (those present are signed).
@@ -88,6 +93,9 @@ pub struct AuthSettings {
     pub authserv_id: String,
     /// Our host name, for SPF's `%{r}` macro.
     pub hostname: String,
+    /// `[auth] results`: stamp Authentication-Results in the built-in eod
+    /// (and in `auth.stamp`).
+    pub results: bool,
     sealer: Option<Sealer>,
 }
 
@@ -155,6 +163,7 @@ impl AuthSettings {
         Ok(AuthSettings {
             authserv_id,
             hostname: cfg.hostname.clone(),
+            results: a.results,
             sealer,
         })
     }
@@ -164,6 +173,7 @@ impl AuthSettings {
         AuthSettings {
             authserv_id: authserv_id.to_string(),
             hostname: hostname.to_string(),
+            results: true,
             sealer: None,
         }
     }
@@ -214,40 +224,34 @@ pub struct SpfCheck {
     pub identity: &'static str,
     /// The `exp=` text of a fail, when the domain publishes one.
     pub explanation: Option<String>,
+    /// The matching term, or what made it an error.
+    pub reason: String,
 }
 
-pub fn spf_result_name(r: SpfResult) -> &'static str {
-    match r {
-        SpfResult::Pass => "pass",
-        SpfResult::Fail => "fail",
-        SpfResult::SoftFail => "softfail",
-        SpfResult::Neutral => "neutral",
-        SpfResult::TempError => "temperror",
-        SpfResult::PermError => "permerror",
-        SpfResult::None => "none",
-    }
-}
-
-async fn spf_output(res: &Resolver, host: &str, req: &SpfRequest) -> (SpfOutput, &'static str) {
-    let helo = req.helo.trim_end_matches('.');
-    let auth = res.authenticator();
-    let (out, identity) = if req.sender.contains('@') {
-        let params = SpfParameters::verify_mail_from(req.ip, helo, host, &req.sender);
-        (auth.verify_spf(res.params(params)).await, "mailfrom")
+/// Our RFC 7208 evaluator ([`super::spf`]) for the request's identity.
+async fn spf_outcome(
+    res: &Resolver,
+    host: &str,
+    req: &SpfRequest,
+) -> (spf::SpfOutcome, &'static str) {
+    if req.sender.contains('@') {
+        (
+            spf::verify_mail_from(res, req.ip, &req.helo, &req.sender, host).await,
+            "mailfrom",
+        )
     } else {
-        let params = SpfParameters::verify_ehlo(req.ip, helo, host);
-        (auth.verify_spf(res.params(params)).await, "helo")
-    };
-    // mail-auth takes a SERVFAIL for "no record" (none); RFC 7208 §4.4
-    // makes it a temperror. Ask again to tell the two apart.
-    if out.result() == SpfResult::None && !out.domain().is_empty() {
-        if let Err(e) = res.txt(out.domain()).await {
-            if e.is_temporary() {
-                return (out.with_result(SpfResult::TempError), identity);
-            }
-        }
+        (spf::verify_helo(res, req.ip, &req.helo, host).await, "helo")
     }
-    (out, identity)
+}
+
+/// The same result in mail-auth's form, for its DMARC and
+/// Authentication-Results code.
+fn spf_output(o: &spf::SpfOutcome) -> SpfOutput {
+    let out = SpfOutput::new(o.domain.clone()).with_result(o.result.to_mail_auth());
+    match &o.explanation {
+        Some(e) => out.with_explanation(e.clone()),
+        None => out,
+    }
 }
 
 /// A DNS failure that may go away (timeout, SERVFAIL, REFUSED).
@@ -264,12 +268,13 @@ fn is_temporary(e: &Error) -> bool {
 
 /// SPF for the MAIL FROM identity (the HELO identity for the null sender).
 pub async fn spf_check(res: &Resolver, host: &str, req: &SpfRequest) -> SpfCheck {
-    let (out, identity) = spf_output(res, host, req).await;
+    let (out, identity) = spf_outcome(res, host, req).await;
     SpfCheck {
-        result: spf_result_name(out.result()),
-        domain: out.domain().to_string(),
+        result: out.result.as_str(),
+        domain: out.domain,
         identity,
-        explanation: out.explanation().map(|s| s.to_string()),
+        explanation: out.explanation,
+        reason: out.reason,
     }
 }
 
@@ -399,31 +404,59 @@ pub fn from_domain(msg: &AuthenticatedMessage<'_>) -> Option<String> {
 }
 
 enum Discovery {
+    /// The record, and whether it was found above the From domain (at the
+    /// organisational domain or the public suffix: `sp` / `np` apply).
     Found(std::sync::Arc<Dmarc>, bool),
     Absent,
     TempError,
 }
 
-/// RFC 7489 §6.6.3: the From domain's record, else the organisational
-/// domain's (then `sp` applies).
+/// RFC 7489 §6.6.3 with RFC 9091 §4: the From domain's record, else the
+/// organisational domain's (public suffix list), else the public suffix
+/// domain's when that record says `psd=y`.
 async fn discover(res: &Resolver, domain: &str) -> Discovery {
     let auth = res.authenticator();
     let org = org_domain(domain);
-    let mut names = vec![(domain, false)];
+    let mut names = vec![(domain, false, false)];
     if org != domain {
-        names.push((org, true));
+        names.push((org, true, false));
     }
-    for (name, sub) in names {
+    if let Some(psd) = psl::suffix_str(domain).filter(|p| *p != org && *p != domain) {
+        names.push((psd, true, true));
+    }
+    for (name, above, psd) in names {
         match auth
             .txt_lookup::<Dmarc>(format!("_dmarc.{name}."), Some(res.txt_cache()))
             .await
         {
-            Ok(rec) => return Discovery::Found(rec, sub),
+            // A suffix's record applies only when it says it is a PSD's.
+            Ok(rec) if psd && rec.psd != Psd::Yes => {}
+            Ok(rec) => return Discovery::Found(rec, above),
             Err(e) if is_temporary(&e) => return Discovery::TempError,
             Err(_) => {}
         }
     }
     Discovery::Absent
+}
+
+/// RFC 9091 §2.7: a domain with no A, AAAA or MX records (NXDOMAIN or
+/// NODATA for all three) does not exist; `None` when DNS failed.
+async fn nonexistent(res: &Resolver, domain: &str) -> Option<bool> {
+    use mail_auth::hickory_resolver::proto::rr::RecordType;
+    let (a, aaaa, mx) = tokio::join!(
+        res.lookup(domain, RecordType::A),
+        res.lookup(domain, RecordType::AAAA),
+        res.lookup(domain, RecordType::MX)
+    );
+    let mut none = true;
+    for r in [a, aaaa, mx] {
+        match r {
+            Ok(_) => none = false,
+            Err(e) if e.is_temporary() => return None,
+            Err(_) => {}
+        }
+    }
+    Some(none)
 }
 
 /// A number in 0..100 for `pct` sampling.
@@ -455,10 +488,11 @@ pub async fn scan_dmarc(res: &Resolver, host: &str, raw: &[u8], spf: &SpfRequest
         Discovery::TempError => return verdict("temperror"),
     };
     let auth = res.authenticator();
-    let ((spf_out, _), dkim_out) = tokio::join!(
-        spf_output(res, host, spf),
+    let ((spf_res, _), dkim_out) = tokio::join!(
+        spf_outcome(res, host, spf),
         auth.verify_dkim(res.params(&msg))
     );
+    let spf_out = spf_output(&spf_res);
     let spf_domain = spf.identity_domain();
     let spf_aligned =
         spf_out.result() == SpfResult::Pass && aligned(&spf_domain, &from, &record.aspf);
@@ -477,10 +511,14 @@ pub async fn scan_dmarc(res: &Resolver, host: &str, raw: &[u8], spf: &SpfRequest
     if temp {
         return verdict("temperror");
     }
-    let mut policy = if subdomain && record.sp != Policy::Unspecified {
-        record.sp
-    } else {
+    // RFC 7489 §6.6.3 / RFC 9091 §4.2: `p` for the domain that published
+    // the record; below it `sp`, or `np` when the From domain does not exist.
+    let mut policy = if !subdomain {
         record.p
+    } else if record.np != record.sp && nonexistent(res, &from).await == Some(true) {
+        record.np
+    } else {
+        record.sp
     };
     if record.pct < 100
         && matches!(policy, Policy::Reject | Policy::Quarantine)
@@ -517,11 +555,12 @@ pub async fn authenticate(
     }
     let msg = AuthenticatedMessage::parse(raw).ok_or(AuthError::Unparsable)?;
     let auth = res.authenticator();
-    let ((spf_out, _), dkim_out, arc_out) = tokio::join!(
-        spf_output(res, &settings.hostname, spf),
+    let ((spf_res, _), dkim_out, arc_out) = tokio::join!(
+        spf_outcome(res, &settings.hostname, spf),
         auth.verify_dkim(res.params(&msg)),
         auth.verify_arc(res.params(&msg))
     );
+    let spf_out = spf_output(&spf_res);
     let from = msg.from.first().cloned().unwrap_or_default();
     let mail_from_domain = spf.identity_domain();
     let dmarc_out = auth
@@ -567,9 +606,150 @@ pub async fn authenticate(
     })
 }
 
+/// Skip CFWS (white space, folding and nested comments) at the start.
+fn skip_cfws(s: &str) -> &str {
+    let mut rest = s;
+    loop {
+        rest = rest.trim_start();
+        if !rest.starts_with('(') {
+            return rest;
+        }
+        let mut depth = 0usize;
+        let mut end = rest.len();
+        let mut escaped = false;
+        for (i, c) in rest.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
+    }
+}
+
+/// Does this Authentication-Results value claim `authserv_id`? The
+/// authserv-id is the first token of the value (RFC 8601 §2.2), a token or
+/// a quoted-string, compared case-insensitively.
+pub fn claims_authserv_id(value: &str, authserv_id: &str) -> bool {
+    let v = skip_cfws(value);
+    let id = if let Some(q) = v.strip_prefix('"') {
+        let mut out = String::new();
+        let mut escaped = false;
+        for c in q.chars() {
+            match c {
+                _ if escaped => {
+                    out.push(c);
+                    escaped = false
+                }
+                '\\' => escaped = true,
+                '"' => break,
+                c => out.push(c),
+            }
+        }
+        out
+    } else {
+        v.split(|c: char| c.is_whitespace() || c == ';' || c == '(')
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    !id.is_empty() && id.eq_ignore_ascii_case(authserv_id.trim())
+}
+
+/// The message with every Authentication-Results field that claims our
+/// authserv-id removed (RFC 8601 §5: a forgery, or a stale result of
+/// ours) and `ours` (a header value, folded as it is) added on top. Other
+/// servers' results are kept.
+pub fn stamp_results(raw: &[u8], authserv_id: &str, ours: Option<&str>) -> Vec<u8> {
+    const NAME: &[u8] = b"authentication-results:";
+    let header_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(raw.len());
+    let mut out = Vec::with_capacity(raw.len() + 256);
+    if let Some(v) = ours {
+        out.extend_from_slice(b"Authentication-Results: ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut i = 0;
+    while i < header_end {
+        // One field: its first line and the continuation lines.
+        let mut end = i;
+        loop {
+            match raw[end..header_end].windows(2).position(|w| w == b"\r\n") {
+                Some(p) => end += p + 2,
+                None => {
+                    end = header_end;
+                    break;
+                }
+            }
+            if end >= header_end || !matches!(raw[end], b' ' | b'\t') {
+                break;
+            }
+        }
+        let field = &raw[i..end];
+        let ours_claimed = field.len() > NAME.len()
+            && field[..NAME.len()].eq_ignore_ascii_case(NAME)
+            && claims_authserv_id(&String::from_utf8_lossy(&field[NAME.len()..]), authserv_id);
+        if !ours_claimed {
+            out.extend_from_slice(field);
+        }
+        i = end;
+    }
+    out.extend_from_slice(&raw[header_end..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_of_our_authserv_id_are_removed() {
+        assert!(claims_authserv_id(
+            " mx.example.org; dmarc=pass",
+            "MX.example.org"
+        ));
+        assert!(claims_authserv_id(
+            " (comment (nested)) mx.example.org 1; spf=pass",
+            "mx.example.org"
+        ));
+        assert!(claims_authserv_id(
+            " \"mx.example.org\"; none",
+            "mx.example.org"
+        ));
+        assert!(claims_authserv_id(
+            "\r\n\tmx.example.org;\r\n\tdkim=pass",
+            "mx.example.org"
+        ));
+        assert!(!claims_authserv_id(
+            " mx.example.org.evil; dmarc=pass",
+            "mx.example.org"
+        ));
+        assert!(!claims_authserv_id(
+            " other.example; dmarc=pass",
+            "mx.example.org"
+        ));
+        let raw = b"Received: x\r\nAuthentication-Results: mx.example.org;\r\n\tdmarc=pass\r\nAuthentication-Results: other.example; spf=pass\r\nauthentication-results: MX.EXAMPLE.ORG; dkim=pass\r\nSubject: s\r\n\r\nAuthentication-Results: mx.example.org; body\r\n";
+        let out = stamp_results(raw, "mx.example.org", Some("mx.example.org; spf=none"));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "Authentication-Results: mx.example.org; spf=none\r\nReceived: x\r\nAuthentication-Results: other.example; spf=pass\r\nSubject: s\r\n\r\nAuthentication-Results: mx.example.org; body\r\n"
+        );
+        let out = stamp_results(raw, "mx.example.org", None);
+        assert!(!String::from_utf8_lossy(&out).starts_with("Authentication-Results: mx"));
+    }
 
     #[test]
     fn org_domains() {

@@ -45,6 +45,15 @@ pub fn standard_zone(dkim: &Key, arc: &Key) -> Zone {
         .txt("_dmarc.example.co.uk", "v=DMARC1; p=reject; sp=none")
         .txt("sel._domainkey.example.co.uk", &rec)
         .txt("_dmarc.spffail.com", "v=DMARC1; p=reject")
+        // RFC 9091: np for non-existent subdomains, PSD records
+        .txt(
+            "_dmarc.npdom.com",
+            "v=DMARC1; p=none; sp=quarantine; np=reject",
+        )
+        .a("real.npdom.com", "192.0.2.80")
+        .txt("_dmarc.bank", "v=DMARC1; p=reject; psd=y")
+        .mx("example.bank", 10, "mx.example.bank")
+        .txt("_dmarc.museum", "v=DMARC1; p=reject")
         .servfail("spfbroken.com")
         .txt("spfslow.com", "v=spf1 include:_spf.slow.com -all")
         .hang("_spf.slow.com")

@@ -6,7 +6,8 @@
 //!   `ip`, `helo` and `domain` override the SPF inputs (default: the
 //!   connection's IP and HELO host, the envelope sender's domain).
 //! - `spf.check([{ip, helo, sender}])` → `{result, domain, identity,
-//!   explanation}`; missing fields default to the connection and envelope.
+//!   explanation, reason}` (RFC 7208, [`crate::scan::spf`]); missing fields
+//!   default to the connection and envelope.
 //! - `dkim.verify(mail)` → list of `{domain, selector, result, error}`.
 //! - `arc.verify(mail)` → `{result, instances, error}`.
 //! - `arc.seal(mail[, {ip, helo, sender}])` → true, or nil and an error;
@@ -15,6 +16,10 @@
 //! - `auth.results(mail[, {ip, helo, sender}])` → the RFC 8601
 //!   Authentication-Results value (spf, dkim, arc, dmarc) under our
 //!   authserv-id; `auth.authserv_id()` → that id.
+//! - `auth.stamp(mail[, {ip, helo, sender}])` → what the built-in eod does
+//!   with `[auth] results` on: removes every Authentication-Results that
+//!   claims our authserv-id and adds ours on top; returns the value added
+//!   (nil when `[auth] results = false` or the message cannot be checked).
 //!
 //! `mail` is `arguments.mail` (as modified so far) or a raw message string.
 //! All are async: the script yields while DNS answers.
@@ -163,6 +168,7 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
             t.set("domain", r.domain)?;
             t.set("identity", r.identity)?;
             t.set("explanation", r.explanation)?;
+            t.set("reason", r.reason)?;
             Ok(t)
         })?,
     )?;
@@ -245,6 +251,43 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
                 .await
                 .map_err(|e| rt(format!("auth.results: {e}")))?;
             Ok(report.header_value)
+        })?,
+    )?;
+    a.set(
+        "stamp",
+        lua.create_async_function(|lua, (mail, opts): (Value, Option<Table>)| async move {
+            let Value::UserData(ud) = &mail else {
+                return Err(rt("auth.stamp: expected a MailMessage (arguments.mail)"));
+            };
+            let (resolver, scan) = scanners(&lua, "auth.stamp")?;
+            if !scan.auth.results {
+                return Ok(Value::Nil);
+            }
+            let raw = message_bytes(&mail, "auth.stamp")?;
+            let req = spf_request(&lua, &opts, "auth.stamp")?;
+            let ours = auth::authenticate(&resolver, &scan.auth, &raw, &req, false)
+                .await
+                .ok()
+                .map(|r| r.header_value);
+            // Every result claiming our authserv-id goes (RFC 8601 §5).
+            let values: Vec<String> =
+                ud.call_method("getHeaders", ("Authentication-Results", Value::Nil))?;
+            for (i, v) in values.iter().enumerate().rev() {
+                if auth::claims_authserv_id(v, &scan.auth.authserv_id) {
+                    let o = lua.create_table()?;
+                    o.set("index", i + 1)?;
+                    ud.call_method::<()>("delHeader", ("Authentication-Results", o))?;
+                }
+            }
+            match ours {
+                Some(v) => {
+                    // Unfolded here, folded again by addHeader.
+                    let v = v.replace("\r\n", "");
+                    ud.call_method::<()>("addHeader", ("Authentication-Results", v.as_str()))?;
+                    Ok(Value::String(lua.create_string(&v)?))
+                }
+                None => Ok(Value::Nil),
+            }
         })?,
     )?;
     a.set(

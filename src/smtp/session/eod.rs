@@ -47,7 +47,13 @@ impl Session {
         }
 
         let result = if !self.ctx.policy.has_hook(Hook::Eod) {
-            // The built-in eod: every recipient to its transport, natively.
+            // The built-in eod: our Authentication-Results, then every
+            // recipient to its transport, natively.
+            let body = if self.ctx.config.auth.results {
+                self.stamp_results(&info, &body).await
+            } else {
+                body
+            };
             self.queue_message(&info, body, size)
                 .await
                 .map(|ids| (ids, None))
@@ -306,6 +312,36 @@ impl Session {
     }
 
     /// One queue entry per transport, sharing one body; fsync'd on return.
+    /// `[auth] results`: the message with our Authentication-Results on top
+    /// and every incoming one claiming our authserv-id removed. A check that
+    /// cannot run (an unparsable message, no resolver) adds nothing, but the
+    /// forged results still go.
+    async fn stamp_results(&self, info: &TransactionInfo, body: &Bytes) -> Bytes {
+        let spf = crate::scan::auth::SpfRequest {
+            ip: self
+                .info
+                .remoteip
+                .parse()
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            helo: self
+                .info
+                .helo
+                .as_ref()
+                .map(|h| h.host.clone())
+                .unwrap_or_default(),
+            sender: info.sender.clone(),
+        };
+        let ours = match self.ctx.policy.authentication_results(body, &spf).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                warn!(conn = %self.info.id, tx = %info.id, error = %e, "Authentication-Results not added");
+                None
+            }
+        };
+        let id = self.ctx.policy.authserv_id();
+        Bytes::from(crate::scan::auth::stamp_results(body, &id, ours.as_deref()))
+    }
+
     pub(super) async fn queue_message(
         &self,
         info: &TransactionInfo,

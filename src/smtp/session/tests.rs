@@ -209,7 +209,9 @@ async fn data_queues_and_bdat_queues() {
     assert_eq!(e.sender, "a@example.net");
     let body = s.store.get_body(&e.body).unwrap().unwrap();
     let text = String::from_utf8_lossy(&body);
-    assert!(text.starts_with("Received: from c.example"), "{text}");
+    // [auth] results (the default): ours on top, then our Received.
+    assert!(text.starts_with("Authentication-Results: "), "{text}");
+    assert!(text.contains("\r\nReceived: from c.example"), "{text}");
     assert!(text.ends_with("Subject: mem\r\n\r\n.dot\r\n"), "{text}");
 
     s.cmd("MAIL FROM:<a@example.net>", "250").await;
