@@ -36,7 +36,8 @@
 --
 -- Local domains are relay.domains (sluice.is_local_domain): they make
 -- isRcptDomainLocal / isRcptLocal and the session's localDelivery /
--- remoteDelivery rule. Operator overrides go in lib_path/axigen_local.lua,
+-- remoteDelivery rule; isRcptLocal also asks [recipients] validation
+-- (recipient.verify) when it is configured. Operator overrides go in lib_path/axigen_local.lua,
 -- which the runtime loads before the first hook:
 --   require("axigen").local_domains = {"example.org", …}
 --       replaces relay.domains for isRcptDomainLocal / isRcptLocal.
@@ -382,15 +383,25 @@ local function domain_is_local(d)
   return sluice ~= nil and sluice.is_local_domain(d)
 end
 
-local function rcpt_local(self)
+local function rcpt_domain_local(self)
   if self.hook ~= "rcptto" then
     return ""
   end
   local _, d = split_addr(self:get("currentRcpt"))
   return domain_is_local(d) and "yes" or "no"
 end
-getters.isrcptdomainlocal = rcpt_local
-getters.isrcptlocal = rcpt_local
+getters.isrcptdomainlocal = rcpt_domain_local
+-- isRcptLocal: a local domain and, with [recipients] validation configured,
+-- a mailbox the sources know ("tempfail" counts as local: the session
+-- applies on_tempfail itself).
+getters.isrcptlocal = function(self)
+  local dl = rcpt_domain_local(self)
+  if dl ~= "yes" or recipient == nil then
+    return dl
+  end
+  local verdict = recipient.verify(self:get("currentRcpt"))
+  return verdict == "unknown" and "no" or "yes"
+end
 getters.isoverquota = function(self) return self.hook == "rcptto" and "no" or "" end
 
 -- Defaults of limits and switches (as Axigen documents them).

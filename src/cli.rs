@@ -69,6 +69,21 @@ pub enum Cmd {
     /// Run one hook of the configured scripts against a sample message and
     /// envelope, and print the verdict (and what it queued) as JSON.
     TestScript(TestScriptArgs),
+    /// Recipient validation (`[recipients]`).
+    Recipients {
+        #[command(subcommand)]
+        action: RecipientsCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecipientsCmd {
+    /// Ask every configured source about ADDRESS and show each answer.
+    Test {
+        address: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -279,7 +294,67 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             for w in warnings {
                 tracing::warn!("{w}");
             }
+            // Every recipient source is opened and asked to connect once.
+            if let Some(v) =
+                crate::recipients::Validator::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?
+            {
+                let failures = v.check().await;
+                if !failures.is_empty() {
+                    anyhow::bail!("{}", failures.join("\n"));
+                }
+            }
             println!("config OK");
+            Ok(())
+        }
+        Cmd::Recipients {
+            action: RecipientsCmd::Test { address, json },
+        } => {
+            let cfg = load_config(&cli)?;
+            let Some(v) =
+                crate::recipients::Validator::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?
+            else {
+                anyhow::bail!("[recipients] sources is empty: every local recipient is accepted");
+            };
+            let mut rows = Vec::new();
+            for name in v.source_names() {
+                let out = v.verify(address, Some(&[name.to_string()])).await;
+                let answered = out.source == name;
+                let (verdict, detail) = match &out.verdict {
+                    _ if !answered => ("no answer".to_string(), String::new()),
+                    crate::recipients::Verdict::Exists { rewrite: Some(r) } => {
+                        ("exists".to_string(), format!("delivered to {r}"))
+                    }
+                    crate::recipients::Verdict::TempFail(e) => ("tempfail".to_string(), e.clone()),
+                    other => (other.as_str().to_string(), String::new()),
+                };
+                rows.push((name, verdict, detail));
+            }
+            let overall = v.verify(address, None).await;
+            if *json {
+                let j = serde_json::json!({
+                    "address": address,
+                    "sources": rows.iter().map(|(n, v, d)| serde_json::json!({"source": n, "answer": v, "detail": d})).collect::<Vec<_>>(),
+                    "verdict": overall.verdict.as_str(),
+                    "answered_by": overall.source,
+                });
+                println!("{j}");
+            } else {
+                for (n, v, d) in &rows {
+                    println!(
+                        "{n:<8} {v}{}",
+                        if d.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({d})")
+                        }
+                    );
+                }
+                println!(
+                    "verdict  {} (from {})",
+                    overall.verdict.as_str(),
+                    overall.source
+                );
+            }
             Ok(())
         }
         Cmd::Translate {

@@ -67,6 +67,7 @@ pub struct Config {
     pub dlp: DlpConfig,
     pub auth: AuthConfig,
     pub geoip: GeoipConfig,
+    pub recipients: RecipientsConfig,
 }
 
 impl Default for Config {
@@ -91,6 +92,7 @@ impl Default for Config {
             dlp: DlpConfig::default(),
             auth: AuthConfig::default(),
             geoip: GeoipConfig::default(),
+            recipients: RecipientsConfig::default(),
         }
     }
 }
@@ -467,6 +469,105 @@ pub struct AuthConfig {
 pub struct GeoipConfig {
     pub country_db: Option<PathBuf>,
     pub asn_db: Option<PathBuf>,
+}
+
+/// `[recipients]`: validation of recipients in `relay.domains` at RCPT
+/// (see `crate::recipients`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecipientsConfig {
+    /// Asked in order ("map", "callout", "ldap", "sql"); the first definite
+    /// answer wins. Empty: no validation.
+    pub sources: Vec<String>,
+    /// The map file: `user@domain`, `@domain`, `!user@domain`, `#` comments.
+    pub map: Option<PathBuf>,
+    /// The transport whose next hop the callout probes.
+    pub callout_transport: String,
+    #[serde(with = "humantime_serde")]
+    pub positive_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// A source cannot answer: defer (451 4.4.3) or accept.
+    pub on_tempfail: OnTempfail,
+    pub ldap: LdapSourceConfig,
+    pub sql: SqlSourceConfig,
+}
+
+impl Default for RecipientsConfig {
+    fn default() -> Self {
+        RecipientsConfig {
+            sources: Vec::new(),
+            map: None,
+            callout_transport: "default".into(),
+            positive_ttl: Duration::from_secs(86_400),
+            negative_ttl: Duration::from_secs(3_600),
+            on_tempfail: OnTempfail::Defer,
+            ldap: LdapSourceConfig::default(),
+            sql: SqlSourceConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTempfail {
+    Defer,
+    Accept,
+}
+
+/// `[recipients.ldap]` (source "ldap").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LdapSourceConfig {
+    /// ldap://, ldaps://; `starttls = true` upgrades ldap://.
+    pub url: String,
+    pub starttls: bool,
+    pub bind_dn: String,
+    pub bind_password: String,
+    pub base: String,
+    /// `%s` = the address, escaped per RFC 4515.
+    pub filter: String,
+    /// An attribute holding the address to deliver to (an alias), if any.
+    pub rewrite_attribute: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for LdapSourceConfig {
+    fn default() -> Self {
+        LdapSourceConfig {
+            url: "ldap://127.0.0.1:389".into(),
+            starttls: false,
+            bind_dn: String::new(),
+            bind_password: String::new(),
+            base: String::new(),
+            filter: "(|(mail=%s)(proxyAddresses=smtp:%s))".into(),
+            rewrite_attribute: String::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[recipients.sql]` (source "sql", PostgreSQL).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlSourceConfig {
+    pub url: String,
+    /// `$1` = the address; a row = exists; a first text column, when
+    /// present and not empty, is the address to deliver to (an alias).
+    pub query: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for SqlSourceConfig {
+    fn default() -> Self {
+        SqlSourceConfig {
+            url: "postgresql://sluice@127.0.0.1/mail".into(),
+            query: "SELECT 1 FROM mailbox WHERE address = $1".into(),
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for AuthConfig {

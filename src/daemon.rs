@@ -49,7 +49,11 @@ impl Daemon {
             TlsStore::new(tls::server_config(&config.tls).ok())
         };
         let policy = PolicyEngine::load(&config).context("loading scripts")?;
+        let recipients =
+            crate::recipients::Validator::from_config(&config).map_err(|e| anyhow::anyhow!(e))?;
+        policy.set_recipients(recipients.clone());
         let reload: ReloadFn = {
+            let recipients = recipients.clone();
             let config = config.clone();
             let tls_store = tls_store.clone();
             let policy = policy.clone();
@@ -60,6 +64,10 @@ impl Daemon {
                     .reload(&config)
                     .map_err(|e| format!("scripts: {e}"))?;
                 done.push(policy.sources().summary());
+                if let Some(r) = &recipients {
+                    r.reload().map_err(|e| format!("recipients: {e}"))?;
+                    done.push("recipient sources".into());
+                }
                 if config.tls.certificate.exists() {
                     let sc = tls::server_config(&config.tls).map_err(|e| e.to_string())?;
                     tls_store.set(sc);
@@ -75,9 +83,15 @@ impl Daemon {
                 ))
             })
         };
-        let server = server::start(config.clone(), store.clone(), tls_store, policy.clone())
-            .await
-            .context("starting listeners")?;
+        let server = server::start(
+            config.clone(),
+            store.clone(),
+            tls_store,
+            policy.clone(),
+            recipients,
+        )
+        .await
+        .context("starting listeners")?;
         let (delivery_stop, stop_rx) = tokio::sync::watch::channel(false);
         let delivery = if config.queue.deliver {
             let svc = crate::delivery::DeliveryService::new(

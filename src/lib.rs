@@ -14,6 +14,7 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proto;
+pub mod recipients;
 pub mod scan;
 pub mod smtp;
 pub mod store;

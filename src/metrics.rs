@@ -133,6 +133,8 @@ pub struct Metrics {
     deliveries: Mutex<BTreeMap<(String, String), u64>>,
     /// (policy file, hook) → runtime errors a compiled policy survived
     policy_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// (source or "cache", verdict) → recipient checks
+    recipient_checks: Mutex<BTreeMap<(String, &'static str), u64>>,
     pub fsync_batches: AtomicU64,
     pub fsync_errors: AtomicU64,
     fsync_batch_size: Histogram,
@@ -154,6 +156,7 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     hook_seconds: (0..NHOOKS).map(|_| Histogram::new(LATENCY)).collect(),
     deliveries: Mutex::new(BTreeMap::new()),
     policy_errors: Mutex::new(BTreeMap::new()),
+    recipient_checks: Mutex::new(BTreeMap::new()),
     fsync_batches: AtomicU64::new(0),
     fsync_errors: AtomicU64::new(0),
     fsync_batch_size: Histogram::new(BATCH),
@@ -230,6 +233,16 @@ pub fn policy_runtime_error(policy: &str, hook: Hook) {
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     *m.entry((policy.to_string(), hook.name())).or_default() += 1;
+}
+
+/// One recipient validation answered: by a source, by the cache, or by
+/// none ("none": no source knew the address).
+pub fn recipient_check(source: &str, verdict: &'static str) {
+    let mut m = GLOBAL
+        .recipient_checks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    *m.entry((source.to_string(), verdict)).or_default() += 1;
 }
 
 /// One group-commit flush that served `batch` waiters.
@@ -420,6 +433,23 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
                 out,
                 "sluice_policy_runtime_errors_total{{policy=\"{}\",hook=\"{hook}\"}} {n}",
                 label_value(policy)
+            );
+        }
+    }
+
+    header(
+        &mut out,
+        "sluice_recipient_checks_total",
+        "counter",
+        "Recipient validations at RCPT by source (\"cache\": a cached answer, \"none\": no source knew the address) and verdict (exists, unknown, tempfail).",
+    );
+    {
+        let d = m.recipient_checks.lock().unwrap_or_else(|e| e.into_inner());
+        for ((source, verdict), n) in d.iter() {
+            let _ = writeln!(
+                out,
+                "sluice_recipient_checks_total{{source=\"{}\",verdict=\"{verdict}\"}} {n}",
+                label_value(source)
             );
         }
     }

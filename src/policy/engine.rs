@@ -69,6 +69,9 @@ pub struct PolicyEngine {
     current: RwLock<Arc<Epoch>>,
     pool: Mutex<Vec<PooledState>>,
     next_epoch: AtomicU64,
+    /// `[recipients]` validation, for `recipient.verify` (the daemon builds
+    /// it once and shares it with the sessions).
+    recipients: RwLock<Option<Arc<crate::recipients::Validator>>>,
 }
 
 /// A hook script that does not come from a `[scripts]` file: an Axigen
@@ -228,6 +231,7 @@ impl PolicyEngine {
             current: RwLock::new(Arc::new(epoch)),
             pool: Mutex::new(Vec::new()),
             next_epoch: AtomicU64::new(2),
+            recipients: RwLock::new(None),
         }))
     }
 
@@ -239,7 +243,7 @@ impl PolicyEngine {
         for dir in &epoch.lib_path {
             check_modules(dir)?;
         }
-        new_pooled(&epoch)?;
+        new_pooled(&epoch, None)?;
         Ok(warnings)
     }
 
@@ -367,8 +371,22 @@ impl PolicyEngine {
         drop(stale);
         match found {
             Some(st) => Ok(st),
-            None => new_pooled(epoch),
+            None => new_pooled(epoch, self.recipients()),
         }
+    }
+
+    /// Give scripts the daemon's recipient validation (`recipient.verify`).
+    pub fn set_recipients(&self, v: Option<Arc<crate::recipients::Validator>>) {
+        *self.recipients.write().unwrap_or_else(|e| e.into_inner()) = v;
+        // States made before have none.
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn recipients(&self) -> Option<Arc<crate::recipients::Validator>> {
+        self.recipients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn give_back(&self, st: PooledState) {
@@ -414,13 +432,17 @@ impl PolicyEngine {
     }
 }
 
-fn new_pooled(epoch: &Epoch) -> Result<PooledState, PolicyError> {
+fn new_pooled(
+    epoch: &Epoch,
+    recipients: Option<Arc<crate::recipients::Validator>>,
+) -> Result<PooledState, PolicyError> {
     let shared = Shared {
         transports: epoch.transports.clone(),
         dns: epoch.dns.clone(),
         scan: epoch.scan.clone(),
         hostname: epoch.hostname.clone(),
         relay: epoch.relay.clone(),
+        recipients,
     };
     let lua = sandbox::new_state(&epoch.limits, &epoch.lib_path, shared)
         .map_err(|e| PolicyError::State(e.to_string()))?;

@@ -1698,6 +1698,7 @@ async fn bench_runs() {
             scan: Arc::new(crate::scan::ScanContext::minimal("localhost")),
             hostname: "localhost".into(),
             relay: Default::default(),
+            recipients: None,
         },
     )
     .unwrap();

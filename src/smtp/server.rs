@@ -39,6 +39,8 @@ pub struct ServerContext {
     pub store: Store,
     pub policy: Arc<PolicyEngine>,
     pub tls: TlsStore,
+    /// `[recipients]` validation (None: every local recipient exists).
+    pub recipients: Option<Arc<crate::recipients::Validator>>,
     pub limiter: ConnLimiter,
     pub phase: watch::Receiver<Phase>,
 }
@@ -121,6 +123,7 @@ pub async fn start(
     store: Store,
     tls: TlsStore,
     policy: Arc<PolicyEngine>,
+    recipients: Option<Arc<crate::recipients::Validator>>,
 ) -> Result<RunningServer, ServerError> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let ctx = Arc::new(ServerContext {
@@ -128,6 +131,7 @@ pub async fn start(
         store,
         policy,
         tls,
+        recipients,
         limiter: ConnLimiter::default(),
         phase: phase_rx,
     });

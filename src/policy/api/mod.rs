@@ -98,6 +98,8 @@ pub struct Shared {
     /// `hostname` and `[relay]` (for `sluice.*`).
     pub hostname: String,
     pub relay: Arc<crate::config::RelayConfig>,
+    /// `[recipients]` validation, when configured (`recipient.verify`).
+    pub recipients: Option<Arc<crate::recipients::Validator>>,
 }
 
 /// A verdict as the script gave it, before defaults are applied.

@@ -9,6 +9,11 @@
 //!   message = "…"}` — a compiled policy hit a runtime error and goes on as
 //!   if the event had set no action: one error log line naming
 //!   `file:line`, counted in `sluice_policy_runtime_errors_total`.
+//! - `recipient.verify(address[, {sources = {"map", …}}])` →
+//!   `"exists" | "unknown" | "tempfail"`, the source that answered, and the
+//!   address to deliver to when the source rewrote it (an alias); the
+//!   `[recipients]` sources, their cache when all are asked. Without
+//!   `[recipients] sources` every address exists (source "none").
 
 use mlua::{Lua, Table};
 
@@ -55,5 +60,29 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
             Ok(())
         })?,
     )?;
-    lua.globals().set("sluice", t)
+    lua.globals().set("sluice", t)?;
+
+    let r = lua.create_table()?;
+    r.set(
+        "verify",
+        lua.create_async_function(|lua, (address, o): (String, Option<Table>)| async move {
+            let only: Option<Vec<String>> = match &o {
+                Some(t) => t.get::<Option<Vec<String>>>("sources")?,
+                None => None,
+            };
+            let v = lua
+                .app_data_ref::<Shared>()
+                .and_then(|s| s.recipients.clone());
+            let Some(v) = v else {
+                return Ok(("exists".to_string(), "none".to_string(), None));
+            };
+            let out = v.verify(&address, only.as_deref()).await;
+            let rewrite = match &out.verdict {
+                crate::recipients::Verdict::Exists { rewrite } => rewrite.clone(),
+                _ => None,
+            };
+            Ok((out.verdict.as_str().to_string(), out.source, rewrite))
+        })?,
+    )?;
+    lua.globals().set("recipient", r)
 }

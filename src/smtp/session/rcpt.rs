@@ -3,14 +3,16 @@
 //! takes a recipient past [`relay::permits`]; every refusal is recorded
 //! with the reply sent.
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::settings::Extension;
 use super::{relay, Decision, Flow, Session};
+use crate::config::OnTempfail;
 use crate::envelope::{Address, RecipientDsn, RecipientInfo};
 use crate::policy::{Hook, HookArguments};
 use crate::proto::params::RcptParams;
 use crate::proto::reply::SmtpReply;
+use crate::recipients::Verdict;
 
 impl Session {
     pub(super) async fn cmd_rcpt(&mut self, address: String, params: RcptParams) -> Flow {
@@ -91,7 +93,21 @@ impl Session {
                         Flow::Continue => self.count_error(),
                     };
                 }
-                (rcpt, custom)
+                // A local recipient the mailstore does not have is refused
+                // now, not bounced later to a sender who may be forged.
+                match self.validate_recipient(&tx_info, &rcpt).await {
+                    Ok(r) => (r, custom),
+                    Err(reply) => {
+                        return self.refuse(
+                            "recipient validation",
+                            &tx_info,
+                            &reply,
+                            false,
+                            &[rcpt],
+                            0,
+                        );
+                    }
+                }
             }
         };
         let Some(tx) = self.tx.as_mut() else {
@@ -111,6 +127,49 @@ impl Session {
             None => self.send(250, "2.1.5", "Recipient OK"),
         }
         Flow::Continue
+    }
+
+    /// `[recipients]` validation of a recipient in `relay.domains`: the
+    /// address to accept (a source may rewrite it), or the refusal.
+    /// `postmaster` is always accepted (RFC 5321 §4.5.1).
+    async fn validate_recipient(
+        &self,
+        tx: &crate::envelope::TransactionInfo,
+        rcpt: &str,
+    ) -> Result<String, SmtpReply> {
+        let Some(v) = &self.ctx.recipients else {
+            return Ok(rcpt.to_string());
+        };
+        let addr = Address::split(rcpt);
+        if addr.domain.is_empty()
+            || addr.localpart.eq_ignore_ascii_case("postmaster")
+            || !relay::local_domain(&self.ctx.config.relay, &addr.domain)
+        {
+            return Ok(rcpt.to_string());
+        }
+        let out = v.verify(rcpt, None).await;
+        debug!(conn = %self.info.id, tx = %tx.id, to = %rcpt, verdict = out.verdict.as_str(),
+            source = %out.source, cached = out.cached, "recipient validation");
+        match out.verdict {
+            Verdict::Exists { rewrite } => Ok(rewrite.unwrap_or_else(|| rcpt.to_string())),
+            Verdict::Unknown => Err(SmtpReply::with(
+                550,
+                "5.1.1",
+                format!("<{rcpt}>: Recipient address rejected: User unknown"),
+            )),
+            Verdict::TempFail(why) => {
+                warn!(conn = %self.info.id, tx = %tx.id, to = %rcpt, source = %out.source,
+                    error = %why, "recipient validation could not answer");
+                match v.on_tempfail() {
+                    OnTempfail::Accept => Ok(rcpt.to_string()),
+                    OnTempfail::Defer => Err(SmtpReply::with(
+                        451,
+                        "4.4.3",
+                        format!("<{rcpt}>: Recipient address verification failed, try again later"),
+                    )),
+                }
+            }
+        }
     }
 
     /// The built-in relay rule for one recipient address (a bare

@@ -44,12 +44,15 @@ async fn session(extra: &str, scripts: &[(&str, &str)]) -> Mem {
     let config = Arc::new(Config::from_toml_str(&toml).unwrap());
     let store = Store::open(&config.data_dir).unwrap();
     let policy = PolicyEngine::load(&config).unwrap();
+    let recipients = crate::recipients::Validator::from_config(&config).unwrap();
+    policy.set_recipients(recipients.clone());
     let (phase_tx, phase) = tokio::sync::watch::channel(Phase::Running);
     let ctx = Arc::new(ServerContext {
         config: config.clone(),
         store: store.clone(),
         policy,
         tls: TlsStore::new(None),
+        recipients,
         limiter: ConnLimiter::default(),
         phase,
     });
