@@ -2650,7 +2650,9 @@ fn macros() -> Group {
     .txt("e28.example.com", "v=spf1 exists:%{p}.p.example.com -all")
     .txt("e29.example.com", "v=spf1 -all exp=e29msg.example.com")
     .txt("e29msg.example.com", "rejected at %{t} by %{r}")
-    .a("unknown.p.example.com", "127.0.0.2");
+    .a("unknown.p.example.com", "127.0.0.2")
+    .hang("78.2.0.192.in-addr.arpa")
+    .servfail("77.2.0.192.in-addr.arpa");
     let ip6 = "2001:db8:cafe::1";
     let cases = vec![
         // §7.1: %%, %_ and %- in a domain-spec
@@ -2676,6 +2678,9 @@ fn macros() -> Group {
             .exp("connect from mx.example.com"),
         c("p-macro-multiple", "192.0.2.42", "test@e7.example.com", "pass"),
         c("p-macro-no-ptr", "198.51.100.200", "test@e28.example.com", "pass"),
+        // a PTR timeout or SERVFAIL is no error for %{p}: "unknown" (§7.3, §5.5)
+        c("p-macro-ptr-timeout", "192.0.2.78", "test@e28.example.com", "pass"),
+        c("p-macro-ptr-servfail", "192.0.2.77", "test@e28.example.com", "pass"),
         // inside an include, %{p} prefers names under the include's <domain>
         c("p-macro-in-include", "192.0.2.43", "test@sender43.example.com", "pass"),
         c("p-macro-domain-before-subdomain", "192.0.2.44", "test@e44.example.com", "fail")
