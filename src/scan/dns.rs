@@ -195,6 +195,10 @@ impl Resolver {
         opts.ndots = 0;
         opts.use_hosts_file = ResolveHosts::Never;
         opts.cache_size = 32_768;
+        // EDNS0: SPF and DKIM TXT answers often exceed 512 octets; without
+        // it every such answer costs a truncated UDP reply and a TCP retry
+        // (and a server that drops oversized UDP replies, a timeout).
+        opts.edns0 = true;
         Ok(Resolver {
             auth: MessageAuthenticator(builder.build()),
             txt: TtlCache::new(CACHE_CAPACITY),
@@ -227,6 +231,27 @@ impl Resolver {
     /// Records of one type, as hickory returns them.
     pub async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Vec<RData>, LookupError> {
         let name = fqdn(name)?;
+        self.lookup_name(name, rtype).await
+    }
+
+    /// Records of one type for a name of any octets (RFC 2181 §11): SPF
+    /// target names may hold ":", "/", "%" or spaces (RFC 7208 §7.1), which
+    /// hickory's text parser refuses.
+    pub async fn lookup_octets(
+        &self,
+        name: &str,
+        rtype: RecordType,
+    ) -> Result<Vec<RData>, LookupError> {
+        let name = match fqdn(name) {
+            Ok(n) => n,
+            Err(e) => {
+                let mut n =
+                    Name::from_labels(name.trim_end_matches('.').split('.').map(str::as_bytes))
+                        .map_err(|_| e)?;
+                n.set_fqdn(true);
+                n
+            }
+        };
         self.lookup_name(name, rtype).await
     }
 

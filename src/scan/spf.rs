@@ -9,27 +9,41 @@
 //!   leading zeros, a bad `ip4:`/`ip6:` address, an empty or invalid
 //!   modifier name, `redirect=`/`exp=` twice or with a bad target, a
 //!   domain-spec whose end is not `.toplabel` (a numeric top label, a single
-//!   label) or that has an empty label, a macro error (`%` not followed by
-//!   `{`, `%`, `_` or `-`, an unknown macro letter, a zero DIGIT
-//!   transformer, `c`/`r`/`t` outside `exp`), any byte outside visible
-//!   ASCII and SP (§12's terms; a TAB, a NUL or UTF-8 is a syntax error) —
-//!   and for two or more `v=spf1` records (§4.5), more than 10 DNS-querying
-//!   terms (§4.6.4: include, a, mx, ptr, exists, redirect, counted across
-//!   includes), more than 2 void lookups (§4.6.4), an MX set of more than 10
-//!   names, an `include:` whose target has no record, a `redirect=` target
-//!   without a record (§6.1);
-//! - **temperror** for a DNS failure (timeout, SERVFAIL, REFUSED) on the
-//!   record lookup (§4.4), in `include`, `a`, `mx` and `exists` (§5) — but
-//!   not in `ptr` (§5.5: the mechanism does not match) nor in the `exp`
-//!   lookup (§6.2: the explanation is left out);
-//! - **none** for a malformed or single-label domain, NXDOMAIN on it, or no
-//!   record (§4.3, §4.5); the HELO identity of a domain literal is none.
+//!   label), a macro error (`%` not followed by `{`, `%`, `_` or `-`, an
+//!   unknown macro letter, a zero DIGIT transformer, `c`/`r`/`t` outside
+//!   `exp`), any byte outside visible ASCII and SP (§12's terms; a TAB, a
+//!   NUL or UTF-8 is a syntax error) — and for two or more `v=spf1` records
+//!   (§4.5), more than 10 DNS-querying terms (§4.6.4: include, a, mx, ptr,
+//!   exists, redirect, counted across includes and redirects, when they are
+//!   evaluated), more than 2 void lookups (§4.6.4), an MX set of more than
+//!   10 names, an `include:` whose target has no record or is malformed
+//!   (§5.2), a `redirect=` target without a record or malformed (§6.1);
+//! - **temperror** for a check that takes more than 20 s (§4.6.4's SHOULD),
+//!   and for a DNS failure (timeout, SERVFAIL, REFUSED) on the
+//!   record lookup (§4.4), in `include`, `a`, `mx` (the MX lookup and each
+//!   host's addresses) and `exists` (§5) — but not in `ptr` (§5.5: the
+//!   mechanism does not match) nor in the `exp` lookup (§6.2: the
+//!   explanation is left out);
+//! - **none** for a malformed or single-label domain, a domain literal,
+//!   NXDOMAIN on it, or no record (§4.3, §4.5); the HELO identity of a
+//!   domain literal is none.
+//!
+//! A domain-spec may hold any visible character but `%` outside macros
+//! (§7.1: `a:foo:bar/baz.example.com` is valid; the dual-cidr-length is only
+//! a trailing `/n`, `//n` or `/n//m`), and names are looked up as octets
+//! (RFC 2181 §11). Where the RFC leaves the choice open, a target name that
+//! DNS cannot carry (an empty label, a label over 63 octets, from the record
+//! or a macro) makes `a`, `mx`, `ptr` and `exists` not match, as a name that
+//! does not exist would (see `Evaluation::mech_target`).
 //!
 //! Mechanisms with a `/0` prefix match every address of the family; IPv4-
 //! mapped IPv6 clients are IPv4 (§5); `exists` asks for A whatever the
 //! client family (§5.7); `ptr` validates up to 10 names (§4.6.4). Macros
 //! (§7) expand in domain-specs and in `exp` text, with URL escaping for
-//! upper-case letters and the left-trim of names over 253 octets.
+//! upper-case letters and the left-trim of names over 253 octets; `%{p}`
+//! prefers the current `<domain>`, then a subdomain of it (§7.3); `%{i}` of
+//! IPv6 is lower-case nibbles, as §7.4's example. The conformance table is
+//! tests/spf_rfc7208.rs.
 //!
 //! It must not decide anything: the result goes to scripts (`spf.check`),
 //! DMARC and Authentication-Results in [`super::auth`].
@@ -40,7 +54,7 @@ use std::pin::Pin;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::dns::{unmap, LookupError, Resolver};
+use super::dns::{format_rdata, unmap, LookupError, Resolver};
 use mail_auth::hickory_resolver::proto::rr::{RData, RecordType};
 
 /// §4.6.4: terms that cause DNS queries, across the whole evaluation.
@@ -49,6 +63,10 @@ pub const MAX_DNS_TERMS: usize = 10;
 pub const MAX_VOID_LOOKUPS: usize = 2;
 /// §4.6.4: names an `mx` (address lookups) or `ptr` (validations) may use.
 pub const MAX_NAME_LOOKUPS: usize = 10;
+/// §4.6.4: a check SHOULD have an elapsed-time limit of at least 20 s, and
+/// exceeding it SHOULD be a temperror. We take the 20 s: ten terms whose
+/// queries each time out would otherwise hold the SMTP session for minutes.
+pub const MAX_ELAPSED: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The seven results (§2.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +194,16 @@ pub async fn check_host(res: &Resolver, q: &SpfQuery, domain: &str) -> SpfOutcom
         void_lookups: 0,
     };
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let r = ev.check(domain.clone(), true).await;
+    let r = match tokio::time::timeout(MAX_ELAPSED, ev.check(domain.clone(), true)).await {
+        Ok(r) => r,
+        Err(_) => HostResult::new(
+            SpfResult::TempError,
+            format!(
+                "the check of {domain} took more than {} s (§4.6.4)",
+                MAX_ELAPSED.as_secs()
+            ),
+        ),
+    };
     SpfOutcome {
         result: r.result,
         domain,
@@ -398,36 +425,35 @@ fn optional_domain(arg: &str) -> Result<Option<MacroString>, String> {
     }
 }
 
-/// `[":" domain-spec] [dual-cidr-length]`; the CIDR part starts at the
-/// first "/" (a domain-spec holds no "/" outside macros' delimiters).
+/// `[":" domain-spec] [dual-cidr-length]`. A domain-spec may itself hold
+/// "/" and ":" (macro-literal is any visible character but "%", §7.1:
+/// "a:foo:bar/baz.example.com" is a valid target), so the CIDR part is only
+/// a trailing `/digits`, `//digits` or `/digits//digits`.
 fn domain_and_cidr(arg: &str) -> Result<(Option<MacroString>, DualCidr), String> {
-    let (dpart, cpart) = match arg.strip_prefix(':') {
-        Some(rest) => {
-            let at = cidr_start(rest);
-            (Some(&rest[..at]), &rest[at..])
-        }
-        None => (None, arg),
+    let Some(rest) = arg.strip_prefix(':') else {
+        return Ok((None, parse_dual_cidr(arg)?));
     };
-    let domain = match dpart {
-        Some(d) => Some(parse_domain_spec(d, false)?),
-        None => None,
-    };
-    Ok((domain, parse_dual_cidr(cpart)?))
+    let at = cidr_suffix(rest);
+    let domain = parse_domain_spec(&rest[..at], false)?;
+    Ok((Some(domain), parse_dual_cidr(&rest[at..])?))
 }
 
-/// Where a dual-cidr-length starts: the first "/" outside a macro.
-fn cidr_start(s: &str) -> usize {
-    let b = s.as_bytes();
-    let mut in_macro = false;
-    for (i, &c) in b.iter().enumerate() {
-        match c {
-            b'{' if i > 0 && b[i - 1] == b'%' => in_macro = true,
-            b'}' => in_macro = false,
-            b'/' if !in_macro => return i,
-            _ => {}
-        }
+/// Where a trailing dual-cidr-length starts (`s.len()` when there is none).
+fn cidr_suffix(s: &str) -> usize {
+    // Strip "/" 1*DIGIT from the end, at most twice ("/24//64").
+    let digits_before = |end: usize| -> Option<usize> {
+        let d = s[..end].trim_end_matches(|c: char| c.is_ascii_digit());
+        (d.len() < end && d.ends_with('/')).then(|| d.len() - 1)
+    };
+    let Some(slash) = digits_before(s.len()) else {
+        return s.len();
+    };
+    if s[..slash].ends_with('/') {
+        // "//v6", maybe after "/v4"
+        let v6 = slash - 1;
+        return digits_before(v6).unwrap_or(v6);
     }
-    s.len()
+    slash
 }
 
 /// ip4-cidr-length = "/" ("0" / %x31-39 0*1DIGIT); ip6 up to 3 digits.
@@ -507,7 +533,7 @@ fn parse_ip6(arg: &str) -> Result<Ipv6Net, String> {
 }
 
 /// A domain-spec (§7.1): a macro-string whose end is "." toplabel ["."] or
-/// a macro; no empty label.
+/// a macro.
 fn parse_domain_spec(s: &str, explain: bool) -> Result<MacroString, String> {
     if s.is_empty() {
         return Err("empty domain".into());
@@ -524,19 +550,10 @@ fn parse_domain_spec(s: &str, explain: bool) -> Result<MacroString, String> {
             return Err(format!("bad top label {top:?} in {s:?}"));
         }
     }
-    // An empty label anywhere in the literal text ("a..b", ".a", "a..").
-    for p in &m.0 {
-        if let MacroPart::Literal(l) = p {
-            if l.contains("..") {
-                return Err(format!("empty label in {s:?}"));
-            }
-        }
-    }
-    if let Some(MacroPart::Literal(first)) = m.0.first() {
-        if first.starts_with('.') {
-            return Err(format!("empty label in {s:?}"));
-        }
-    }
+    // An empty label ("a..b.example.com") is not a syntax error: §7.1's
+    // macro-literal allows any run of dots, and the same name can come out of
+    // a macro expansion. It is a name DNS cannot carry, judged after
+    // expansion (see `Evaluation::mech_target`).
     Ok(m)
 }
 
@@ -661,7 +678,10 @@ fn parse_macro(body: &str, explain: bool) -> Result<MacroPart, String> {
 /// §4.3: a domain SPF can be asked about.
 fn valid_domain(d: &str) -> bool {
     let d = d.trim_end_matches('.');
+    // A domain literal ("[192.0.2.1]", "[IPv6:…]") is an address, not a
+    // domain: no SPF (the HELO identity §2.3, a MAIL FROM literal §4.3).
     !d.is_empty()
+        && !d.starts_with('[')
         && d.len() <= 253
         && d.contains('.')
         && d.split('.').all(|l| !l.is_empty() && l.len() <= 63)
@@ -698,6 +718,42 @@ struct Stop(SpfResult, String);
 type BoxFut<'b, T> = Pin<Box<dyn Future<Output = T> + Send + 'b>>;
 
 impl<'a> Evaluation<'a> {
+    /// TXT strings of `name`, each record's strings joined (§3.3).
+    async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        Ok(self
+            .res
+            .lookup_octets(name, RecordType::TXT)
+            .await?
+            .iter()
+            .map(format_rdata)
+            .collect())
+    }
+
+    /// MX exchanges of `name` by preference, without the final dot.
+    async fn mx(&self, name: &str) -> Result<Vec<(u16, String)>, LookupError> {
+        let mut v: Vec<(u16, String)> = self
+            .res
+            .lookup_octets(name, RecordType::MX)
+            .await?
+            .iter()
+            .filter_map(|d| match d {
+                RData::MX(mx) => {
+                    // the raw labels, not the escaped presentation form: an
+                    // exchange may hold any octets (RFC 2181 §11)
+                    let ex: Vec<String> = mx
+                        .exchange()
+                        .iter()
+                        .map(|l| String::from_utf8_lossy(l).into_owned())
+                        .collect();
+                    Some((mx.preference(), ex.join(".")))
+                }
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
     fn count_dns_term(&mut self) -> Result<(), Stop> {
         self.dns_terms += 1;
         if self.dns_terms > MAX_DNS_TERMS {
@@ -727,7 +783,7 @@ impl<'a> Evaluation<'a> {
             if !valid_domain(&domain) {
                 return HostResult::new(SpfResult::None, format!("{domain:?} is not a domain"));
             }
-            let txts = match self.res.txt(&domain).await {
+            let txts = match self.txt(&domain).await {
                 Ok(t) => t,
                 Err(LookupError::NxDomain) | Err(LookupError::NoData) => {
                     return HostResult::new(SpfResult::None, format!("no SPF record at {domain}"))
@@ -823,12 +879,33 @@ impl<'a> Evaluation<'a> {
             return Ok(domain.to_string());
         };
         let p = if m.uses(b'p') {
-            Some(self.p_macro().await)
+            Some(self.p_macro(domain).await)
         } else {
             None
         };
         self.expand_domain(m, domain, p.as_deref())
             .map_err(|e| Stop(SpfResult::PermError, e))
+    }
+
+    /// The target-name of an `a`, `mx`, `ptr` or `exists`; `None` when
+    /// macro expansion made it a name DNS cannot carry (an empty label, a
+    /// label over 63 octets). RFC 7208 leaves this case undefined (the
+    /// openspf suite accepts fail or permerror, invalid-domain-long-via-macro);
+    /// we treat it as a name that does not exist — the mechanism does not
+    /// match — by analogy with §4.3 and §5 (NXDOMAIN = no answers), so a
+    /// sender-chosen local part ("%{l}") cannot turn a fail into a permerror.
+    /// It is not a void lookup: nothing was asked. `include` and `redirect`
+    /// keep the permerror (§5.2 none → permerror, §6.1 malformed target).
+    async fn mech_target(
+        &mut self,
+        spec: Option<&MacroString>,
+        domain: &str,
+    ) -> Result<Option<String>, Stop> {
+        match self.target(spec, domain).await {
+            Ok(t) => Ok(Some(t)),
+            Err(Stop(SpfResult::PermError, _)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn temp(name: &str, e: &LookupError) -> Stop {
@@ -859,13 +936,17 @@ impl<'a> Evaluation<'a> {
                 }
             }
             Mechanism::A(spec, cidr) => {
-                let target = self.target(spec.as_ref(), domain).await?;
+                let Some(target) = self.mech_target(spec.as_ref(), domain).await? else {
+                    return Ok(false);
+                };
                 let addrs = self.addresses(&target, ip, true).await?;
                 Ok(addrs.iter().any(|a| in_prefix(ip, *a, *cidr)))
             }
             Mechanism::Mx(spec, cidr) => {
-                let target = self.target(spec.as_ref(), domain).await?;
-                let mx = match self.res.mx(&target).await {
+                let Some(target) = self.mech_target(spec.as_ref(), domain).await? else {
+                    return Ok(false);
+                };
+                let mx = match self.mx(&target).await {
                     Ok(v) => v,
                     Err(e) if e.is_temporary() => return Err(Self::temp(&target, &e)),
                     Err(_) => {
@@ -894,7 +975,9 @@ impl<'a> Evaluation<'a> {
                 Ok(false)
             }
             Mechanism::Ptr(spec) => {
-                let target = self.target(spec.as_ref(), domain).await?;
+                let Some(target) = self.mech_target(spec.as_ref(), domain).await? else {
+                    return Ok(false);
+                };
                 let names = self.validated_names(ip, true).await?;
                 let t = target.to_ascii_lowercase();
                 Ok(names.iter().any(|n| {
@@ -903,9 +986,11 @@ impl<'a> Evaluation<'a> {
                 }))
             }
             Mechanism::Exists(spec) => {
-                let target = self.target(Some(spec), domain).await?;
+                let Some(target) = self.mech_target(Some(spec), domain).await? else {
+                    return Ok(false);
+                };
                 // §5.7: an A query whatever the client's address family.
-                match self.res.lookup(&target, RecordType::A).await {
+                match self.res.lookup_octets(&target, RecordType::A).await {
                     Ok(v) => Ok(!v.is_empty()),
                     Err(e) if e.is_temporary() => Err(Self::temp(&target, &e)),
                     Err(LookupError::Invalid(_)) => Ok(false),
@@ -931,7 +1016,7 @@ impl<'a> Evaluation<'a> {
         } else {
             RecordType::AAAA
         };
-        match self.res.lookup(name, rtype).await {
+        match self.res.lookup_octets(name, rtype).await {
             Ok(v) => Ok(v
                 .iter()
                 .filter_map(|d| match d {
@@ -976,7 +1061,7 @@ impl<'a> Evaluation<'a> {
             } else {
                 RecordType::AAAA
             };
-            if let Ok(addrs) = self.res.lookup(&n, rtype).await {
+            if let Ok(addrs) = self.res.lookup_octets(&n, rtype).await {
                 let hit = addrs.iter().any(|d| match d {
                     RData::A(a) => IpAddr::V4(a.0) == ip,
                     RData::AAAA(a) => IpAddr::V6(a.0) == ip,
@@ -993,13 +1078,13 @@ impl<'a> Evaluation<'a> {
     /// §6.2: the explanation of a fail; any problem leaves it out.
     async fn explain(&mut self, domain: &str, exp: &MacroString) -> Option<String> {
         let name = self.target(Some(exp), domain).await.ok()?;
-        let txts = self.res.txt(&name).await.ok()?;
+        let txts = self.txt(&name).await.ok()?;
         let [one] = txts.as_slice() else {
             return None;
         };
         let text = parse_macro_string(one, true).ok()?;
         let p = if text.uses(b'p') {
-            Some(self.p_macro().await)
+            Some(self.p_macro(domain).await)
         } else {
             None
         };
@@ -1040,21 +1125,25 @@ impl<'a> Evaluation<'a> {
         Ok(out)
     }
 
-    /// `%{p}`: a validated PTR name of the client, preferring the sender's
-    /// domain, else "unknown" (§7.3).
-    async fn p_macro(&mut self) -> String {
+    /// `%{p}`: a validated PTR name of the client (§7.3): the current
+    /// `<domain>` itself if validated, else a subdomain of it, else the first
+    /// validated name, else "unknown". The <domain> is check_host()'s, which
+    /// inside an include or after a redirect is not the sender's domain.
+    async fn p_macro(&mut self, domain: &str) -> String {
         let ip = unmap(self.q.ip);
         let names = self.validated_names(ip, false).await.unwrap_or_default();
-        let d = self.q.sender.rsplit_once('@').map(|x| x.1).unwrap_or("");
-        names
+        let d = domain.to_ascii_lowercase();
+        let lower: Vec<String> = names
             .iter()
-            .find(|n| {
-                n.eq_ignore_ascii_case(d)
-                    || n.to_ascii_lowercase()
-                        .ends_with(&format!(".{}", d.to_ascii_lowercase()))
-            })
-            .or(names.first())
-            .cloned()
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        let sub = format!(".{d}");
+        lower
+            .iter()
+            .position(|n| *n == d)
+            .or_else(|| lower.iter().position(|n| n.ends_with(&sub)))
+            .map(|i| names[i].trim_end_matches('.').to_string())
+            .or_else(|| names.first().map(|n| n.trim_end_matches('.').to_string()))
             .unwrap_or_else(|| "unknown".into())
     }
 
@@ -1185,6 +1274,11 @@ mod tests {
             "v=spf1 ptr ptr:example.com ?all",
             "v=spf1  a   -all ",
             "v=spf1 a:e-xample.com a:example.c0m a:x.a-b",
+            // valid domain-specs, but names DNS cannot carry: no match
+            "v=spf1 a:foo..example.com",
+            "v=spf1 a:.example.com",
+            // ":" and "/" are macro-literals; the CIDR is only a trailing suffix
+            "v=spf1 a:foo:bar/baz.example.com mx:foo:bar/baz.example.com/24//64",
         ] {
             assert!(parse_record(ok).is_ok(), "{ok}: {:?}", parse_record(ok));
         }
@@ -1206,8 +1300,6 @@ mod tests {
             "v=spf1 exp=%{c}.example",
             "v=spf1 a:example.123",
             "v=spf1 a:museum",
-            "v=spf1 a:foo..example.com",
-            "v=spf1 a:.example.com",
             "v=spf1 include",
             "v=spf1 include:",
             "v=spf1 exists",
@@ -1312,6 +1404,30 @@ mod tests {
             out,
             "1.0.b.c.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6._spf.example.com"
         );
+    }
+
+    #[test]
+    fn dual_cidr_is_a_trailing_suffix() {
+        let split = |s: &str| {
+            let at = cidr_suffix(s);
+            (s[..at].to_string(), s[at..].to_string())
+        };
+        for (arg, dom, cidr) in [
+            ("example.com", "example.com", ""),
+            ("example.com/24", "example.com", "/24"),
+            ("example.com//64", "example.com", "//64"),
+            ("example.com/24//64", "example.com", "/24//64"),
+            ("foo:bar/baz.example.com", "foo:bar/baz.example.com", ""),
+            (
+                "foo:bar/baz.example.com/0//0",
+                "foo:bar/baz.example.com",
+                "/0//0",
+            ),
+            ("example.com/", "example.com/", ""),
+            ("example.com/24/24", "example.com/24", "/24"),
+        ] {
+            assert_eq!(split(arg), (dom.to_string(), cidr.to_string()), "{arg}");
+        }
     }
 
     #[test]

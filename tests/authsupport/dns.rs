@@ -26,7 +26,11 @@ pub struct Zone {
 }
 
 fn name(n: &str) -> Name {
-    let mut n = Name::from_str(n).unwrap();
+    // Any octets are a valid label (RFC 2181 §11): SPF tests need names like
+    // "foo:bar/baz.example.com" that hickory's text parser refuses.
+    let mut n = Name::from_str(n)
+        .or_else(|_| Name::from_labels(n.trim_end_matches('.').split('.').map(str::as_bytes)))
+        .unwrap();
     n.set_fqdn(true);
     n
 }
@@ -49,6 +53,13 @@ impl Zone {
             .map(|c| String::from_utf8_lossy(c).into_owned())
             .collect();
         self.add(n, RData::TXT(TXT::new(chunks)))
+    }
+
+    /// A TXT record made of exactly these character-strings (a record
+    /// split over several strings, RFC 7208 §3.3).
+    pub fn txt_strings(&mut self, n: &str, strings: &[&str]) -> &mut Self {
+        let v = strings.iter().map(|s| s.to_string()).collect();
+        self.add(n, RData::TXT(TXT::new(v)))
     }
 
     pub fn a(&mut self, n: &str, ip: &str) -> &mut Self {
