@@ -67,6 +67,7 @@ pub struct Config {
     pub dlp: DlpConfig,
     pub auth: AuthConfig,
     pub geoip: GeoipConfig,
+    pub dkim: DkimConfig,
 }
 
 impl Default for Config {
@@ -91,6 +92,7 @@ impl Default for Config {
             dlp: DlpConfig::default(),
             auth: AuthConfig::default(),
             geoip: GeoipConfig::default(),
+            dkim: DkimConfig::default(),
         }
     }
 }
@@ -463,6 +465,15 @@ pub struct AuthConfig {
 pub struct GeoipConfig {
     pub country_db: Option<PathBuf>,
     pub asn_db: Option<PathBuf>,
+}
+
+/// `[dkim]`: signing keys `mail:signDKIM` names by id. The files are read
+/// and parsed when the policy engine loads (`crate::scan::dkim`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DkimConfig {
+    /// Key id → PEM private key file (RSA PKCS#1/PKCS#8, Ed25519 PKCS#8).
+    pub keys: BTreeMap<String, PathBuf>,
 }
 
 impl Config {
