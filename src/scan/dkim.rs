@@ -316,6 +316,13 @@ pub fn sign(key: &PrivateKey, message: &[u8], o: &SignOptions) -> Result<Vec<u8>
             return Err(invalid(format!("headers: {bad:?} is not a header name")));
         }
     }
+    // The streaming signer finds the body at the first CRLF CRLF; a header
+    // block ended by a bare LF (never from SMTP, which stores CRLF) would be
+    // signed as all headers and an empty body.
+    let crlf_end = message.windows(4).any(|w| w == b"\r\n\r\n");
+    if !crlf_end && message.windows(2).any(|w| w == b"\n\n") {
+        return Err(invalid("the message does not use CRLF line endings"));
+    }
     let headers = signed_headers(message, &o.headers);
     // The streaming signer, not `sign()`: mail-auth 0.7's `sign()` hashes
     // the body with the *header* canonicalization, so relaxed/simple and
@@ -493,6 +500,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("header name"));
+        o.headers = None;
+        let lf = b"From: a@example.net\nSubject: hi\n\nbody\n";
+        assert!(sign(&k, lf, &o).unwrap_err().to_string().contains("CRLF"));
     }
 
     #[test]
