@@ -68,6 +68,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub geoip: GeoipConfig,
     pub recipients: RecipientsConfig,
+    pub dkim: DkimConfig,
 }
 
 impl Default for Config {
@@ -93,6 +94,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             geoip: GeoipConfig::default(),
             recipients: RecipientsConfig::default(),
+            dkim: DkimConfig::default(),
         }
     }
 }
@@ -580,6 +582,15 @@ impl Default for AuthConfig {
             arc_key: None,
         }
     }
+}
+
+/// `[dkim]`: signing keys `mail:signDKIM` names by id. The files are read
+/// and parsed when the policy engine loads (`crate::scan::dkim`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DkimConfig {
+    /// Key id → PEM private key file (RSA PKCS#1/PKCS#8, Ed25519 PKCS#8).
+    pub keys: BTreeMap<String, PathBuf>,
 }
 
 impl Config {

@@ -2,12 +2,14 @@
 //!
 //! - [`dns`]: the shared resolver (with caches) every check uses.
 //! - [`auth`]: SPF, DKIM, DMARC (`ScanDMARC`), ARC verify and seal.
+//! - [`dkim`]: DKIM signing keys (`[dkim.keys]`) and signing.
 //! - [`spf`]: SPF (RFC 7208), our own evaluator.
 //! - [`dnsbl`]: DNSBL / RHSBL / DNSWL lookups, FCrDNS, sender MX.
 //! - [`geoip`]: MaxMind country and ASN databases.
 //! - [`dlp`]: content inspection (`ScanDLP`).
 
 pub mod auth;
+pub mod dkim;
 pub mod dlp;
 pub mod dns;
 pub mod dnsbl;
@@ -19,10 +21,12 @@ use std::sync::Arc;
 use crate::config::Config;
 
 /// The scanners of one config epoch, built when the policy engine loads
-/// (bad DLP rules, an unreadable ARC key or GeoIP database are load errors).
+/// (bad DLP rules, an unreadable ARC or DKIM key or GeoIP database are
+/// load errors).
 /// DNS is not here: the resolver belongs to the policy engine's `Dns`.
 pub struct ScanContext {
     pub auth: auth::AuthSettings,
+    pub dkim: dkim::DkimKeys,
     pub geoip: geoip::GeoIp,
     pub dlp: Arc<dlp::DlpEngine>,
 }
@@ -31,6 +35,8 @@ pub struct ScanContext {
 pub enum ScanError {
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    Dkim(#[from] dkim::DkimError),
     #[error(transparent)]
     GeoIp(#[from] geoip::GeoIpError),
     #[error("[dlp] {0}")]
@@ -41,6 +47,7 @@ impl ScanContext {
     pub fn from_config(cfg: &Config) -> Result<ScanContext, ScanError> {
         Ok(ScanContext {
             auth: auth::AuthSettings::from_config(cfg)?,
+            dkim: dkim::DkimKeys::from_config(&cfg.dkim)?,
             geoip: geoip::GeoIp::open(&cfg.geoip)?,
             dlp: Arc::new(dlp::DlpEngine::from_config(&cfg.dlp.rules)?),
         })
@@ -50,6 +57,7 @@ impl ScanContext {
     pub fn minimal(hostname: &str) -> ScanContext {
         ScanContext {
             auth: auth::AuthSettings::new(hostname, hostname),
+            dkim: dkim::DkimKeys::default(),
             geoip: geoip::GeoIp::default(),
             dlp: Arc::new(
                 dlp::DlpEngine::from_config(&Default::default()).expect("built-in DLP rules"),

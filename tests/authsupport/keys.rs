@@ -68,3 +68,17 @@ pub fn message(from: &str, subject: &str, body_bytes: usize) -> Vec<u8> {
     }
     m
 }
+
+/// A fixed RSA-2048 key for the tests (no dependency generates RSA keys):
+/// the same key as PKCS#1 and PKCS#8 PEM. Test-only; it signs nothing real.
+pub const RSA_PKCS1_PEM: &str = include_str!("rsa2048.pem");
+pub const RSA_PKCS8_PEM: &str = include_str!("rsa2048-pkcs8.pem");
+
+/// The `<selector>._domainkey` TXT value of the RSA test key
+/// (SubjectPublicKeyInfo, as `openssl rsa -pubout` writes it).
+pub fn rsa_dns_record() -> String {
+    format!(
+        "v=DKIM1; k=rsa; p={}",
+        include_str!("rsa2048.pub.b64").trim()
+    )
+}

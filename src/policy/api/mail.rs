@@ -14,6 +14,12 @@
 //!   headers = {{name, value}, …}, body}` (id 0 is the whole message)
 //! - eod only: `queue(sender, recipient, transportid[, {metadata, hold, jobid,
 //!   quotas, delay, overquota, dsn = {envid, ret, notify, orcpt}}])` → `{transaction, queue}`
+//! - `signDKIM(selector, domain, key[, {algorithm, canonicalization, headers,
+//!   expire}])` → true, or nil and an error: signs the message as it is now
+//!   (every edit so far applied, so what `queue` stores is what was signed)
+//!   and puts the DKIM-Signature on top; keys and signing are `scan::dkim`'s
+//! - `verifyDKIM([header])` → `{{domain, selector, result, error}, …}` (all
+//!   signatures, or the one at that index / with that value), or nil and an error
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +30,7 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 
 use super::{address_arg, string_map, with_run, Shared};
 use crate::policy::{QueueDsn, QueueRequest};
+use crate::scan::dkim;
 
 /// Folded header lines stay under this many characters when refolding.
 const FOLD_AT: usize = 78;
@@ -501,10 +508,147 @@ impl UserData for MailMessage {
                 queue(lua, this, sender, recipient, transportid, o)
             },
         );
+        m.add_method_mut(
+            "signDKIM",
+            |lua, this, (selector, domain, key, o): (String, String, Value, Option<Table>)| {
+                Ok(match sign_dkim(lua, this, selector, domain, key, o) {
+                    Ok(()) => (Value::Boolean(true), Value::Nil),
+                    Err(e) => (
+                        Value::Nil,
+                        Value::String(lua.create_string(format!("signDKIM: {e}"))?),
+                    ),
+                })
+            },
+        );
+        m.add_async_method_mut("verifyDKIM", |lua, mut this, header: Value| async move {
+            let fail = |lua: &Lua, e: String| -> mlua::Result<(Value, Value)> {
+                Ok((
+                    Value::Nil,
+                    Value::String(lua.create_string(format!("verifyDKIM: {e}"))?),
+                ))
+            };
+            let select = match &header {
+                Value::Nil => dkim::Select::All,
+                Value::Integer(i) if *i >= 1 => dkim::Select::Index(*i as usize),
+                Value::Number(n) if n.fract() == 0.0 && *n >= 1.0 && *n < 1e9 => {
+                    dkim::Select::Index(*n as usize)
+                }
+                Value::String(s) => dkim::Select::Value(s.to_str()?.to_string()),
+                other => {
+                    return fail(
+                        &lua,
+                        format!(
+                            "header must be an index (1 or more) or a DKIM-Signature value, not {}",
+                            other.type_name()
+                        ),
+                    )
+                }
+            };
+            // The bytes as they are now; the borrow ends before the DNS wait.
+            let raw = this.bytes();
+            drop(this);
+            let (resolver, _) = super::auth::scanners(&lua, "verifyDKIM")?;
+            let sigs = match dkim::verify(&resolver, &raw, &select).await {
+                Ok(s) => s,
+                Err(e) => return fail(&lua, e.to_string()),
+            };
+            let list = lua.create_table()?;
+            for (i, s) in sigs.into_iter().enumerate() {
+                let t = lua.create_table()?;
+                t.set("domain", s.domain)?;
+                t.set("selector", s.selector)?;
+                t.set("result", s.result)?;
+                t.set("error", s.error)?;
+                list.raw_set(i + 1, t)?;
+            }
+            Ok((Value::Table(list), Value::Nil))
+        });
         m.add_meta_method(mlua::MetaMethod::ToString, |_, this, ()| {
             Ok(format!("MailMessage({})", this.id))
         });
     }
+}
+
+/// `mail:signDKIM`: every problem (key, options, hook) is an error value
+/// for the script, not a script error, so a policy can decide to relay
+/// unsigned.
+fn sign_dkim(
+    lua: &Lua,
+    this: &mut MailMessage,
+    selector: String,
+    domain: String,
+    key: Value,
+    o: Option<Table>,
+) -> Result<(), String> {
+    if this.headers_only {
+        return Err("the body has not arrived yet in the headers hook".into());
+    }
+    let Value::String(key) = key else {
+        return Err(format!(
+            "key must be a PEM string or a [dkim.keys] id, not {}",
+            key.type_name()
+        ));
+    };
+    let key = key.to_str().map_err(|e| e.to_string())?.to_string();
+    let mut opts = dkim::SignOptions::new(&selector, &domain);
+    if let Some(t) = o {
+        for pair in t.pairs::<String, Value>() {
+            let (k, v) = pair.map_err(|e| format!("options: {e}"))?;
+            let text = |v: &Value| match v {
+                Value::String(s) => s.to_str().map(|s| s.to_string()).ok(),
+                _ => None,
+            };
+            match k.as_str() {
+                "algorithm" => {
+                    let s = text(&v).ok_or("algorithm must be a string")?;
+                    opts.algorithm = Some(dkim::parse_algorithm(&s).map_err(|e| e.to_string())?);
+                }
+                "canonicalization" => {
+                    let s = text(&v).ok_or("canonicalization must be a string")?;
+                    (opts.header_canon, opts.body_canon) =
+                        dkim::parse_canonicalization(&s).map_err(|e| e.to_string())?;
+                }
+                "headers" => {
+                    let Value::Table(list) = v else {
+                        return Err("headers must be a list of header names".into());
+                    };
+                    let mut names = Vec::new();
+                    for h in list.sequence_values::<Value>() {
+                        let h = h.map_err(|e| format!("headers: {e}"))?;
+                        names.push(text(&h).ok_or("headers must be a list of header names")?);
+                    }
+                    if names.is_empty() {
+                        return Err("headers must not be empty".into());
+                    }
+                    opts.headers = Some(names);
+                }
+                "expire" => {
+                    let secs = match v {
+                        Value::Integer(i) if i > 0 => i as u64,
+                        Value::Number(n) if n.fract() == 0.0 && n > 0.0 && n < 1e12 => n as u64,
+                        _ => return Err("expire must be a whole number of seconds > 0".into()),
+                    };
+                    opts.expire = Some(secs);
+                }
+                other => return Err(format!("unknown option {other:?}")),
+            }
+        }
+    }
+    let keys = lua
+        .app_data_ref::<Shared>()
+        .ok_or("no policy engine state")?;
+    let key = keys.scan.dkim.resolve(&key).map_err(|e| e.to_string())?;
+    drop(keys);
+    let field = dkim::sign(&key, &this.bytes(), &opts).map_err(|e| e.to_string())?;
+    this.fields.insert(
+        0,
+        Field {
+            name: "DKIM-Signature".into(),
+            raw: field,
+        },
+    );
+    this.changed();
+    Ok(())
 }
 
 /// An envelope address must not smuggle anything into an SMTP command.
