@@ -46,22 +46,14 @@ use super::dns::Resolver;
 use super::spf;
 use crate::config::Config;
 
-/// Headers an ARC-Message-Signature covers (those present are signed).
-const ARC_HEADERS: &[&str] = &[
-    "From",
-    "To",
-    "Cc",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "Reply-To",
-    "In-Reply-To",
-    "References",
-    "MIME-Version",
-    "Content-Type",
-    "Content-Transfer-Encoding",
-    "DKIM-Signature",
-];
+/// Headers an ARC-Message-Signature covers (those present are signed):
+/// the ones a DKIM signature covers by default, and the DKIM signatures.
+fn arc_headers() -> impl Iterator<Item = &'static str> {
+    super::dkim::DEFAULT_HEADERS
+        .iter()
+        .copied()
+        .chain(["DKIM-Signature"])
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -119,7 +111,7 @@ fn load_key(path: &Path, domain: &str, selector: &str) -> Result<Sealer, AuthErr
     let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let der = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| err(format!("expected a PEM private key: {e}")))?;
-    let headers = ARC_HEADERS.iter().copied();
+    let headers = arc_headers();
     if let Ok(key) = RsaKey::<Sha256>::from_key_der(der.clone_key()) {
         return Ok(Sealer::Rsa(
             ArcSealer::from_key(key)
