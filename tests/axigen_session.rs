@@ -101,11 +101,16 @@ async fn settings_from_early_events_are_enforced_without_later_events() {
     .await;
     c.cmd("QUIT", "221").await;
     // The recipient over the limit is in the history with the reply it got.
-    let hist = srv.store().history_all().unwrap();
-    let three = hist
-        .iter()
-        .find(|h| h.recipient == "three@example.org")
-        .expect("a history record for the refused recipient");
+    // History is written behind the replies: wait (bounded) for it.
+    let refused = || {
+        srv.store()
+            .history_all()
+            .unwrap()
+            .into_iter()
+            .find(|h| h.recipient == "three@example.org")
+    };
+    assert!(wait_until(|| refused().is_some()).await);
+    let three = refused().expect("a history record for the refused recipient");
     assert!(three.reason.contains("452 4.5.3"), "{three:?}");
 }
 

@@ -88,11 +88,16 @@ async fn unknown_local_recipients_are_refused_at_rcpt() {
         ]
     );
     // The refusal is in the history with the reply the client got.
-    let hist = srv.store().history_all().unwrap();
-    let h = hist
-        .iter()
-        .find(|h| h.recipient == "nobody@example.org")
-        .expect("history of the refused recipient");
+    // History is written behind the replies: wait (bounded) for it.
+    let refused = |srv: &TestServer| {
+        srv.store()
+            .history_all()
+            .unwrap()
+            .into_iter()
+            .find(|h| h.recipient == "nobody@example.org")
+    };
+    assert!(wait_until(|| refused(&srv).is_some()).await);
+    let h = refused(&srv).expect("history of the refused recipient");
     assert_eq!(h.action.as_str(), "REJECT");
     assert!(
         h.reason
