@@ -172,8 +172,9 @@ impl CalloutSource {
             c.quit().await;
         }
         if let Some(c) = pooled {
-            if let Some(p) = self.ask(c, host, addr, address).await {
-                return p;
+            match self.ask(c, host, addr, address).await {
+                Ok(p) => return p,
+                Err(e) => debug!(%host, %addr, error = %e, "pooled callout connection failed"),
             }
         }
         match self.connect(host, addr).await {
@@ -181,28 +182,32 @@ impl CalloutSource {
             Ok(c) => self
                 .ask(c, host, addr, address)
                 .await
-                .unwrap_or_else(|| Probe::Failed(format!("{host} ({addr}): connection lost"))),
+                .unwrap_or_else(Probe::Failed),
         }
     }
 
-    /// RCPT on `c`: the answer, or `None` when the connection failed
-    /// before the server answered (it is dropped).
+    /// RCPT on `c`: the answer, or why the connection failed before the
+    /// server answered about the address (it is dropped): an I/O error, or
+    /// a 421 — the server closing, which a pooled connection may meet.
     async fn ask(
         &self,
         mut c: SmtpClient,
         host: &str,
         addr: SocketAddr,
         address: &str,
-    ) -> Option<Probe> {
+    ) -> Result<Probe, String> {
         let reply = match c.probe(address, self.reply_timeout).await {
+            Ok(r) if r.code == 421 => {
+                return Err(format!("{host} ({addr}) closing: {r}"));
+            }
             Ok(r) => r,
-            Err(ClientError::Network(e)) => {
-                debug!(%host, %addr, error = %e, "callout connection failed");
-                return None;
+            Err(ClientError::Network(e)) => return Err(e),
+            Err(ClientError::Reply(r) | ClientError::Local(r)) if r.code == 421 => {
+                return Err(format!("{host} ({addr}) closing: {r}"));
             }
             Err(ClientError::Reply(r) | ClientError::Local(r)) => {
                 c.quit().await;
-                return Some(Probe::Failed(format!(
+                return Ok(Probe::Failed(format!(
                     "{host} ({addr}) refused MAIL FROM:<>: {r}"
                 )));
             }
@@ -217,7 +222,7 @@ impl CalloutSource {
             5 => SourceAnswer::Unknown,
             _ => SourceAnswer::TempFail(format!("{host} ({addr}) said {reply}")),
         };
-        Some(Probe::Answer(answer))
+        Ok(Probe::Answer(answer))
     }
 
     async fn hops(&self, domain: &str) -> Result<Vec<(String, SocketAddr)>, String> {
@@ -305,6 +310,156 @@ mod tests {
         .unwrap();
         let e = CalloutSource::from_config(&cfg).err().unwrap();
         assert!(e.contains("[transport.mailstore]"), "{e}");
+    }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// A scripted SMTP server: RCPT to ok@ → 250, no@ → 550, later@ → 450,
+    /// bye@ → 421 and close on the first connection, 250 on the others;
+    /// counts connections.
+    async fn fake_server() -> (u16, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let n = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let seen = n.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut r = BufReader::new(r);
+                    w.write_all(b"220 fake\r\n").await.unwrap();
+                    let mut line = String::new();
+                    while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                        let up = line.to_ascii_uppercase();
+                        let reply: &[u8] = if up.starts_with("EHLO") {
+                            b"250-fake\r\n250 PIPELINING\r\n"
+                        } else if up.starts_with("RCPT TO:<OK@") {
+                            b"250 2.1.5 ok\r\n"
+                        } else if up.starts_with("RCPT TO:<NO@") {
+                            b"550 5.1.1 no such user\r\n"
+                        } else if up.starts_with("RCPT TO:<LATER@") {
+                            b"450 4.2.1 try later\r\n"
+                        } else if up.starts_with("RCPT TO:<BYE@") && seen == 0 {
+                            // The first connection dies as an idle one would.
+                            let _ = w.write_all(b"421 4.4.2 idle too long\r\n").await;
+                            return;
+                        } else if up.starts_with("RCPT TO:<BYE@") {
+                            b"250 2.1.5 ok\r\n"
+                        } else if up.starts_with("QUIT") {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        } else {
+                            b"250 ok\r\n"
+                        };
+                        if w.write_all(reply).await.is_err() {
+                            return;
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        (port, conns)
+    }
+
+    fn source(port: u16) -> CalloutSource {
+        let cfg = Config::from_toml_str(&format!(
+            "[recipients]\ncallout_timeout = \"1s\"\n[transport.default]\nhost = \"127.0.0.1:{port}\"\ntls = \"none\"\nconnect_timeout = \"1s\"\n"
+        ))
+        .unwrap();
+        CalloutSource::from_config(&cfg).unwrap()
+    }
+
+    #[tokio::test]
+    async fn replies_map_to_answers_over_one_connection() {
+        let (port, conns) = fake_server().await;
+        let s = source(port);
+        assert_eq!(
+            s.lookup("ok@example.org").await,
+            SourceAnswer::Exists { rewrite: None }
+        );
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+        // The pooled connection answers 421 to bye@ (as a server closing
+        // an idle client would): the probe is made again on a new one.
+        assert_eq!(
+            s.lookup("bye@example.org").await,
+            SourceAnswer::Exists { rewrite: None }
+        );
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        assert_eq!(s.lookup("no@example.org").await, SourceAnswer::Unknown);
+        match s.lookup("later@example.org").await {
+            SourceAnswer::TempFail(e) => assert!(e.contains("450 4.2.1 try later"), "{e}"),
+            a => panic!("{a:?}"),
+        }
+        // Reused: no connection beyond the second.
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        s.check().await.unwrap();
+    }
+
+    /// Probes at once beyond `connections_per_destination` wait for a slot
+    /// instead of opening more connections.
+    #[tokio::test]
+    async fn probes_per_destination_are_capped() {
+        let (port, conns) = fake_server().await;
+        let cfg = Config::from_toml_str(&format!(
+            "[transport.default]\nhost = \"127.0.0.1:{port}\"\ntls = \"none\"\nconnections_per_destination = 2\n"
+        ))
+        .unwrap();
+        let s = CalloutSource::from_config(&cfg).unwrap();
+        let addrs: Vec<String> = (0..8).map(|i| format!("ok@d{i}.example")).collect();
+        let answers = futures_join(addrs.iter().map(|a| s.lookup(a))).await;
+        assert!(answers
+            .iter()
+            .all(|a| *a == SourceAnswer::Exists { rewrite: None }));
+        assert!(conns.load(Ordering::SeqCst) <= 2, "{conns:?}");
+    }
+
+    async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut set = Vec::new();
+        for f in fs {
+            set.push(Box::pin(f));
+        }
+        let mut out = Vec::new();
+        // Poll them together: a JoinSet would need 'static futures.
+        let all = std::future::poll_fn(|cx| {
+            let mut done = true;
+            for (i, f) in set.iter_mut().enumerate() {
+                if out.len() <= i {
+                    out.push(None);
+                }
+                if out[i].is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => out[i] = Some(v),
+                        std::task::Poll::Pending => done = false,
+                    }
+                }
+            }
+            if done {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        });
+        all.await;
+        out.into_iter().map(|v| v.unwrap()).collect()
+    }
+
+    /// A server that accepts and says nothing: the probe gives up in
+    /// connect_timeout + callout_timeout.
+    #[tokio::test]
+    async fn a_silent_server_is_a_bounded_tempfail() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let s = source(port);
+        let t = Instant::now();
+        match s.lookup("ok@example.org").await {
+            SourceAnswer::TempFail(e) => assert!(e.contains("no greeting in time"), "{e}"),
+            a => panic!("{a:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+        drop(l);
     }
 
     /// A closed port: a tempfail naming the address, quickly.
