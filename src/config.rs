@@ -485,6 +485,10 @@ pub struct RecipientsConfig {
     pub map: Option<PathBuf>,
     /// The transport whose next hop the callout probes.
     pub callout_transport: String,
+    /// The callout's wait for each reply of the probe (banner, EHLO, MAIL,
+    /// RCPT); connecting waits the transport's `connect_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub callout_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub positive_ttl: Duration,
     #[serde(with = "humantime_serde")]
@@ -501,6 +505,7 @@ impl Default for RecipientsConfig {
             sources: Vec::new(),
             map: None,
             callout_transport: "default".into(),
+            callout_timeout: Duration::from_secs(10),
             positive_ttl: Duration::from_secs(86_400),
             negative_ttl: Duration::from_secs(3_600),
             on_tempfail: OnTempfail::Defer,

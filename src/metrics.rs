@@ -135,6 +135,9 @@ pub struct Metrics {
     policy_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// (source or "cache", verdict) → recipient checks
     recipient_checks: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// [exists, unknown, tempfail] → callout probes
+    recipient_probes: [AtomicU64; 3],
+    recipient_probe_connections: AtomicU64,
     pub fsync_batches: AtomicU64,
     pub fsync_errors: AtomicU64,
     fsync_batch_size: Histogram,
@@ -157,6 +160,8 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     deliveries: Mutex::new(BTreeMap::new()),
     policy_errors: Mutex::new(BTreeMap::new()),
     recipient_checks: Mutex::new(BTreeMap::new()),
+    recipient_probes: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+    recipient_probe_connections: AtomicU64::new(0),
     fsync_batches: AtomicU64::new(0),
     fsync_errors: AtomicU64::new(0),
     fsync_batch_size: Histogram::new(BATCH),
@@ -243,6 +248,21 @@ pub fn recipient_check(source: &str, verdict: &'static str) {
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     *m.entry((source.to_string(), verdict)).or_default() += 1;
+}
+
+const PROBE_RESULTS: [&str; 3] = ["exists", "unknown", "tempfail"];
+
+/// One callout probe (RCPT at the mailstore) answered: exists, unknown,
+/// tempfail.
+pub fn recipient_probe(result: &str) {
+    if let Some(i) = PROBE_RESULTS.iter().position(|r| *r == result) {
+        GLOBAL.recipient_probes[i].fetch_add(1, RELAXED);
+    }
+}
+
+/// The callout opened a connection (the others were reused from its pool).
+pub fn recipient_probe_connection() {
+    GLOBAL.recipient_probe_connections.fetch_add(1, RELAXED);
 }
 
 /// One group-commit flush that served `batch` waiters.
@@ -453,6 +473,31 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
             );
         }
     }
+
+    header(
+        &mut out,
+        "sluice_recipient_probes_total",
+        "counter",
+        "Callout probes (MAIL FROM:<>, RCPT TO at the mailstore) by result (exists, unknown, tempfail); cached answers make none.",
+    );
+    for (i, result) in PROBE_RESULTS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "sluice_recipient_probes_total{{result=\"{result}\"}} {}",
+            m.recipient_probes[i].load(RELAXED)
+        );
+    }
+    header(
+        &mut out,
+        "sluice_recipient_probe_connections_total",
+        "counter",
+        "Connections the callout opened (probes reuse them while they are fresh).",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_recipient_probe_connections_total {}",
+        m.recipient_probe_connections.load(RELAXED)
+    );
 
     header(
         &mut out,

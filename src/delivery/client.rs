@@ -460,6 +460,30 @@ impl SmtpClient {
         Ok(out)
     }
 
+    /// Ask whether the server would take `rcpt`: `MAIL FROM:<>` then
+    /// `RCPT TO:<rcpt>`, each answered within `timeout`; never DATA. The
+    /// RCPT reply is the answer (the caller ends the transaction with
+    /// [`Self::rset`] or [`Self::quit`]); a refused MAIL is `Err(Reply)`,
+    /// since it says nothing of the recipient.
+    pub async fn probe(&mut self, rcpt: &str, timeout: Duration) -> Result<SmtpReply, ClientError> {
+        self.send(b"MAIL FROM:<>\r\n").await?;
+        let m = self.read_reply(timeout).await?;
+        if m.code != 250 {
+            return Err(ClientError::Reply(m));
+        }
+        self.send(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
+            .await?;
+        self.read_reply(timeout).await
+    }
+
+    /// RSET answered 250 within `timeout`: the connection can serve again.
+    pub async fn rset_within(&mut self, timeout: Duration) -> bool {
+        if self.send(b"RSET\r\n").await.is_err() {
+            return false;
+        }
+        matches!(self.read_reply(timeout).await, Ok(r) if r.code == 250)
+    }
+
     pub async fn rset(&mut self) -> bool {
         matches!(self.command("RSET").await, Ok(r) if r.code == 250)
     }

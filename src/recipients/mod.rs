@@ -14,6 +14,7 @@
 //! session's relay rule does, and asks this only for local recipients) nor
 //! write replies (the session does).
 
+pub mod callout;
 pub mod map;
 
 use std::collections::HashMap;
@@ -116,6 +117,9 @@ fn builder(name: &str) -> Option<Builder> {
                 .clone()
                 .ok_or("[recipients] sources has \"map\" but map is not set")?;
             Ok(Arc::new(map::MapSource::open(&path)?) as Arc<dyn RecipientSource>)
+        }),
+        "callout" => Some(|cfg| {
+            Ok(Arc::new(callout::CalloutSource::from_config(cfg)?) as Arc<dyn RecipientSource>)
         }),
         _ => None,
     }
