@@ -82,6 +82,15 @@ pub struct SqlSource {
     idle: Mutex<Vec<Conn>>,
 }
 
+/// The server's message ("ERROR: relation … does not exist"), not only
+/// "db error".
+fn pg_err(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.to_string(),
+        None => e.to_string(),
+    }
+}
+
 fn is_text(t: &Type) -> bool {
     [
         Type::TEXT,
@@ -187,7 +196,7 @@ impl SqlSource {
                 None => break,
             }
         }
-        let (client, conn) = self.pg.connect(NoTls).await.map_err(|e| e.to_string())?;
+        let (client, conn) = self.pg.connect(NoTls).await.map_err(pg_err)?;
         // The connection task ends when the server goes away; the client
         // then reports closed and is not reused.
         tokio::spawn(async move {
@@ -220,17 +229,13 @@ impl SqlSource {
                     .client
                     .prepare(&self.cfg.query)
                     .await
-                    .map_err(|e| format!("query {:?}: {e}", self.cfg.query))?;
+                    .map_err(|e| format!("query {:?}: {}", self.cfg.query, pg_err(e)))?;
                 c.lookup = Some(s.clone());
                 s
             }
         };
         // A failing query drops the connection (`c` is not given back).
-        let rows = c
-            .client
-            .query(&stmt, &[&address])
-            .await
-            .map_err(|e| e.to_string())?;
+        let rows = c.client.query(&stmt, &[&address]).await.map_err(pg_err)?;
         self.give_back(c);
         Ok(rows.into_iter().next())
     }
@@ -285,8 +290,8 @@ impl SqlSource {
                 .read_only(true)
                 .start()
                 .await
-                .map_err(|e| e.to_string())?;
-            let stmt = tx.prepare(query).await.map_err(|e| e.to_string())?;
+                .map_err(pg_err)?;
+            let stmt = tx.prepare(query).await.map_err(pg_err)?;
             if stmt.params().len() != params.len() {
                 return Err(format!(
                     "the query has {} parameters, {} given",
@@ -306,9 +311,9 @@ impl SqlSource {
                     bound.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)),
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(pg_err)?;
             let mut stream = std::pin::pin!(stream);
-            while let Some(row) = stream.try_next().await.map_err(|e| e.to_string())? {
+            while let Some(row) = stream.try_next().await.map_err(pg_err)? {
                 if out.len() == limit {
                     return Err(format!("more than {limit} rows (narrow the query)"));
                 }
@@ -318,7 +323,7 @@ impl SqlSource {
                 }
                 out.push(cols);
             }
-            tx.commit().await.map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(pg_err)?;
         }
         self.give_back(c);
         Ok(out)
@@ -348,7 +353,7 @@ impl RecipientSource for SqlSource {
                 c.client
                     .prepare(&self.cfg.query)
                     .await
-                    .map_err(|e| format!("query {:?}: {e}", self.cfg.query))?;
+                    .map_err(|e| format!("query {:?}: {}", self.cfg.query, pg_err(e)))?;
                 self.give_back(c);
                 Ok::<_, String>(())
             })
