@@ -186,11 +186,27 @@ mailRoutingAddress: dave@example.org
 struct Slapd {
     dir: PathBuf,
     port: u16,
+    /// ldaps:// (with the certificate `start_tls` was given).
+    tls_port: Option<u16>,
     child: Option<Child>,
 }
 
 impl Slapd {
     async fn start(dir: &Path) -> Slapd {
+        Slapd::start_tls(dir, None).await
+    }
+
+    /// With `tls` (certificate, key): StartTLS on the ldap:// port and an
+    /// ldaps:// port.
+    async fn start_tls(dir: &Path, tls: Option<(&Path, &Path)>) -> Slapd {
+        let tls_conf = match tls {
+            Some((cert, key)) => format!(
+                "TLSCertificateFile {}\nTLSCertificateKeyFile {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let dir = dir.join("slapd");
         std::fs::create_dir_all(dir.join("db")).unwrap();
         std::fs::write(
@@ -200,7 +216,7 @@ impl Slapd {
                  include /etc/ldap/schema/cosine.schema\n\
                  include /etc/ldap/schema/inetorgperson.schema\n\
                  include /etc/ldap/schema/misc.schema\n\
-                 pidfile {dir}/slapd.pid\n\
+                 {tls_conf}pidfile {dir}/slapd.pid\n\
                  modulepath /usr/lib/ldap\nmoduleload back_mdb\n\
                  database mdb\nmaxsize 10485760\n\
                  suffix \"dc=example,dc=org\"\n\
@@ -214,6 +230,7 @@ impl Slapd {
         let mut s = Slapd {
             dir,
             port: free_port(),
+            tls_port: tls.map(|_| free_port()),
             child: None,
         };
         s.run().await;
@@ -234,8 +251,12 @@ impl Slapd {
     }
 
     async fn run(&mut self) {
+        let mut urls = self.url();
+        if let Some(p) = self.tls_port {
+            urls.push_str(&format!(" ldaps://127.0.0.1:{p}/"));
+        }
         let child = Command::new(binary("slapd"))
-            .args(["-h", &self.url(), "-f"])
+            .args(["-h", &urls, "-f"])
             .arg(self.dir.join("slapd.conf"))
             // -d: in the foreground (the test owns the process).
             .args(["-d", "0"])
@@ -246,6 +267,9 @@ impl Slapd {
             .expect("start slapd");
         self.child = Some(child);
         wait_port(self.port, true).await;
+        if let Some(p) = self.tls_port {
+            wait_port(p, true).await;
+        }
     }
 
     async fn stop(&mut self) {
@@ -396,6 +420,45 @@ async fn ldap_bind_failure_is_named() {
         !ok && out.contains("[recipients] ldap:") && out.contains("bind as cn=admin"),
         "{out}"
     );
+    slapd.stop().await;
+}
+
+/// ldaps:// and StartTLS, verified against `ca_file`; without it the
+/// self-signed certificate is not trusted (a tempfail, not a clear-text
+/// fallback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_over_tls_and_starttls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_cert(dir.path());
+    let mut slapd = Slapd::start_tls(dir.path(), Some((&cert, &key))).await;
+    let ldaps = format!("ldaps://127.0.0.1:{}/", slapd.tls_port.unwrap());
+    let plain = ldap_config(&slapd, "");
+    let ca = format!("ca_file = {cert:?}\n");
+    let cases = [
+        (plain.replace(&slapd.url(), &ldaps) + &ca, "250"),
+        (
+            plain.replace("timeout =", "starttls = true\ntimeout =") + &ca,
+            "250",
+        ),
+        (plain.replace(&slapd.url(), &ldaps), "451 4.4.3"),
+        (
+            plain.replace("timeout =", "starttls = true\ntimeout ="),
+            "451 4.4.3",
+        ),
+    ];
+    for (cfg, want) in cases {
+        let srv = TestServer::start(&cfg).await;
+        let mut c = srv.client().await;
+        c.greet().await;
+        c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+        let r = rcpt(&mut c, "bob@example.org").await;
+        assert!(r.starts_with(want), "{r}\n{cfg}");
+        if want == "250" {
+            assert!(rcpt(&mut c, "nobody@example.org")
+                .await
+                .starts_with("550 5.1.1"));
+        }
+    }
     slapd.stop().await;
 }
 

@@ -7,7 +7,8 @@
 //! One multiplexed connection (ldap3's `Ldap` handle is a channel to one
 //! driver task; clones share it), opened on first use, bound with
 //! `bind_dn`/`bind_password` (empty: anonymous), over ldap://, ldaps:// or
-//! ldap:// with StartTLS (rustls, the system's trust store). An operation
+//! ldap:// with StartTLS (rustls with ring, verified against `ca_file` or
+//! else the Mozilla roots of webpki-roots). An operation
 //! that fails drops the connection, so the lookup after a server restart
 //! reconnects; the failing lookup itself is a tempfail. Every wait is
 //! bounded by `timeout`.
@@ -56,6 +57,8 @@ pub struct LdapSource {
     /// the connection it happened on, not one opened since.
     conn: Mutex<Option<(u64, Ldap)>>,
     generation: std::sync::atomic::AtomicU64,
+    /// TLS for ldaps:// and StartTLS, built once.
+    tls: std::sync::Arc<rustls::ClientConfig>,
     /// Serialises connecting, so a burst of RCPTs after a restart opens
     /// one connection, not one each.
     connecting: tokio::sync::Mutex<()>,
@@ -76,7 +79,28 @@ impl LdapSource {
         if cfg.timeout.is_zero() {
             return Err("timeout must be more than 0".into());
         }
+        // ldap3's own default would take the process-wide rustls provider
+        // (a panic when none is installed) and the system store; ours
+        // names ring, as the rest of the daemon does.
+        let mut roots = rustls::RootCertStore::empty();
+        match &cfg.ca_file {
+            Some(p) => {
+                let certs = crate::tls::load_certs(p).map_err(|e| format!("ca_file: {e}"))?;
+                for c in certs {
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("ca_file {}: {e}", p.display()))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         Ok(LdapSource {
+            tls: std::sync::Arc::new(tls),
             cfg: cfg.clone(),
             conn: Mutex::new(None),
             generation: Default::default(),
@@ -121,7 +145,8 @@ impl LdapSource {
         let t = self.cfg.timeout;
         let settings = LdapConnSettings::new()
             .set_conn_timeout(t)
-            .set_starttls(self.cfg.starttls);
+            .set_starttls(self.cfg.starttls)
+            .set_config(self.tls.clone());
         let (conn, mut ldap) =
             tokio::time::timeout(t, LdapConnAsync::with_settings(settings, &self.cfg.url))
                 .await
