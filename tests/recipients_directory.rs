@@ -671,6 +671,37 @@ async fn sql_source_against_postgresql() {
 
     let (rate, p99) = rcpt_rate(&mut c, "bob@example.org", 300).await;
     println!("sql: {rate:.0} RCPT/s, p99 {p99:?} (debug build, cold cache, one SMTP connection)");
+    // 10 clients at once share the pool: at most 4 connections (and ours).
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let mut c = Client::connect(srv.addr()).await;
+        tasks.push(tokio::spawn(async move {
+            c.greet().await;
+            c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+            for _ in 0..20 {
+                let r = rcpt(&mut c, "bob@example.org").await;
+                assert!(r.starts_with("250"), "{r}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!((2..=5).contains(&n), "{n} client connections");
+    drop(client);
+    let _ = conn.await;
 
     // Stopped: tempfail; `sluice check` names it. Restarted: works again.
     pg.stop().await;

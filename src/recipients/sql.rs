@@ -5,7 +5,8 @@
 //! unknown; a server that cannot be reached or a failing query is a
 //! tempfail.
 //!
-//! A small pool of connections (at most [`MAX_IDLE`] kept idle), each with
+//! A small pool of connections (at most [`MAX_CONNECTIONS`] open; a
+//! look-up beyond waits for one, within its timeout), each with
 //! the lookup statement prepared once. A connection the server closed
 //! (restart) is noticed and dropped before use; one that fails during a
 //! query is dropped, so the next lookup connects again. Every wait is
@@ -28,8 +29,8 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 use super::{BoxFuture, RecipientSource, SourceAnswer};
 use crate::config::SqlSourceConfig;
 
-/// Connections kept open between lookups.
-pub const MAX_IDLE: usize = 4;
+/// Connections open at most (in use or idle between uses).
+pub const MAX_CONNECTIONS: usize = 4;
 
 /// A parameter of `sql.query`, converted to the type the server infers
 /// for its placeholder.
@@ -80,6 +81,9 @@ pub struct SqlSource {
     cfg: SqlSourceConfig,
     pg: tokio_postgres::Config,
     idle: Mutex<Vec<Conn>>,
+    /// One permit per connection in use: a burst of RCPTs does not open a
+    /// connection each.
+    permits: tokio::sync::Semaphore,
 }
 
 /// The server's message ("ERROR: relation … does not exist"), not only
@@ -183,6 +187,7 @@ impl SqlSource {
             cfg: cfg.clone(),
             pg,
             idle: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
         })
     }
 
@@ -215,12 +220,13 @@ impl SqlSource {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
+        if idle.len() < MAX_CONNECTIONS {
             idle.push(c);
         }
     }
 
     async fn lookup_rows(&self, address: &str) -> Result<Option<Row>, String> {
+        let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
         let mut c = self.take().await?;
         let stmt = match &c.lookup {
             Some(s) => s.clone(),
@@ -281,6 +287,7 @@ impl SqlSource {
         params: &[Param],
         limit: usize,
     ) -> Result<Vec<Vec<(String, Value)>>, String> {
+        let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
         let mut c = self.take().await?;
         let mut out = Vec::new();
         {
@@ -349,6 +356,7 @@ impl RecipientSource for SqlSource {
         Box::pin(async move {
             let t = self.cfg.timeout;
             let r = tokio::time::timeout(t, async {
+                let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
                 let c = self.take().await?;
                 c.client
                     .prepare(&self.cfg.query)
