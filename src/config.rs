@@ -536,6 +536,9 @@ pub struct LdapSourceConfig {
     pub filter: String,
     /// An attribute holding the address to deliver to (an alias), if any.
     pub rewrite_attribute: String,
+    /// PEM CA certificates for ldaps:// and StartTLS; unset: the Mozilla
+    /// roots (webpki-roots).
+    pub ca_file: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -550,6 +553,7 @@ impl Default for LdapSourceConfig {
             base: String::new(),
             filter: "(|(mail=%s)(proxyAddresses=smtp:%s))".into(),
             rewrite_attribute: String::new(),
+            ca_file: None,
             timeout: Duration::from_secs(5),
         }
     }

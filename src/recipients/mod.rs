@@ -15,7 +15,9 @@
 //! write replies (the session does).
 
 pub mod callout;
+pub mod ldap;
 pub mod map;
+pub mod sql;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -84,6 +86,11 @@ pub trait RecipientSource: Send + Sync {
     fn reload(&self) -> Result<(), String> {
         Ok(())
     }
+    /// The source as its own type, for the script look-ups that reuse its
+    /// connections (`ldap.search`, `sql.query`; see [`Validator::source`]).
+    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        None
+    }
 }
 
 struct Cached {
@@ -120,6 +127,12 @@ fn builder(name: &str) -> Option<Builder> {
         }),
         "callout" => Some(|cfg| {
             Ok(Arc::new(callout::CalloutSource::from_config(cfg)?) as Arc<dyn RecipientSource>)
+        }),
+        "ldap" => Some(|cfg| {
+            Ok(Arc::new(ldap::LdapSource::new(&cfg.recipients.ldap)?) as Arc<dyn RecipientSource>)
+        }),
+        "sql" => Some(|cfg| {
+            Ok(Arc::new(sql::SqlSource::new(&cfg.recipients.sql)?) as Arc<dyn RecipientSource>)
         }),
         _ => None,
     }
@@ -165,6 +178,14 @@ impl Validator {
 
     pub fn on_tempfail(&self) -> OnTempfail {
         self.on_tempfail
+    }
+
+    /// The configured source of type `T` (the LDAP or SQL source whose
+    /// connections `ldap.search` / `sql.query` use).
+    pub fn source<T: 'static>(&self) -> Option<&T> {
+        self.sources
+            .iter()
+            .find_map(|s| s.as_any().and_then(|a| a.downcast_ref::<T>()))
     }
 
     /// The source names, in order.

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod base64;
+pub mod directory;
 pub mod dlp;
 pub mod dns;
 pub mod dnsbl;
@@ -50,6 +51,7 @@ pub fn register_all(lua: &Lua) -> mlua::Result<()> {
     geoip::register(lua)?;
     dlp::register(lua)?;
     server::register(lua)?;
+    directory::register(lua)?;
     #[cfg(test)]
     lua.globals().set(
         "__test_panic",
