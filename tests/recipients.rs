@@ -243,3 +243,31 @@ print(json.dumps({k: (v if isinstance(v, int) else [v[0], v[1].decode()]) for k,
     );
     assert_eq!(v["data"], 250);
 }
+
+/// Axigen's isRcptLocal asks the validation: a mailbox the sources do not
+/// know is not local, one they know is (isRcptDomainLocal stays the domain).
+#[tokio::test]
+async fn axigen_is_rcpt_local_asks_the_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("local.axigen");
+    std::fs::write(
+        &policy,
+        "event onRcptTo {\n\tif (allOf (is (isRcptDomainLocal, \"yes\"), is (isRcptLocal, \"no\"))) {\n\t\tset (smtpAction, \"reject\");\n\t\tset (smtpExplanation, \"no mailbox for %currentRcpt% here\");\n\t}\n}\n",
+    )
+    .unwrap();
+    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/lib-lua");
+    let srv = TestServer::start(&config(
+        dir.path(),
+        &format!("[scripts]\nlib_path = [{lib:?}]\naxigen = [{policy:?}]\n"),
+    ))
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    c.cmd("MAIL FROM:<a@sender.example>", "250").await;
+    assert!(rcpt(&mut c, "bob@example.org").await.starts_with("250"));
+    let r = rcpt(&mut c, "ghost@example.org").await;
+    assert!(
+        r.starts_with("550") && r.contains("no mailbox for ghost@example.org here"),
+        "{r}"
+    );
+}
