@@ -305,7 +305,8 @@ pub fn dkim_result_name(r: &DkimResult) -> (&'static str, Option<String>) {
     }
 }
 
-fn dkim_sigs(out: &[DkimOutput<'_>]) -> Vec<DkimSig> {
+/// Per-signature results of a mail-auth DKIM verification.
+pub(crate) fn dkim_sigs(out: &[DkimOutput<'_>]) -> Vec<DkimSig> {
     out.iter()
         .map(|o| {
             let (result, error) = dkim_result_name(o.result());

@@ -22,7 +22,7 @@ use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::{Canonicalization, DkimSigner};
 use mail_auth::AuthenticatedMessage;
 
-use super::auth::{dkim_result_name, DkimSig};
+use super::auth::{dkim_sigs, DkimSig};
 use super::dns::Resolver;
 use crate::config::DkimConfig;
 
@@ -412,18 +412,7 @@ pub async fn verify(
         }
     }
     let out = res.authenticator().verify_dkim(res.params(&msg)).await;
-    Ok(out
-        .iter()
-        .map(|o| {
-            let (result, error) = dkim_result_name(o.result());
-            DkimSig {
-                domain: o.signature().map(|s| s.d.to_ascii_lowercase()),
-                selector: o.signature().map(|s| s.s.clone()),
-                result,
-                error,
-            }
-        })
-        .collect())
+    Ok(dkim_sigs(&out))
 }
 
 #[cfg(test)]

@@ -40,6 +40,21 @@ fn rt(msg: impl Into<String>) -> mlua::Error {
     mlua::Error::runtime(msg.into())
 }
 
+/// DKIM results as scripts see them: a list of `{domain, selector,
+/// result, error}` (`dkim.verify`, `mail:verifyDKIM`).
+pub(crate) fn sigs_to_lua(lua: &Lua, sigs: Vec<auth::DkimSig>) -> mlua::Result<Table> {
+    let list = lua.create_table()?;
+    for (i, s) in sigs.into_iter().enumerate() {
+        let t = lua.create_table()?;
+        t.set("domain", s.domain)?;
+        t.set("selector", s.selector)?;
+        t.set("result", s.result)?;
+        t.set("error", s.error)?;
+        list.raw_set(i + 1, t)?;
+    }
+    Ok(list)
+}
+
 /// The epoch's resolver and scanners.
 pub(crate) fn scanners(lua: &Lua, what: &str) -> mlua::Result<(Arc<Resolver>, Arc<ScanContext>)> {
     let shared = lua
@@ -183,16 +198,7 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
             let sigs = auth::dkim_verify(&resolver, &raw)
                 .await
                 .map_err(|e| rt(format!("dkim.verify: {e}")))?;
-            let list = lua.create_table()?;
-            for (i, s) in sigs.into_iter().enumerate() {
-                let t = lua.create_table()?;
-                t.set("domain", s.domain)?;
-                t.set("selector", s.selector)?;
-                t.set("result", s.result)?;
-                t.set("error", s.error)?;
-                list.raw_set(i + 1, t)?;
-            }
-            Ok(list)
+            sigs_to_lua(&lua, sigs)
         })?,
     )?;
     g.set("dkim", dkim)?;

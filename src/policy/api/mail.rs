@@ -552,16 +552,10 @@ impl UserData for MailMessage {
                 Ok(s) => s,
                 Err(e) => return fail(&lua, e.to_string()),
             };
-            let list = lua.create_table()?;
-            for (i, s) in sigs.into_iter().enumerate() {
-                let t = lua.create_table()?;
-                t.set("domain", s.domain)?;
-                t.set("selector", s.selector)?;
-                t.set("result", s.result)?;
-                t.set("error", s.error)?;
-                list.raw_set(i + 1, t)?;
-            }
-            Ok((Value::Table(list), Value::Nil))
+            Ok((
+                Value::Table(super::auth::sigs_to_lua(&lua, sigs)?),
+                Value::Nil,
+            ))
         });
         m.add_meta_method(mlua::MetaMethod::ToString, |_, this, ()| {
             Ok(format!("MailMessage({})", this.id))
