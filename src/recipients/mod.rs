@@ -275,11 +275,6 @@ impl Validator {
         );
     }
 
-    /// Cached answer of an address, if any (`sluice recipients test`).
-    pub fn cache_entry(&self, address: &str) -> Option<Outcome> {
-        self.cached(&address.trim().to_ascii_lowercase())
-    }
-
     /// SIGHUP: every source re-reads its files; the cache is emptied (the
     /// answers may have changed).
     pub fn reload(&self) -> Result<(), String> {

@@ -143,7 +143,7 @@ impl Session {
         let addr = Address::split(rcpt);
         if addr.domain.is_empty()
             || addr.localpart.eq_ignore_ascii_case("postmaster")
-            || !relay::local_domain(&self.ctx.config.relay, &addr.domain)
+            || !self.ctx.config.relay.is_local_domain(&addr.domain)
         {
             return Ok(rcpt.to_string());
         }

@@ -20,12 +20,7 @@ pub fn permits(
     client: Option<IpAddr>,
     authenticated: bool,
 ) -> bool {
-    local_domain(cfg, domain) || authenticated || client.is_some_and(|ip| trusted(cfg, ip))
-}
-
-/// Is `domain` one of `relay.domains`?
-pub fn local_domain(cfg: &RelayConfig, domain: &str) -> bool {
-    cfg.is_local_domain(domain)
+    cfg.is_local_domain(domain) || authenticated || client.is_some_and(|ip| trusted(cfg, ip))
 }
 
 /// Is the client in `relay.trusted_networks`?

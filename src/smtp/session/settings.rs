@@ -13,7 +13,7 @@
 //!
 //! It must not decide anything else: the relay rule is [`super::relay`].
 
-use super::{relay, Session};
+use super::Session;
 
 /// Where in the context a policy's session settings live.
 const SETTINGS: &str = "/axigen/session";
@@ -113,7 +113,14 @@ impl Session {
     /// recipient domain for this client? A local domain is one of
     /// `relay.domains`. Unset or unknown values refuse nothing.
     pub(super) fn delivery_rule_refuses(&self, domain: &str) -> Option<&'static str> {
-        let local = relay::local_domain(&self.ctx.config.relay, domain);
+        // No rule set (every session without an Axigen policy): nothing to
+        // look up on this RCPT.
+        if self.policy_setting("localdelivery").is_none()
+            && self.policy_setting("remotedelivery").is_none()
+        {
+            return None;
+        }
+        let local = self.ctx.config.relay.is_local_domain(domain);
         let key = if local {
             "localdelivery"
         } else {
