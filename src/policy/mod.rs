@@ -37,6 +37,7 @@ pub mod api;
 pub mod axigen;
 mod engine;
 pub mod hooks;
+pub mod pattern;
 mod sandbox;
 pub mod testing;
 #[cfg(test)]

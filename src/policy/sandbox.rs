@@ -6,6 +6,13 @@
 //! `string.dump`, `__gc` metamethods. `load` accepts only text chunks. `require` loads
 //! `NAME.lua` or `NAME/init.lua` from `[scripts] lib_path` only.
 //!
+//! Shared tables are read-only: every table-valued global (the libraries,
+//! the Sluice API, `package`), the modules `require` returns and the string
+//! metatable reach scripts through proxies whose writes raise an error at
+//! the script's line, and `rawset` refuses them — one script cannot change
+//! what the next one sees in a pooled state. String patterns run on
+//! [`super::pattern`], inside the instruction budget.
+//!
 //! Limits: a memory limit on the whole state and an instruction budget per
 //! hook run (counted by a VM hook every [`INSTRUCTION_STEP`] instructions).
 //! Exceeding either records a fatal termination, so — like verdicts — it
@@ -31,7 +38,7 @@ pub const DEFAULT_INSTRUCTION_LIMIT: u64 = 10_000_000;
 /// Runs once per state, before any user code. Captures the raw functions in
 /// upvalues (the user cannot reach them without `debug`).
 const PRELUDE: &str = r##"
-local terminated, find_module, pending = ...
+local terminated, find_module, pending, from_module = ...
 local raw_pcall, raw_xpcall, raw_error, raw_load = pcall, xpcall, error, load
 local raw_resume, raw_yield, raw_status = coroutine.resume, coroutine.yield, coroutine.status
 local raw_collect, select, type = collectgarbage, select, type
@@ -112,24 +119,90 @@ setmetatable = function(t, mt)
   return raw_setmetatable(t, mt)
 end
 
+-- Shared tables are read-only to scripts. A pooled state runs many scripts
+-- one after another, so `string.upper = nil` or
+-- `rawset(getmetatable(""), "__index", {})` in one would break every later
+-- one. Each table-valued global (the libraries, the Sluice API, package)
+-- becomes a proxy: reads reach the real table, writes raise an error at the
+-- script's line. Tables inside are proxied when read; `rawset` refuses
+-- proxies; the string metatable is reached only through a proxy.
+local raw_rawset, next, tostring = rawset, next, tostring
+local proxies = raw_setmetatable({}, {__mode = "k"})   -- real table -> proxy
+local protected = raw_setmetatable({}, {__mode = "k"}) -- proxy -> its name
+local readonly
+readonly = function(t, name)
+  if protected[t] then return t end
+  local p = proxies[t]
+  if p then return p end
+  local nested = false
+  for _, v in next, t do
+    if type(v) == "table" then nested = true break end
+  end
+  local index = t
+  if nested then
+    index = function(_, k)
+      local v = t[k]
+      if type(v) == "table" then return readonly(v, name .. "." .. tostring(k)) end
+      return v
+    end
+  end
+  p = {}
+  raw_setmetatable(p, {
+    __index = index,
+    __newindex = function(_, k)
+      raw_error(name .. " is read-only (assignment to '" .. tostring(k) .. "')", 2)
+    end,
+    __pairs = function()
+      return function(_, k)
+        local nk, nv = next(t, k)
+        if type(nv) == "table" then nv = readonly(nv, name .. "." .. tostring(nk)) end
+        return nk, nv
+      end, p, nil
+    end,
+    __len = function() return #t end,
+    __metatable = false,
+  })
+  proxies[t] = p
+  protected[p] = name
+  return p
+end
+rawset = function(t, k, v)
+  if protected[t] then
+    raw_error("rawset: " .. protected[t] .. " is read-only", 2)
+  end
+  return raw_rawset(t, k, v)
+end
+for k, v in next, _G do
+  if type(v) == "table" and k ~= "_G" then
+    _G[k] = readonly(v, k)
+  end
+end
+local string_mt = getmetatable("")
+string_mt.__metatable = readonly(string_mt, "the string metatable")
+
 local loaded = {}
 for _, name in ipairs({"coroutine", "table", "string", "utf8", "math", "os",
                        "json", "re", "ip", "dns", "log", "base64",
                        "spf", "dkim", "arc", "dnsbl", "rhsbl", "dnswl", "geoip"}) do
   loaded[name] = _G[name]
 end
-package = { loaded = loaded }
+package = readonly({ loaded = loaded }, "package")
 require = function(name)
   if type(name) ~= "string" then
     raw_error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
   end
   local m = loaded[name]
-  if m ~= nil then return m end
-  local chunk, path = find_module(name)
-  local r = chunk(name, path)
-  if r == nil then r = true end
-  loaded[name] = r
-  return r
+  if m == nil then
+    local chunk, path = find_module(name)
+    m = chunk(name, path)
+    if m == nil then m = true end
+    loaded[name] = m
+  end
+  -- A module's table is shared by every script: theirs to read only. The
+  -- lib_path modules themselves (trusted code, such as a site's
+  -- axigen_local.lua configuring the Axigen runtime) get the real table.
+  if type(m) == "table" and not from_module() then return readonly(m, name) end
+  return m
 end
 
 return function(env) current_env = env end
@@ -163,6 +236,7 @@ pub fn new_state(limits: &Limits, lib_path: &[PathBuf], shared: Shared) -> mlua:
     g.raw_set("os", os)?;
     let string: mlua::Table = g.get("string")?;
     string.raw_set("dump", Value::Nil)?;
+    api::strings::install(&lua, &string)?;
 
     // Before the API: `sluice.hostname` is read from it at registration.
     lua.set_app_data(shared);
@@ -171,11 +245,17 @@ pub fn new_state(limits: &Limits, lib_path: &[PathBuf], shared: Shared) -> mlua:
 
     let terminated = lua.create_function(|lua, err: Value| Ok(check_terminated(lua, &err)))?;
     let find = lua.create_function(|lua, name: String| find_module(lua, &name))?;
+    let from_module = lua.create_function(|lua, ()| Ok(called_from_module(lua)))?;
     let set_env: mlua::Function = lua
         .load(PRELUDE)
         .set_name("=sandbox")
         .set_mode(ChunkMode::Text)
-        .call((terminated, find, Value::LightUserData(Lua::poll_pending())))?;
+        .call((
+            terminated,
+            find,
+            Value::LightUserData(Lua::poll_pending()),
+            from_module,
+        ))?;
     lua.set_named_registry_value(SET_ENV_KEY, set_env)?;
 
     lua.set_global_hook(
@@ -224,6 +304,23 @@ fn check_terminated(lua: &Lua, err: &Value) -> bool {
         }
     }
     api::is_terminated(lua)
+}
+
+/// Is the function calling `require` (stack level 2: above this function
+/// and the prelude's `require`) code of a `lib_path` module?
+fn called_from_module(lua: &Lua) -> bool {
+    let Some(source) = lua.inspect_stack(2, |d| {
+        d.source()
+            .source
+            .and_then(|s| s.strip_prefix('@').map(PathBuf::from))
+    }) else {
+        return false;
+    };
+    let Some(path) = source else {
+        return false;
+    };
+    lua.app_data_ref::<LibPath>()
+        .is_some_and(|l| l.0.iter().any(|dir| path.starts_with(dir)))
 }
 
 fn valid_module_name(name: &str) -> bool {

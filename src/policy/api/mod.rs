@@ -22,6 +22,7 @@ pub mod mail;
 pub mod re;
 pub mod server;
 pub mod sha256;
+pub mod strings;
 pub mod verdict;
 
 use std::collections::{BTreeMap, BTreeSet};
