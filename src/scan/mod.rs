@@ -7,13 +7,19 @@
 //! - [`dnsbl`]: DNSBL / RHSBL / DNSWL lookups, FCrDNS, sender MX.
 //! - [`geoip`]: MaxMind country and ASN databases.
 //! - [`dlp`]: content inspection (`ScanDLP`).
+//! - [`milter`]: the milter client (`[[milter]]`), driven by the SMTP session.
+//! - [`clamd`]: ClamAV's clamd (`ScanClam`).
+//! - [`rspamd`]: rspamd over HTTP (`ScanRspamd`).
 
 pub mod auth;
+pub mod clamd;
 pub mod dkim;
 pub mod dlp;
 pub mod dns;
 pub mod dnsbl;
 pub mod geoip;
+pub mod milter;
+pub mod rspamd;
 pub mod spf;
 
 use std::sync::Arc;
