@@ -35,6 +35,10 @@ pub struct ScanContext {
     pub dkim: dkim::DkimKeys,
     pub geoip: geoip::GeoIp,
     pub dlp: Arc<dlp::DlpEngine>,
+    /// `[scanners.clamd]` (ScanClam), when configured.
+    pub clamd: Option<crate::config::ClamdConfig>,
+    /// `[scanners.rspamd]` (ScanRspamd), when configured.
+    pub rspamd: Option<Arc<rspamd::Rspamd>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,8 @@ pub enum ScanError {
     GeoIp(#[from] geoip::GeoIpError),
     #[error("[dlp] {0}")]
     Dlp(#[from] dlp::DlpError),
+    #[error("{0}")]
+    Scanner(String),
 }
 
 impl ScanContext {
@@ -56,6 +62,13 @@ impl ScanContext {
             dkim: dkim::DkimKeys::from_config(&cfg.dkim)?,
             geoip: geoip::GeoIp::open(&cfg.geoip)?,
             dlp: Arc::new(dlp::DlpEngine::from_config(&cfg.dlp.rules)?),
+            clamd: cfg.scanners.clamd.clone(),
+            rspamd: match &cfg.scanners.rspamd {
+                Some(r) => Some(Arc::new(
+                    rspamd::Rspamd::new(r).map_err(ScanError::Scanner)?,
+                )),
+                None => None,
+            },
         })
     }
 
@@ -68,6 +81,8 @@ impl ScanContext {
             dlp: Arc::new(
                 dlp::DlpEngine::from_config(&Default::default()).expect("built-in DLP rules"),
             ),
+            clamd: None,
+            rspamd: None,
         }
     }
 }
