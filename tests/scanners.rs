@@ -288,3 +288,90 @@ async fn clamav_milter_rejects_at_end_of_message() {
     assert!(t.contains("X-Virus-Status: Clean"), "{t}");
     drop(milter);
 }
+
+/// Axigen's addFilter / executeFilters: a filter named after a configured
+/// scanner scans at end of data (selected in onRcptTo), and one named after
+/// a `[[milter]]` resolves (addFilterResult "ok"); an unknown name is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axigen_filters_map_onto_scanners_and_milters() {
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let clamd = tokio::task::spawn_blocking({
+        let p = dir.path().to_path_buf();
+        move || start_clamd(&p, &signatures())
+    })
+    .await
+    .unwrap();
+    let policy = dir.path().join("filters.axigen");
+    std::fs::write(
+        &policy,
+        "event onRcptTo {\n\
+         \tset (filterName, \"av\");\n\
+         \tset (filterType, \"milter\");\n\
+         \tset (filterAddress, \"clamav\");\n\
+         \tcall (addFilter);\n\
+         \tif (not (is (addFilterResult, \"ok\"))) {\n\
+         \t\tset (smtpAction, \"tmpreject\");\n\
+         \t\tset (smtpExplanation, \"av: %addFilterExplanation%\");\n\
+         \t}\n\
+         \tset (filterName, \"spam\");\n\
+         \tset (filterAddress, \"spamd\");\n\
+         \tcall (addFilter);\n\
+         \tif (not (is (addFilterResult, \"ok\"))) {\n\
+         \t\tset (smtpAction, \"tmpreject\");\n\
+         \t\tset (smtpExplanation, \"spamd: %addFilterExplanation%\");\n\
+         \t}\n\
+         \tset (filterName, \"nosuch\");\n\
+         \tset (filterAddress, \"inet:127.0.0.1:1\");\n\
+         \tcall (addFilter);\n\
+         \tif (is (addFilterResult, \"ok\")) {\n\
+         \t\tset (smtpAction, \"reject\");\n\
+         \t\tset (smtpExplanation, \"unknown filter resolved\");\n\
+         \t}\n\
+         \tset (filterNamePattern, \"*\");\n\
+         \tcall (executeFilters);\n\
+         }\n",
+    )
+    .unwrap();
+    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/lib-lua");
+    let sink = Sink::start(false, false).await;
+    let srv = TestServer::start(&format!(
+        "[relay]\ndomains = [\"example.org\"]\n[scripts]\nlib_path = [{lib:?}]\naxigen = [{policy:?}]\n[scanners.clamd]\naddress = \"unix:{}\"\n[[milter]]\nid = \"spamd\"\naddress = \"127.0.0.1:{}\"\non_error = \"accept\"\n[transport.default]\nhost = \"{}\"\ntls = \"none\"\n",
+        clamd.socket.display(),
+        free_port(),
+        sink.addr
+    ))
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    let r = c
+        .send_message(
+            "alice@sender.com",
+            &["bob@example.org"],
+            &infected("report"),
+            "550",
+        )
+        .await;
+    assert!(
+        format!("{r:?}").contains("Virus found: Sluice.Test.Attachment"),
+        "{r:?}"
+    );
+    c.send_message(
+        "alice@sender.com",
+        &["bob@example.org"],
+        &plain("clean"),
+        "250",
+    )
+    .await;
+    let got = sink.wait_for(1).await;
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: clean"));
+    // clamd gone: the selected scan cannot run, the message is deferred.
+    drop(clamd);
+    c.send_message(
+        "alice@sender.com",
+        &["bob@example.org"],
+        &plain("clean again"),
+        "451",
+    )
+    .await;
+}

@@ -39,6 +39,8 @@ pub struct ScanContext {
     pub clamd: Option<crate::config::ClamdConfig>,
     /// `[scanners.rspamd]` (ScanRspamd), when configured.
     pub rspamd: Option<Arc<rspamd::Rspamd>>,
+    /// `[[milter]]` (id, address), for Axigen's addFilter.
+    pub milters: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,11 @@ impl ScanContext {
                 )),
                 None => None,
             },
+            milters: cfg
+                .milter
+                .iter()
+                .map(|m| (m.id.clone(), m.address.clone()))
+                .collect(),
         })
     }
 
@@ -83,6 +90,7 @@ impl ScanContext {
             ),
             clamd: None,
             rspamd: None,
+            milters: Vec::new(),
         }
     }
 }
