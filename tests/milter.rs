@@ -456,3 +456,44 @@ async fn on_error_accept_and_reject() {
     c.cmd("MAIL FROM:<a@example.net>", "451 4.7.0").await;
     assert!(srv3.store().list_entries().unwrap().is_empty());
 }
+
+/// `sluice check`: bad `[[milter]]` / `[scanners]` values are errors naming
+/// the key; an unreachable milter or scanner is only a warning.
+#[test]
+fn check_validates_and_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |body: &str| {
+        let cfg = dir.path().join("check.toml");
+        std::fs::write(
+            &cfg,
+            format!("data_dir = {:?}\n{body}", dir.path().join("var")),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check", "-c", cfg.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ),
+        )
+    };
+    let (ok, out) = run("[[milter]]\nid = \"a\"\naddress = \"127.0.0.1:1\"\n[[milter]]\nid = \"a\"\naddress = \"127.0.0.1:2\"\n");
+    assert!(!ok && out.contains("milter[1].id"), "{out}");
+    let (ok, out) = run("[[milter]]\nid = \"a\"\naddress = \"somewhere\"\n");
+    assert!(!ok && out.contains("milter[0].address"), "{out}");
+    let sock = dir.path().join("none.sock");
+    let (ok, out) = run(&format!(
+        "[[milter]]\nid = \"gone\"\naddress = \"127.0.0.1:{}\"\n[scanners.clamd]\naddress = \"unix:{}\"\n",
+        free_port(),
+        sock.display()
+    ));
+    assert!(ok, "{out}");
+    assert!(out.contains("milter gone: cannot connect"), "{out}");
+    assert!(out.contains("[scanners.clamd]: cannot connect"), "{out}");
+}

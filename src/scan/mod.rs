@@ -57,6 +57,60 @@ pub enum ScanError {
     Scanner(String),
 }
 
+/// `sluice check`: a short connect to every milter and scanner; what
+/// cannot be reached is a warning (the daemon starts anyway and applies
+/// `on_error` / the script's choice), never an error.
+pub async fn probe(cfg: &Config) -> Vec<String> {
+    use crate::config::ScanAddress;
+    let t = std::time::Duration::from_secs(2);
+    async fn connect(a: &ScanAddress, t: std::time::Duration) -> Result<(), String> {
+        let r = match a {
+            ScanAddress::Tcp(h) => tokio::time::timeout(t, tokio::net::TcpStream::connect(h))
+                .await
+                .map(|r| r.map(|_| ())),
+            ScanAddress::Unix(p) => tokio::time::timeout(t, tokio::net::UnixStream::connect(p))
+                .await
+                .map(|r| r.map(|_| ())),
+        };
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+    let mut out = Vec::new();
+    for m in &cfg.milter {
+        if let Some(a) = ScanAddress::parse(&m.address) {
+            if let Err(e) = connect(&a, t).await {
+                out.push(format!(
+                    "milter {}: cannot connect to {a}: {e} (sessions will apply on_error = {:?})",
+                    m.id, m.on_error
+                ));
+            }
+        }
+    }
+    if let Some(c) = &cfg.scanners.clamd {
+        if let Some(a) = ScanAddress::parse(&c.address) {
+            if let Err(e) = connect(&a, t).await {
+                out.push(format!("[scanners.clamd]: cannot connect to {a}: {e}"));
+            }
+        }
+    }
+    if let Some(r) = &cfg.scanners.rspamd {
+        let url = format!("{}/ping", r.url.trim_end_matches('/'));
+        let ok = match reqwest::Client::builder().timeout(t).build() {
+            Ok(c) => c.get(&url).send().await.map(|r| r.status().is_success()),
+            Err(e) => Err(e),
+        };
+        match ok {
+            Ok(true) => {}
+            Ok(false) => out.push(format!("[scanners.rspamd]: {url} does not answer 200")),
+            Err(e) => out.push(format!("[scanners.rspamd]: {url}: {e}")),
+        }
+    }
+    out
+}
+
 impl ScanContext {
     pub fn from_config(cfg: &Config) -> Result<ScanContext, ScanError> {
         Ok(ScanContext {

@@ -452,7 +452,7 @@ impl MilterChain {
             .stage_all(Stage::Mail, src, &[protocol::cstrings(&parts)])
             .await;
         for m in &mut self.milters {
-            if m.io.is_some() {
+            if m.io.is_some() && m.state == State::Active && !m.neg.has(proto::NOMAIL) {
                 m.in_tx = true;
             }
         }
