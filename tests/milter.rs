@@ -497,3 +497,47 @@ fn check_validates_and_probes() {
     assert!(out.contains("milter gone: cannot connect"), "{out}");
     assert!(out.contains("[scanners.clamd]: cannot connect"), "{out}");
 }
+
+/// Two milters chain as in Postfix: the second sees the message as the
+/// first left it, and both edits reach the relayed message.
+#[tokio::test]
+async fn milters_chain_in_order() {
+    let _g = SERIAL.lock().await;
+    let first = FakeMilter::start(|_, code, _| {
+        (code == b'E').then(|| Answer::Send(vec![(b'h', cs(&["X-One", "first"])), (b'c', vec![])]))
+    })
+    .await;
+    let second = FakeMilter::start(|_, code, _| {
+        (code == b'E').then(|| Answer::Send(vec![(b'h', cs(&["X-Two", "second"])), (b'c', vec![])]))
+    })
+    .await;
+    let sink = Sink::start(false, false).await;
+    let srv = TestServer::start(&format!(
+        "[relay]\ndomains = [\"example.org\"]\n[[milter]]\nid = \"one\"\naddress = \"{}\"\n[[milter]]\nid = \"two\"\naddress = \"{}\"\n[transport.default]\nhost = \"{}\"\ntls = \"none\"\n",
+        first.addr, second.addr, sink.addr
+    ))
+    .await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    c.send_message("a@example.net", &["b@example.org"], MSG, "250")
+        .await;
+    let got = sink.wait_for(1).await;
+    let t = String::from_utf8_lossy(&got[0].data).to_string();
+    let (one, two) = (
+        t.find("X-One: first").unwrap(),
+        t.find("X-Two: second").unwrap(),
+    );
+    assert!(one < two, "{t}");
+    let seen = second.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|(_, c, d)| *c == b'L' && d.as_slice() == b"X-One\0first\0"),
+        "the second milter did not see the first one's header"
+    );
+    assert!(!first
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, c, d)| *c == b'L' && d.starts_with(b"X-Two")));
+}
