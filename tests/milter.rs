@@ -541,3 +541,33 @@ async fn milters_chain_in_order() {
         .iter()
         .any(|(_, c, d)| *c == b'L' && d.starts_with(b"X-Two")));
 }
+
+/// A refusal at connect answers the greeting (554) and closes; at HELO it
+/// answers HELO; SMFIR_CHGFROM changes the envelope sender that is queued.
+#[tokio::test]
+async fn connect_helo_verdicts_and_change_sender() {
+    let _g = SERIAL.lock().await;
+    let milter = FakeMilter::start(|conn, code, data| match code {
+        b'C' if conn == 0 => Some(Answer::Send(vec![(b'r', vec![])])),
+        b'H' if data.starts_with(b"bad.example") => Some(Answer::Send(vec![(b't', vec![])])),
+        b'E' => Some(Answer::Send(vec![
+            (b'e', cs(&["<bounces@example.org>"])),
+            (b'c', vec![]),
+        ])),
+        _ => None,
+    })
+    .await;
+    let srv = TestServer::start(&config(&milter, None, "")).await;
+    let mut c = srv.client().await;
+    c.expect("554 5.7.1").await;
+    assert!(c.closed().await);
+    let mut c = srv.client().await;
+    c.expect("220").await;
+    c.cmd("EHLO bad.example", "451 4.7.1").await;
+    c.cmd("EHLO good.example", "250").await;
+    c.send_message("a@example.net", &["b@example.org"], MSG, "250")
+        .await;
+    let e = srv.store().list_entries().unwrap();
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].sender, "bounces@example.org");
+}
