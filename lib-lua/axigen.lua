@@ -62,6 +62,21 @@
 --       get(variable), mail, event, hook. action: accept, continue,
 --       discard, tmpreject, reject.
 --
+-- Content filters: a filterName / filterAddress that is no Lua filter but
+-- names a configured `[[milter]]` (its id or address), or the scanner
+-- "clamd" (also "clamav") / "rspamd" of [scanners], is that filter:
+--   * a milter runs in the SMTP session at every stage, as configured,
+--     whether the policy adds it or not (its refusals are the session's);
+--     executeFilters reads its end-of-message result (transaction.milters)
+--     and is "continue" before end of data;
+--   * clamd / rspamd scan the message: executeFilters at end of data runs
+--     ScanClam / ScanRspamd at once (virus → reject, rspamd "reject" →
+--     reject, "soft reject"/"greylist" → tmpreject); executeFilters before
+--     end of data selects the scan for end of data (where a rejection
+--     refuses the message) and reads "continue". A scanner that cannot
+--     answer is result "error" and action tmpreject: nothing goes through
+--     unscanned.
+--
 -- Scanners: SPFResult calls spf.check, GeoIPResult geoip.lookup,
 -- checkDNSBL dnsbl.check, checkReverseDNS reverse_dns, checkSenderMX
 -- sender_mx (see "Scans" below for each result's value set). A scanner
@@ -84,6 +99,9 @@ local function str(v)
   end
   return tostring(v)
 end
+
+-- Defined with the content filters below; M.begin uses it at end of data.
+local scanner_verdict
 
 local function trim(s)
   return (str(s):gsub("^%s+", ""):gsub("%s+$", ""))
@@ -229,6 +247,20 @@ function M.begin(env, hook, policy)
       end
     end
     st.txn.hdrops, st.txn.hdrops_headers = {}, {}
+    -- Scanner filters an earlier event selected (executeFilters before end
+    -- of data) scan now; a rejection or a scanner failure refuses.
+    local scans = st.txn.scans or {}
+    st.txn.scans = nil
+    for _, kind in ipairs({ "clamd", "rspamd" }) do
+      if scans[kind] then
+        local action, expl = scanner_verdict(kind)
+        if action == "reject" then
+          Reject(expl)
+        elseif action == "tmpreject" then
+          Defer(expl)
+        end
+      end
+    end
   end
   return self
 end
@@ -992,10 +1024,72 @@ local function glob(pattern, s)
   return lower(s):match(lower(p)) ~= nil
 end
 
+-- The built-in content filters (see "Content filters" above).
+scanner_verdict = function(kind)
+  if kind == "clamd" then
+    local found, err = ScanClam()
+    if found == nil then
+      return "tmpreject", "Virus scanner unavailable, try again later (" .. tostring(err) .. ")", true
+    end
+    if #found > 0 then
+      return "reject", "Virus found: " .. table.concat(found, ", ")
+    end
+    return "continue", ""
+  end
+  local r, err = ScanRspamd()
+  if r == nil then
+    return "tmpreject", "Spam scanner unavailable, try again later (" .. tostring(err) .. ")", true
+  end
+  if r.action == "reject" then
+    return "reject", "Spam message rejected"
+  elseif r.action == "soft reject" or r.action == "greylist" then
+    return "tmpreject", "Try again later"
+  end
+  return "continue", format("rspamd: %s (%.2f / %.2f)", str(r.action), r.score or 0, r.required_score or 0)
+end
+
+local function builtin_filter(spec)
+  local cfg = sluice and sluice.scanners or {}
+  for _, n in ipairs({ lower(spec.address), lower(spec.name) }) do
+    if n ~= "" then
+      local kind = (n == "clamav" and "clamd") or n
+      if (kind == "clamd" or kind == "rspamd") and cfg[kind] then
+        return function(f)
+          if f.hook ~= "eod" then
+            f.pending(kind)
+            return "continue", "scanned at end of data"
+          end
+          return scanner_verdict(kind)
+        end
+      end
+    end
+  end
+  local milters = sluice and sluice.milters or {}
+  for id, addr in pairs(milters) do
+    if lower(id) == lower(spec.name) or lower(id) == lower(spec.address) or addr == spec.address then
+      return function(f)
+        local m = transaction and transaction.milters and transaction.milters[id]
+        if m == nil then
+          return "continue", ""
+        end
+        if m.reply == "error" then
+          return "continue", str(m.error), true
+        end
+        return (m.reply == "accept" and "accept" or "continue"), str(m.quarantine)
+      end
+    end
+  end
+  return nil
+end
+
 local function resolve_filter(self, spec)
   local f = M.filters[spec.name] or M.filters[spec.address]
   if type(f) == "function" then
     return f
+  end
+  local b = builtin_filter(spec)
+  if b then
+    return b
   end
   local addr = str(spec.address)
   local mod, fn = addr:match("^([%w_%.%-]+)%.([%w_]+)$")
@@ -1023,8 +1117,9 @@ function Ax:addFilter()
     res, expl = "error", "filterName is not set"
   elseif resolve_filter(self, spec) == nil then
     res = "error"
-    expl = "no Lua filter named " .. (spec.address ~= "" and spec.address or spec.name)
-      .. " (Sluice runs filters registered in require(\"axigen\").filters or module.function Lua filters)"
+    expl = "no filter named " .. (spec.address ~= "" and spec.address or spec.name)
+      .. " (Sluice runs filters registered in require(\"axigen\").filters, module.function Lua filters,"
+      .. " configured [[milter]] ids and the [scanners] clamd and rspamd)"
   else
     local replaced = false
     for i, f in ipairs(self.st.filters) do
@@ -1048,14 +1143,20 @@ function Ax:executeFilters()
     mail = self:mail(),
     event = self.event_name,
     hook = self.hook,
+    -- A scanner filter selected before end of data: scan there.
+    pending = function(kind)
+      self.st.txn.scans = self.st.txn.scans or {}
+      self.st.txn.scans[kind] = true
+    end,
   }
   for _, spec in ipairs(self.st.filters) do
     local k = lower(spec.name)
     if glob(pattern, spec.name) then
       local f = resolve_filter(self, spec)
       local ok, action, expl = false, nil, nil
+      local sys_error
       if f then
-        ok, action, expl = pcall(f, view)
+        ok, action, expl, sys_error = pcall(f, view)
       end
       if not ok then
         warn(self, "filter " .. spec.name .. " failed: " .. str(action))
@@ -1068,7 +1169,7 @@ function Ax:executeFilters()
           action = "continue"
         end
         local fail = action == "reject" or action == "tmpreject" or action == "discard"
-        self.vars[k .. ".result"] = fail and "fail" or "pass"
+        self.vars[k .. ".result"] = (sys_error and "error") or (fail and "fail") or "pass"
         self.vars[k .. ".action"] = action
         self.vars[k .. ".explanation"] = str(expl)
         self.executed[#self.executed + 1] = k

@@ -294,6 +294,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             for w in warnings {
                 tracing::warn!("{w}");
             }
+            // Milters and scanners: reachable now? (a warning only)
+            for w in crate::scan::probe(&cfg).await {
+                tracing::warn!("{w}");
+            }
             // Every recipient source is opened and asked to connect once.
             if let Some(v) =
                 crate::recipients::Validator::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?

@@ -69,6 +69,10 @@ pub struct Config {
     pub geoip: GeoipConfig,
     pub recipients: RecipientsConfig,
     pub dkim: DkimConfig,
+    /// `[[milter]]`: milters asked in order at every SMTP stage.
+    pub milter: Vec<MilterConfig>,
+    /// `[scanners.clamd]`, `[scanners.rspamd]`: ScanClam / ScanRspamd.
+    pub scanners: ScannersConfig,
 }
 
 impl Default for Config {
@@ -95,6 +99,8 @@ impl Default for Config {
             geoip: GeoipConfig::default(),
             recipients: RecipientsConfig::default(),
             dkim: DkimConfig::default(),
+            milter: Vec::new(),
+            scanners: ScannersConfig::default(),
         }
     }
 }
@@ -602,6 +608,133 @@ pub struct DkimConfig {
     pub keys: BTreeMap<String, PathBuf>,
 }
 
+/// What happens when a milter or scanner cannot answer (down, timeout,
+/// protocol error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// 451 4.7.0 at the stage that needed the answer.
+    Tempfail,
+    /// Go on as if the milter were not configured.
+    Accept,
+    /// 550 5.7.0.
+    Reject,
+}
+
+/// One `[[milter]]` (see `crate::scan::milter`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MilterConfig {
+    pub id: String,
+    /// "ip:port", "host:port" or "unix:/path".
+    pub address: String,
+    /// The wait for each reply (SMFIR_PROGRESS restarts it).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// The cap on one stage, progress or not.
+    #[serde(with = "humantime_serde")]
+    pub overall_timeout: Duration,
+    pub on_error: OnError,
+}
+
+impl Default for MilterConfig {
+    fn default() -> Self {
+        MilterConfig {
+            id: String::new(),
+            address: String::new(),
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            overall_timeout: Duration::from_secs(300),
+            on_error: OnError::Tempfail,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScannersConfig {
+    pub clamd: Option<ClamdConfig>,
+    pub rspamd: Option<RspamdConfig>,
+}
+
+/// `[scanners.clamd]` (see `crate::scan::clamd`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClamdConfig {
+    /// "ip:port" or "unix:/path".
+    pub address: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Bytes sent to clamd at most (keep it ≤ clamd's StreamMaxLength).
+    pub max_size: u64,
+    /// INSTREAM chunk size.
+    pub chunk_size: usize,
+}
+
+impl Default for ClamdConfig {
+    fn default() -> Self {
+        ClamdConfig {
+            address: "127.0.0.1:3310".into(),
+            timeout: Duration::from_secs(30),
+            max_size: 26_214_400,
+            chunk_size: 65_536,
+        }
+    }
+}
+
+/// `[scanners.rspamd]` (see `crate::scan::rspamd`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RspamdConfig {
+    pub url: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Sent as the `Password` header when not empty (controller workers).
+    pub password: String,
+}
+
+impl Default for RspamdConfig {
+    fn default() -> Self {
+        RspamdConfig {
+            url: "http://127.0.0.1:11333".into(),
+            timeout: Duration::from_secs(30),
+            password: String::new(),
+        }
+    }
+}
+
+/// A scanner or milter address: TCP "host:port" or "unix:/path".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanAddress {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl ScanAddress {
+    pub fn parse(s: &str) -> Option<ScanAddress> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return None;
+            }
+            return Some(ScanAddress::Unix(PathBuf::from(p)));
+        }
+        // Postfix style "inet:host:port" too.
+        let s = s.strip_prefix("inet:").unwrap_or(s);
+        split_host_port(s).map(|_| ScanAddress::Tcp(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for ScanAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScanAddress::Tcp(a) => f.write_str(a),
+            ScanAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 impl Config {
     /// Defaults ← file (if it exists, or if named explicitly) ← environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -765,6 +898,59 @@ impl Config {
                 "must be at least queue.min_retry_delay, which must be > 0",
             ));
         }
+        let mut milter_ids = std::collections::HashSet::new();
+        for (i, m) in self.milter.iter().enumerate() {
+            let key = format!("milter[{i}]");
+            if m.id.is_empty() || m.id.contains(char::is_whitespace) {
+                return Err(invalid(&format!("{key}.id"), "must be a non-empty name"));
+            }
+            if !milter_ids.insert(m.id.clone()) {
+                return Err(invalid(
+                    &format!("{key}.id"),
+                    format!("duplicate milter id {:?}", m.id),
+                ));
+            }
+            if ScanAddress::parse(&m.address).is_none() {
+                return Err(invalid(
+                    &format!("{key}.address"),
+                    format!("{:?} is not host:port or unix:/path", m.address),
+                ));
+            }
+            for (k, d) in [
+                ("timeout", m.timeout),
+                ("connect_timeout", m.connect_timeout),
+                ("overall_timeout", m.overall_timeout),
+            ] {
+                if d.is_zero() {
+                    return Err(invalid(&format!("{key}.{k}"), "must be greater than 0"));
+                }
+            }
+        }
+        if let Some(c) = &self.scanners.clamd {
+            if ScanAddress::parse(&c.address).is_none() {
+                return Err(invalid(
+                    "scanners.clamd.address",
+                    format!("{:?} is not host:port or unix:/path", c.address),
+                ));
+            }
+            if c.timeout.is_zero() || c.chunk_size == 0 || c.max_size == 0 {
+                return Err(invalid(
+                    "scanners.clamd",
+                    "timeout, chunk_size and max_size must be greater than 0",
+                ));
+            }
+        }
+        if let Some(r) = &self.scanners.rspamd {
+            if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+                return Err(invalid(
+                    "scanners.rspamd.url",
+                    format!("{:?} is not an http:// or https:// URL", r.url),
+                ));
+            }
+            if r.timeout.is_zero() {
+                return Err(invalid("scanners.rspamd.timeout", "must be greater than 0"));
+            }
+        }
         Ok(())
     }
 
@@ -811,6 +997,30 @@ mod tests {
         assert!(err.to_string().contains("listener[0].address"), "{err}");
         let err = Config::from_toml_str("[limits]\ncommand_timeout = 'soon'\n").unwrap_err();
         assert!(err.to_string().contains("command_timeout"), "{err}");
+    }
+
+    #[test]
+    fn milters_and_scanners() {
+        let c = Config::from_toml_str(
+            "[[milter]]\nid='a'\naddress='127.0.0.1:1'\n[[milter]]\nid='b'\naddress='unix:/x.sock'\non_error='accept'\ntimeout='2s'\n[scanners.clamd]\naddress='unix:/c'\n[scanners.rspamd]\nurl='http://127.0.0.1:1'\n",
+        )
+        .unwrap();
+        assert_eq!(c.milter.len(), 2);
+        assert_eq!(c.milter[1].on_error, OnError::Accept);
+        assert_eq!(c.milter[1].timeout, Duration::from_secs(2));
+        assert_eq!(
+            ScanAddress::parse(&c.milter[1].address),
+            Some(ScanAddress::Unix("/x.sock".into()))
+        );
+        let err = Config::from_toml_str(
+            "[[milter]]\nid='a'\naddress='127.0.0.1:1'\n[[milter]]\nid='a'\naddress='127.0.0.1:2'\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("milter[1].id"), "{err}");
+        let err = Config::from_toml_str("[[milter]]\nid='a'\naddress='nowhere'\n").unwrap_err();
+        assert!(err.to_string().contains("milter[0].address"), "{err}");
+        let err = Config::from_toml_str("[scanners.rspamd]\nurl='127.0.0.1:1'\n").unwrap_err();
+        assert!(err.to_string().contains("scanners.rspamd.url"), "{err}");
     }
 
     #[test]

@@ -121,6 +121,10 @@ pub struct TransactionInfo {
     /// MAIL FROM has been given; before it scripts see only `id`.
     #[serde(skip)]
     pub open: bool,
+    /// eod: what each milter did (`transaction.milters`, see
+    /// `crate::scan::milter::EomOutcome::to_json`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub milters: Option<serde_json::Value>,
 }
 
 impl TransactionInfo {

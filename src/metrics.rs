@@ -146,6 +146,12 @@ pub struct Metrics {
     /// (type, result) → count
     dns_queries: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     dns_seconds: Histogram,
+    /// (milter, stage, reply) → count
+    milter_replies: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// (scanner, kind) → count
+    scanner_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// scanner → scan durations
+    scan_seconds: Mutex<BTreeMap<String, Histogram>>,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -169,6 +175,9 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     history_records: AtomicU64::new(0),
     dns_queries: Mutex::new(BTreeMap::new()),
     dns_seconds: Histogram::new(LATENCY),
+    milter_replies: Mutex::new(BTreeMap::new()),
+    scanner_errors: Mutex::new(BTreeMap::new()),
+    scan_seconds: Mutex::new(BTreeMap::new()),
 });
 
 pub fn global() -> &'static Metrics {
@@ -287,6 +296,38 @@ pub fn dns_query(rtype: &'static str, elapsed: Duration, ok: bool) {
     let mut m = GLOBAL.dns_queries.lock().unwrap_or_else(|e| e.into_inner());
     *m.entry((rtype, if ok { "ok" } else { "error" }))
         .or_default() += 1;
+}
+
+/// One milter answer at a stage ("continue", "accept", "reject",
+/// "tempfail", "replycode", "discard", "skip", "error").
+pub fn milter_reply(milter: &str, stage: &str, reply: &str) {
+    let mut m = GLOBAL
+        .milter_replies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    *m.entry((milter.to_string(), stage.to_string(), reply.to_string()))
+        .or_default() += 1;
+}
+
+/// A scanner or milter could not answer: `kind` is "connection",
+/// "timeout", "protocol" or "limit".
+pub fn scanner_error(scanner: &str, kind: &'static str) {
+    let mut m = GLOBAL
+        .scanner_errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    *m.entry((scanner.to_string(), kind)).or_default() += 1;
+}
+
+/// One scan by a content scanner ("clamd", "rspamd") took `elapsed`.
+pub fn scan_duration(scanner: &str, elapsed: Duration) {
+    let mut m = GLOBAL
+        .scan_seconds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    m.entry(scanner.to_string())
+        .or_insert_with(|| Histogram::new(LATENCY))
+        .observe(elapsed.as_secs_f64());
 }
 
 // ---- exposition -------------------------------------------------------------
@@ -573,6 +614,54 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
     );
     m.dns_seconds
         .render(&mut out, "sluice_dns_duration_seconds", "");
+    header(
+        &mut out,
+        "sluice_milter_replies_total",
+        "counter",
+        "Milter answers by milter, stage and reply (per-header and per-chunk continues are not counted).",
+    );
+    {
+        let d = m.milter_replies.lock().unwrap_or_else(|e| e.into_inner());
+        for ((milter, stage, reply), n) in d.iter() {
+            let _ = writeln!(
+                out,
+                "sluice_milter_replies_total{{milter=\"{}\",stage=\"{stage}\",reply=\"{reply}\"}} {n}",
+                label_value(milter)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "sluice_scanner_errors_total",
+        "counter",
+        "Milters and content scanners that could not answer, by scanner (\"milter:ID\", \"clamd\", \"rspamd\") and kind (connection, timeout, protocol, limit).",
+    );
+    {
+        let d = m.scanner_errors.lock().unwrap_or_else(|e| e.into_inner());
+        for ((scanner, kind), n) in d.iter() {
+            let _ = writeln!(
+                out,
+                "sluice_scanner_errors_total{{scanner=\"{}\",kind=\"{kind}\"}} {n}",
+                label_value(scanner)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "sluice_scan_duration_seconds",
+        "histogram",
+        "Wall time of ScanClam and ScanRspamd scans.",
+    );
+    {
+        let d = m.scan_seconds.lock().unwrap_or_else(|e| e.into_inner());
+        for (scanner, h) in d.iter() {
+            h.render(
+                &mut out,
+                "sluice_scan_duration_seconds",
+                &format!("scanner=\"{}\"", label_value(scanner)),
+            );
+        }
+    }
     out
 }
 

@@ -20,6 +20,7 @@ pub mod json;
 pub mod log;
 pub mod mail;
 pub mod re;
+pub mod scanners;
 pub mod server;
 pub mod sha256;
 pub mod strings;
@@ -53,6 +54,7 @@ pub fn register_all(lua: &Lua) -> mlua::Result<()> {
     dlp::register(lua)?;
     server::register(lua)?;
     directory::register(lua)?;
+    scanners::register(lua)?;
     #[cfg(test)]
     lua.globals().set(
         "__test_panic",

@@ -26,6 +26,18 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
         .map(|s| s.hostname.clone())
         .unwrap_or_default();
     t.set("hostname", hostname)?;
+    // What Axigen's addFilter can name: `[[milter]]` ids → addresses, and
+    // the configured content scanners.
+    let (milters, scanners) = (lua.create_table()?, lua.create_table()?);
+    if let Some(s) = lua.app_data_ref::<Shared>() {
+        for (id, addr) in &s.scan.milters {
+            milters.set(id.as_str(), addr.as_str())?;
+        }
+        scanners.set("clamd", s.scan.clamd.is_some())?;
+        scanners.set("rspamd", s.scan.rspamd.is_some())?;
+    }
+    t.set("milters", milters)?;
+    t.set("scanners", scanners)?;
     t.set(
         "is_local_domain",
         lua.create_function(|lua, domain: String| {

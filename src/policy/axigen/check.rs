@@ -276,6 +276,15 @@ impl<'a> Checker<'a> {
             {
                 needs_eod = true;
             }
+            // A scanner filter selected before end of data scans there.
+            if self.env.scanners
+                && ctx
+                    .iter()
+                    .any(|e| e.incoming() && e.hook() != crate::policy::Hook::Eod)
+                && calls(&it.body, "executefilters")
+            {
+                needs_eod = true;
+            }
             self.stmts(&it.body, &ctx, label.as_deref(), 0);
         }
         if let Some(&i) = events.get(&Event::BodyChunk) {
@@ -615,6 +624,21 @@ fn collect_exports(stmts: &[Stmt], out: &mut Vec<Name>) {
             _ => {}
         }
     }
+}
+
+/// Does the block call `method` (lowercase), at any depth?
+fn calls(stmts: &[Stmt], method: &str) -> bool {
+    stmts.iter().any(|s| match &s.kind {
+        StmtKind::Call(n) => n.key() == method,
+        StmtKind::If { then, els, .. } => {
+            calls(then, method) || els.as_deref().is_some_and(|b| calls(b, method))
+        }
+        StmtKind::Switch { cases, default } => {
+            cases.iter().any(|(_, b)| calls(b, method))
+                || default.as_deref().is_some_and(|b| calls(b, method))
+        }
+        _ => false,
+    })
 }
 
 fn has_eod_effect(stmts: &[Stmt]) -> bool {

@@ -52,11 +52,18 @@ use crate::policy::{Hook, ScriptSource};
 pub struct CompileEnv {
     /// A GeoIP country database is configured (`[geoip] country_db`).
     pub geoip: bool,
+    /// `[scanners.clamd]` or `[scanners.rspamd]` is configured: an
+    /// `executeFilters` before end of data may select a scanner filter,
+    /// which scans at end of data (so the policy gets an eod hook).
+    pub scanners: bool,
 }
 
 impl Default for CompileEnv {
     fn default() -> Self {
-        CompileEnv { geoip: true }
+        CompileEnv {
+            geoip: true,
+            scanners: false,
+        }
     }
 }
 
@@ -64,6 +71,7 @@ impl CompileEnv {
     pub fn from_config(cfg: &crate::config::Config) -> CompileEnv {
         CompileEnv {
             geoip: cfg.geoip.country_db.is_some(),
+            scanners: cfg.scanners.clamd.is_some() || cfg.scanners.rspamd.is_some(),
         }
     }
 }

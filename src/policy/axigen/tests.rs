@@ -355,7 +355,13 @@ fn diags_in(src: &str, env: CompileEnv) -> Vec<String> {
 #[test]
 fn geoip_without_database_warns_once_at_the_first_use() {
     let src = "method geo {\n\tcall (checkGeoIp);\n}\nevent onConnect {\n\tif (is (GeoIPResult, \"\")) { }\n\tcall (geo);\n}\nevent onEhlo {\n\tif (is (isGeoIPBanned, \"yes\")) { }\n}\n";
-    let d = diags_in(src, CompileEnv { geoip: false });
+    let d = diags_in(
+        src,
+        CompileEnv {
+            geoip: false,
+            ..Default::default()
+        },
+    );
     let geo: Vec<&String> = d.iter().filter(|d| d.contains("GeoIP")).collect();
     assert_eq!(geo.len(), 1, "{d:?}");
     assert!(
@@ -363,11 +369,25 @@ fn geoip_without_database_warns_once_at_the_first_use() {
         "{d:?}"
     );
     assert!(geo[0].contains("GeoIPResult reads \"\" and isGeoIPBanned \"no\""));
-    assert!(diags_in(src, CompileEnv { geoip: true }).is_empty());
+    assert!(diags_in(
+        src,
+        CompileEnv {
+            geoip: true,
+            ..Default::default()
+        }
+    )
+    .is_empty());
     assert!(diags(src).is_empty(), "no config: everything is assumed");
     // A method no event calls never runs: no warning.
     let unused = "method geo {\n\tcall (checkGeoIp);\n}\nevent onConnect { }\n";
-    assert!(diags_in(unused, CompileEnv { geoip: false }).is_empty());
+    assert!(diags_in(
+        unused,
+        CompileEnv {
+            geoip: false,
+            ..Default::default()
+        }
+    )
+    .is_empty());
 }
 
 #[test]

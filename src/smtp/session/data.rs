@@ -9,6 +9,7 @@ use crate::config::BareLineEnding;
 use crate::envelope::TransactionInfo;
 use crate::policy::{Hook, HookArguments};
 use crate::proto::reply::SmtpReply;
+use crate::scan::milter::Verdict;
 use crate::smtp::data::{DataProgress, DotDecoder, MessageBuilder};
 use crate::smtp::io::IoError;
 use crate::smtp::server::Phase;
@@ -244,12 +245,16 @@ impl Session {
         let (decision, _) = self
             .stage_for(Hook::Data, HookArguments::None, Some(info), &rcpts, 0)
             .await;
-        match decision {
-            Decision::Done(flow) => {
-                self.reset_transaction();
-                Some(flow)
-            }
-            _ => None,
+        if let Decision::Done(flow) = decision {
+            self.reset_transaction();
+            return Some(flow);
         }
+        let info = self.tx.as_ref()?.info.clone();
+        if let Verdict::Refuse { reply, milter } = self.milter_data(&info).await {
+            self.reset_transaction();
+            let why = format!("milter {milter}");
+            return Some(self.refuse(&why, &info, &reply, false, &rcpts, 0));
+        }
+        None
     }
 }

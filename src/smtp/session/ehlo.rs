@@ -8,6 +8,7 @@ use super::{Decision, Flow, Session};
 use crate::envelope::HeloInfo;
 use crate::policy::{Hook, HookArguments};
 use crate::proto::reply::SmtpReply;
+use crate::scan::milter::Verdict;
 
 impl Session {
     pub(super) async fn cmd_helo(&mut self, verb: &str, host: String) -> Flow {
@@ -23,6 +24,10 @@ impl Session {
             Decision::Accepted { reply, rewrite } => (reply, rewrite.host.unwrap_or(host)),
             Decision::Done(flow) => return flow,
         };
+        if let Verdict::Refuse { reply, milter } = self.milter_helo(&host).await {
+            let tx = self.transaction_view();
+            return self.refuse(&format!("milter {milter}"), &tx, &reply, false, &[], 0);
+        }
         self.extended = verb == "EHLO";
         self.info.helo = Some(HeloInfo {
             verb: verb.to_string(),

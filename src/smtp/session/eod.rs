@@ -10,11 +10,12 @@ use tracing::{info, warn};
 
 use super::{Decision, Flow, Session};
 use crate::config::BareLineEnding;
-use crate::envelope::{MessageDsn, RecipientDsn, TransactionInfo};
+use crate::envelope::{Address, MessageDsn, RecipientDsn, RecipientInfo, TransactionInfo};
 use crate::policy::{Hook, HookArguments, HookVerdict, QueueRequest};
 use crate::proto::reply::SmtpReply;
+use crate::scan::milter::Verdict;
 use crate::smtp::data::MessageBuilder;
-use crate::store::history::HistoryRecord;
+use crate::store::history::{HistoryAction, HistoryRecord};
 use crate::store::queue::{ClientInfo, NewMessage, QueueEntry, QueuedRecipient};
 
 impl Session {
@@ -23,14 +24,14 @@ impl Session {
         let Some(tx) = self.end_transaction() else {
             return Flow::Continue;
         };
-        let info = tx.info;
+        let mut info = tx.info;
         let rcpts = info.recipient_list();
         if let Some(reply) = self.content_rejection(&builder) {
             return self.refuse("content check", &info, &reply, false, &rcpts, builder.size);
         }
-        let size = builder.size;
+        let mut size = builder.size;
         let header_end = builder.header_end.unwrap_or(builder.body.len());
-        let body = Bytes::from(builder.body);
+        let mut body = Bytes::from(builder.body);
         let body_message_id = message_id_of(&body);
 
         if self.ctx.policy.has_hook(Hook::Headers) {
@@ -46,6 +47,50 @@ impl Session {
             }
         }
 
+        // The milters' end of message: their edits are applied to the
+        // message and the envelope before the eod hook sees them.
+        let mut hold = false;
+        if let Some(out) = self.milter_eom(&info, &body).await {
+            if let Verdict::Refuse { reply, milter } = &out.verdict {
+                let why = format!("milter {milter}");
+                return self.refuse(&why, &info, reply, false, &rcpts, size);
+            }
+            if let Some(m) = &out.discard {
+                return self.discard(&info, &format!("discarded by milter {m}"), size);
+            }
+            if let Some(m) = out.message.clone() {
+                size = m.len() as u64;
+                body = Bytes::from(m);
+            }
+            if let Some(s) = &out.sender {
+                info.senderaddress = Address::split(s);
+                info.sender = s.clone();
+            }
+            info.recipients
+                .retain(|r| !out.del_rcpts.contains(&r.recipient));
+            for r in &out.add_rcpts {
+                if !info.recipients.iter().any(|x| x.recipient == *r) {
+                    info.recipients.push(RecipientInfo {
+                        address: Address::split(r),
+                        recipient: r.clone(),
+                        transportid: "default".into(),
+                        ..Default::default()
+                    });
+                }
+            }
+            if info.recipients.is_empty() {
+                return self.discard(&info, "every recipient removed by the milters", size);
+            }
+            if let Some((m, reason)) = &out.quarantine {
+                info!(conn = %self.info.id, tx = %info.id, milter = %m, reason = %reason, "quarantined by milter: queued on hold");
+                hold = true;
+                self.tx_trace
+                    .push(format!("milter {m}: quarantine {reason}"));
+            }
+            info.milters = Some(out.to_json());
+        }
+        let allowed = info.recipient_list();
+
         let result = if !self.ctx.policy.has_hook(Hook::Eod) {
             // The built-in eod: our Authentication-Results, then every
             // recipient to its transport, natively.
@@ -54,7 +99,7 @@ impl Session {
             } else {
                 body
             };
-            self.queue_message(&info, body, size)
+            self.queue_message(&info, body, size, hold)
                 .await
                 .map(|ids| (ids, None))
         } else {
@@ -83,7 +128,7 @@ impl Session {
             if let Some(q) = out
                 .queued
                 .iter()
-                .find(|q| !rcpts.contains(&q.recipient) && !self.relay_permits(&q.recipient))
+                .find(|q| !allowed.contains(&q.recipient) && !self.relay_permits(&q.recipient))
             {
                 warn!(
                     conn = %self.info.id, tx = %info.id, to = %q.recipient,
@@ -94,7 +139,13 @@ impl Session {
                 let reply = spec.on_error.reply().unwrap_or_else(|| spec.defer.reply());
                 return self.refuse("relay rule (eod)", &info, &reply, false, &rcpts, size);
             }
-            self.queue_requests(&info, &out.queued, size)
+            let mut queued = out.queued;
+            if hold {
+                for q in &mut queued {
+                    q.hold = true;
+                }
+            }
+            self.queue_requests(&info, &queued, size)
                 .await
                 .map(|ids| (ids, custom.then_some(reply)))
         };
@@ -124,6 +175,33 @@ impl Session {
                 return self.refuse("queue write", &info, &reply, false, &rcpts, size);
             }
         }
+        Flow::Continue
+    }
+
+    /// A milter discarded the message: 250 to the client, nothing queued,
+    /// a DELETE record per recipient saying who discarded it.
+    fn discard(&mut self, info: &TransactionInfo, reason: &str, size: u64) -> Flow {
+        info!(conn = %self.info.id, tx = %info.id, from = %info.sender,
+            nrcpt = info.recipients.len(), size, reason, "discarded");
+        let origin = self.origin();
+        let recs: Vec<HistoryRecord> = info
+            .recipients
+            .iter()
+            .map(|r| {
+                HistoryRecord::scripted(
+                    &origin,
+                    &info.id,
+                    &info.sender,
+                    HistoryAction::Delete,
+                    &r.recipient,
+                    &r.transportid,
+                    reason,
+                    BTreeMap::new(),
+                )
+            })
+            .collect();
+        self.ctx.store.append_history_background(recs);
+        self.send(250, "2.0.0", "Ok");
         Flow::Continue
     }
 
@@ -347,6 +425,7 @@ impl Session {
         info: &TransactionInfo,
         body: Bytes,
         size: u64,
+        hold: bool,
     ) -> Result<Vec<String>, crate::store::StoreError> {
         let mut by_transport: BTreeMap<String, Vec<QueuedRecipient>> = BTreeMap::new();
         for r in &info.recipients {
@@ -378,6 +457,9 @@ impl Session {
                 e.eight_bit = info.eight_bit;
                 e.client = client.clone();
                 e.message_id = message_id.clone();
+                if hold {
+                    e = e.held();
+                }
                 e
             })
             .collect();

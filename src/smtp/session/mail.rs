@@ -9,6 +9,7 @@ use super::{now_secs, Decision, Flow, Session, Transaction};
 use crate::envelope::{Address, MessageDsn, TransactionInfo};
 use crate::policy::{Hook, HookArguments};
 use crate::proto::params::{Body, MailParams};
+use crate::scan::milter::Verdict;
 
 impl Session {
     pub(super) async fn cmd_mail(&mut self, address: String, params: MailParams) -> Flow {
@@ -73,6 +74,7 @@ impl Session {
             eight_bit,
             smtputf8,
             open: true,
+            milters: None,
         };
         self.tx_trace.clear();
         let args = HookArguments::MailFrom {
@@ -96,6 +98,9 @@ impl Session {
             }
             Decision::Done(flow) => return flow,
         };
+        if let Verdict::Refuse { reply, milter } = self.milter_mail(&info).await {
+            return self.refuse(&format!("milter {milter}"), &info, &reply, false, &[], 0);
+        }
         debug!(conn = %self.info.id, tx = %info.id, from = %info.sender, "mail from");
         self.tx = Some(Transaction { info, chunks: None });
         match custom {

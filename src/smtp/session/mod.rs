@@ -21,6 +21,7 @@ mod data;
 mod ehlo;
 mod eod;
 mod mail;
+mod milter;
 mod proxy;
 mod rcpt;
 pub mod relay;
@@ -97,6 +98,9 @@ pub struct Session {
     /// current transaction, for the RECEIVED history record `sluice trace` shows.
     conn_trace: Vec<String>,
     tx_trace: Vec<String>,
+    /// The `[[milter]]` chain of this session (None: no milters configured,
+    /// or taken out while a stage talks to it).
+    milters: Option<crate::scan::milter::MilterChain>,
 }
 
 fn now_secs() -> f64 {
@@ -145,6 +149,7 @@ impl Session {
             proxy_next: false,
             conn_trace: Vec::new(),
             tx_trace: Vec::new(),
+            milters: None,
         }
     }
 
@@ -227,17 +232,26 @@ impl Session {
         );
         let end = match self.stage(Hook::Connect, HookArguments::None, None).await {
             Decision::Done(_) => "policy",
-            Decision::Builtin(custom) => {
-                // A script's positive reply is the greeting, sent as it chose.
-                let greeting = custom.unwrap_or(banner);
-                self.conn.queue_reply(&greeting.render(false));
-                self.command_loop().await
-            }
-            Decision::Accepted { .. } => {
-                self.conn.queue_reply(&banner.render(false));
-                self.command_loop().await
-            }
+            Decision::Builtin(custom) => match self.milter_connect().await {
+                Flow::Close => "milter",
+                Flow::Continue => {
+                    // A script's positive reply is the greeting, sent as it chose.
+                    let greeting = custom.unwrap_or(banner);
+                    self.conn.queue_reply(&greeting.render(false));
+                    self.command_loop().await
+                }
+            },
+            Decision::Accepted { .. } => match self.milter_connect().await {
+                Flow::Close => "milter",
+                Flow::Continue => {
+                    self.conn.queue_reply(&banner.render(false));
+                    self.command_loop().await
+                }
+            },
         };
+        if let Some(mut chain) = self.milters.take() {
+            chain.quit().await;
+        }
         if self.ctx.policy.has_hook(Hook::Disconnect) {
             self.tx = None;
             let _ = self

@@ -13,6 +13,7 @@ use crate::policy::{Hook, HookArguments};
 use crate::proto::params::RcptParams;
 use crate::proto::reply::SmtpReply;
 use crate::recipients::Verdict;
+use crate::scan::milter::Verdict as MilterVerdict;
 
 impl Session {
     pub(super) async fn cmd_rcpt(&mut self, address: String, params: RcptParams) -> Flow {
@@ -110,6 +111,13 @@ impl Session {
                 }
             }
         };
+        let rcpt_params = params.map();
+        if let MilterVerdict::Refuse { reply, milter } =
+            self.milter_rcpt(&tx_info, &rcpt, &rcpt_params).await
+        {
+            let why = format!("milter {milter}");
+            return self.refuse(&why, &tx_info, &reply, false, &[rcpt], 0);
+        }
         let Some(tx) = self.tx.as_mut() else {
             return Flow::Continue;
         };
