@@ -15,6 +15,7 @@ pub mod dnsbl;
 pub mod envelope;
 pub mod geoip;
 pub mod history;
+pub mod http;
 pub mod ip;
 pub mod json;
 pub mod log;
@@ -22,6 +23,7 @@ pub mod mail;
 pub mod re;
 pub mod server;
 pub mod sha256;
+pub mod state;
 pub mod verdict;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,6 +54,8 @@ pub fn register_all(lua: &Lua) -> mlua::Result<()> {
     dlp::register(lua)?;
     server::register(lua)?;
     directory::register(lua)?;
+    state::register(lua)?;
+    http::register(lua)?;
     #[cfg(test)]
     lua.globals().set(
         "__test_panic",
@@ -102,6 +106,9 @@ pub struct Shared {
     pub relay: Arc<crate::config::RelayConfig>,
     /// `[recipients]` validation, when configured (`recipient.verify`).
     pub recipients: Option<Arc<crate::recipients::Validator>>,
+    /// `[state]`: rate limits, memory, cache (one store for the daemon's
+    /// life, shared by every epoch).
+    pub state: Arc<crate::state::StateStore>,
 }
 
 /// A verdict as the script gave it, before defaults are applied.
@@ -148,6 +155,9 @@ pub struct RunState {
     pub connection: Option<crate::envelope::ConnectionInfo>,
     /// eod: the message as received (what ScanDMARC and ScanDLP scan).
     pub message: Option<bytes::Bytes>,
+    /// Which limits / greylist entries decided (a denying `rate.check`,
+    /// `state.note`), for the history record of a refusal.
+    pub decided_by: Vec<String>,
 }
 
 impl RunState {
@@ -168,6 +178,7 @@ impl RunState {
             instruction_limit: limit,
             connection: None,
             message: None,
+            decided_by: Vec::new(),
         }
     }
 }

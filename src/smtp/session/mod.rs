@@ -97,6 +97,9 @@ pub struct Session {
     /// current transaction, for the RECEIVED history record `sluice trace` shows.
     conn_trace: Vec<String>,
     tx_trace: Vec<String>,
+    /// What the last hook run noted as deciding (rate limits, greylist):
+    /// the next refusal's history records it as `metadata.decided_by`.
+    decided_by: Vec<String>,
 }
 
 fn now_secs() -> f64 {
@@ -145,6 +148,7 @@ impl Session {
             proxy_next: false,
             conn_trace: Vec::new(),
             tx_trace: Vec::new(),
+            decided_by: Vec::new(),
         }
     }
 
@@ -453,11 +457,21 @@ impl Session {
             nrcpt = recipients.len(), size, by = why, reply = %reply,
             disconnect, "refused"
         );
+        let decided_by = std::mem::take(&mut self.decided_by).join("; ");
+        if !decided_by.is_empty() {
+            info!(conn = %self.info.id, tx = %tx.id, decided_by = %decided_by, "refusal decided by");
+        }
         if !recipients.is_empty() {
             let origin = self.origin();
             let recs: Vec<HistoryRecord> = recipients
                 .iter()
-                .map(|r| HistoryRecord::refused(&origin, &tx.id, &tx.sender, r, size, reply))
+                .map(|r| {
+                    let mut h = HistoryRecord::refused(&origin, &tx.id, &tx.sender, r, size, reply);
+                    if !decided_by.is_empty() {
+                        h.metadata.insert("decided_by".into(), decided_by.clone());
+                    }
+                    h
+                })
                 .collect();
             // Rejections are most of an edge MX's traffic: keep them off the reply path.
             self.ctx.store.append_history_background(recs);
@@ -502,6 +516,7 @@ impl Session {
         };
         let mut out = self.ctx.policy.run(hook, input).await;
         self.context = std::mem::take(&mut out.context);
+        self.decided_by = std::mem::take(&mut out.decided_by);
         if let Some(e) = &out.error {
             warn!(conn = %self.info.id, tx = %txid.as_deref().unwrap_or("-"), hook = hook.name(), error = %e, "script error");
         }
