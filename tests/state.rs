@@ -108,7 +108,7 @@ impl Haproxy {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut cfg = format!(
-            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
+            "global\n  maxconn 100\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
              frontend smtp\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
              backend nodes\n  balance roundrobin\n"
         );
@@ -730,11 +730,34 @@ async fn sluice_state_cli_reads_and_deletes_the_daemons_keys() {
         false,
         "",
         r#"memory.set("seen:" .. arguments.recipient, {n = 1}, 3600)
-           rate.check("cli", 10, 60)"#,
+           rate.check("cli", 10, 60)
+           if arguments.recipient == "limited@example.org" then
+             state.note("cli rule")
+             Defer("limited")
+           end"#,
     )
     .await;
     let (r, _) = rcpt(a.addr(), "s@sender.example", "x@example.org").await;
     assert_eq!(r.code, 250, "{r:?}");
+    let (r, _) = rcpt(a.addr(), "s@sender.example", "limited@example.org").await;
+    assert_eq!(r.code, 451, "{r:?}");
+    assert!(
+        wait_until(|| a
+            .store()
+            .history_all()
+            .unwrap()
+            .iter()
+            .any(|h| h.recipient == "limited@example.org"))
+        .await
+    );
+    let tx = a
+        .store()
+        .history_all()
+        .unwrap()
+        .into_iter()
+        .find(|h| h.recipient == "limited@example.org")
+        .unwrap()
+        .transaction;
     let cfg = a.dir.path().join("cli.toml");
     std::fs::write(
         &cfg,
@@ -745,21 +768,30 @@ async fn sluice_state_cli_reads_and_deletes_the_daemons_keys() {
         ),
     )
     .unwrap();
-    let run = move |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("-c")
-            .arg(&cfg)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
     let cli = tokio::task::spawn_blocking(move || {
+        let text = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .arg("-c")
+                .arg(&cfg)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let run = |args: &[&str]| serde_json::from_str::<serde_json::Value>(&text(args)).unwrap();
+        // Which rule decided, in `sluice trace` and `sluice history --json`.
+        let t = text(&["trace", &tx]);
+        assert!(
+            t.contains("DEFER") && t.contains("decided by: cli rule"),
+            "{t}"
+        );
+        let v = run(&["history", "--json", "--id", &tx]);
+        assert_eq!(v[0]["metadata"]["decided_by"], "cli rule", "{v}");
         let v = run(&["state", "get", "seen:x@example.org"]);
         assert_eq!(v["memory"]["value"]["n"], 1, "{v}");
         assert!(v["memory"]["ttl_seconds"].as_f64().unwrap() > 3000.0, "{v}");

@@ -437,6 +437,11 @@ impl Session {
                 Decision::Done(self.refuse(&why, &tx, &reply, disconnect, recipients, size))
             }
         };
+        // The script let the command through: what it noted did not decide
+        // (a built-in refusal that follows is the server's, not a limit's).
+        if !matches!(decision, Decision::Done(_)) {
+            self.decided_by.clear();
+        }
         (decision, out.transportid)
     }
 
