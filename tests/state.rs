@@ -807,3 +807,71 @@ async fn sluice_state_cli_reads_and_deletes_the_daemons_keys() {
     });
     cli.await.unwrap();
 }
+
+// ---- the shipped examples ------------------------------------------------------------------
+
+#[tokio::test]
+async fn shipped_greylist_and_connect_rate_examples() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/examples");
+    let mut cfg = Config::default();
+    cfg.scripts.lib_path = vec![lib_lua()];
+    cfg.scripts.rcptto = Some(examples.join("greylist-rcptto.lua"));
+    cfg.scripts.connect = Some(examples.join("connect-rate.lua"));
+    let engine = PolicyEngine::load(&cfg).unwrap();
+    let env = |ip: &str| {
+        serde_json::json!({
+            "connection": {"remoteip": ip},
+            "sender": "a@sender.example",
+            "arguments": {"recipient": "b@example.org"},
+        })
+    };
+    // A stranger is greylisted, noted for the history; loopback is not.
+    let out = engine
+        .run(
+            Hook::RcptTo,
+            sluice::policy::test_input(Hook::RcptTo, &env("192.0.2.10"), None).unwrap(),
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    match &out.verdict {
+        HookVerdict::Defer { reply, .. } => assert_eq!(reply.code, 451),
+        v => panic!("{v:?}"),
+    }
+    assert!(
+        out.decided_by.iter().any(|d| d.contains("first seen")),
+        "{:?}",
+        out.decided_by
+    );
+    let out = engine
+        .run(
+            Hook::RcptTo,
+            sluice::policy::test_input(Hook::RcptTo, &env("127.0.0.1"), None).unwrap(),
+        )
+        .await;
+    assert!(
+        matches!(out.verdict, HookVerdict::Pass { .. }),
+        "{:?}",
+        out.verdict
+    );
+    // 30 connections a minute from a /24, the 31st from a neighbour refused.
+    for i in 0..31 {
+        let ip = format!("198.51.100.{}", i + 1);
+        let out = engine
+            .run(
+                Hook::Connect,
+                sluice::policy::test_input(Hook::Connect, &env(&ip), None).unwrap(),
+            )
+            .await;
+        assert!(out.error.is_none(), "{:?}", out.error);
+        if i < 30 {
+            assert!(
+                matches!(out.verdict, HookVerdict::Pass { .. }),
+                "{i}: {:?}",
+                out.verdict
+            );
+        } else {
+            assert!(out.verdict.disconnect(), "{:?}", out.verdict);
+            assert_eq!(out.verdict.reply().unwrap().code, 421);
+        }
+    }
+}
