@@ -495,6 +495,9 @@ pub struct StateConfig {
     pub max_memory: usize,
     /// redis backend: `[limits] connections_per_ip` counts across every node.
     pub fleet_connections: bool,
+    /// rediss://: PEM CA certificates to verify Redis with (a private CA);
+    /// unset = the Mozilla roots.
+    pub redis_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for StateConfig {
@@ -507,6 +510,7 @@ impl Default for StateConfig {
             prefix: "sluice:".into(),
             max_memory: 64 << 20,
             fleet_connections: true,
+            redis_ca_file: None,
         }
     }
 }

@@ -54,6 +54,50 @@ impl Redis {
         panic!("redis-server did not answer PING on {port}");
     }
 
+    /// TLS only (rediss://), with `cert`/`key` from `common::make_cert`.
+    fn start_tls(cert: &Path, key: &Path) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key)
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Redis {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server --tls-port did not listen on {port}");
+    }
+
     fn ping(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
@@ -319,6 +363,35 @@ async fn api_on_the_redis_backend() {
         .await
         .unwrap();
     assert!(keys.contains(&"sluice:m:api:t".to_string()), "{keys:?}");
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = common::make_cert(dir.path());
+    let redis = Redis::start_tls(&cert, &key);
+    let cfg = Config::from_toml_str(&format!(
+        "[state]\nbackend = \"redis\"\nredis_url = \"rediss://localhost:{}/0\"\nredis_ca_file = {:?}\ntimeout = \"3s\"\n",
+        redis.port, cert
+    ))
+    .unwrap();
+    let store = StateStore::new(&cfg.state).unwrap();
+    store.set("m", "tls", "1".into(), None).await.unwrap();
+    assert_eq!(store.get("m", "tls").await.unwrap().as_deref(), Some("1"));
+    let a = store
+        .rate("tls", 2, Duration::from_secs(60), 1, false)
+        .await
+        .unwrap();
+    assert!(a.allowed && a.count == 1);
+    // Without the CA the certificate is refused (an error, not a hang).
+    let cfg = Config::from_toml_str(&format!(
+        "[state]\nbackend = \"redis\"\nredis_url = \"rediss://localhost:{}/0\"\ntimeout = \"3s\"\n",
+        redis.port
+    ))
+    .unwrap();
+    let store = StateStore::new(&cfg.state).unwrap();
+    let e = store.get("m", "tls").await.unwrap_err();
+    assert!(e.is_backend(), "{e}");
 }
 
 // ---- two nodes behind HAProxy -----------------------------------------------

@@ -153,9 +153,11 @@ impl StateStore {
     pub fn new(cfg: &StateConfig) -> Result<Arc<StateStore>, StateError> {
         let backend = match cfg.backend {
             StateBackend::Local => Backend::Local(LocalBackend::new(cfg.max_memory)),
-            StateBackend::Redis => {
-                Backend::Redis(Box::new(RedisBackend::new(&cfg.redis_url, cfg.timeout)?))
-            }
+            StateBackend::Redis => Backend::Redis(Box::new(RedisBackend::new(
+                &cfg.redis_url,
+                cfg.timeout,
+                cfg.redis_ca_file.as_deref(),
+            )?)),
         };
         let store = Arc::new(StateStore {
             backend,

@@ -87,9 +87,30 @@ fn err(e: redis::RedisError) -> StateError {
 }
 
 impl RedisBackend {
-    pub fn new(url: &str, timeout: Duration) -> Result<RedisBackend, StateError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StateError::Config(format!("state.redis_url: {e}")))?;
+    /// `ca_file`: PEM roots for rediss:// (else the Mozilla roots). TLS is
+    /// rustls; its provider is the only one compiled in (ring), which
+    /// rustls installs as the process default on first use.
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<RedisBackend, StateError> {
+        let client = match ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    StateError::Config(format!("state.redis_ca_file: {}: {e}", path.display()))
+                })?;
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+            None => redis::Client::open(url),
+        }
+        .map_err(|e| StateError::Config(format!("state.redis_url: {e}")))?;
         Ok(RedisBackend {
             client,
             conn: OnceCell::new(),
