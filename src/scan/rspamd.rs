@@ -76,8 +76,10 @@ pub struct Rspamd {
 
 impl Rspamd {
     pub fn new(cfg: &RspamdConfig) -> Result<Rspamd, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+        // The daemon's one way to build HTTP clients: ring TLS (https://
+        // rspamd), no redirects, 5 s connect timeout.
+        let client = crate::http_client::builder(&crate::http_client::ClientOptions::default())
+            .map_err(|e| format!("[scanners.rspamd]: {e}"))?
             .timeout(cfg.timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
