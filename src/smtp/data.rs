@@ -98,7 +98,11 @@ impl MessageBuilder {
         self.size += 1;
         if self.in_headers {
             self.header_size += 1;
-            if self.header_size > self.max_header_size && !self.flags.header_too_big {
+            // Only the first header limit reached is reported.
+            if self.header_size > self.max_header_size
+                && !self.flags.header_too_big
+                && !self.flags.too_many_header_lines
+            {
                 let was = self.flags.discarding();
                 self.flags.header_too_big = true;
                 if !was {
@@ -130,7 +134,10 @@ impl MessageBuilder {
                 }
             } else {
                 self.header_lines += 1;
-                if self.header_lines > self.max_header_lines && !self.flags.too_many_header_lines {
+                if self.header_lines > self.max_header_lines
+                    && !self.flags.too_many_header_lines
+                    && !self.flags.header_too_big
+                {
                     let was = self.flags.discarding();
                     self.flags.too_many_header_lines = true;
                     if !was {
@@ -515,8 +522,8 @@ mod tests {
         let (_, p) = d.feed(b"\r\n.\r\n", &mut b);
         assert_eq!(p, DataProgress::End);
         assert!(b.flags.header_too_big && b.flags.discarding());
-        // 40,000 lines: over the line limit too; the size flag came first.
-        assert!(b.flags.too_many_header_lines);
+        // 40,000 lines: over the line limit too, but the size limit came first.
+        assert!(!b.flags.too_many_header_lines);
         assert!(b.header_end.is_none());
     }
 
