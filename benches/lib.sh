@@ -15,7 +15,7 @@ bench_setup() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
   }
   cargo build --release -q
-  BIN=$PWD/target/release/sluice
+  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/sluice
   WORK=$(mktemp -d)
   ulimit -n 65536 2>/dev/null || true
   trap bench_cleanup EXIT

@@ -74,6 +74,23 @@ pub enum Cmd {
         #[command(subcommand)]
         action: RecipientsCmd,
     },
+    /// Shared state (`[state]`): rate limits, greylist entries, memory, cache.
+    State {
+        #[command(subcommand)]
+        action: StateCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateCmd {
+    /// Show KEY as scripts name it: its memory.* value, cache entry and
+    /// rate limit state, with TTLs (JSON).
+    Get { key: String },
+    /// Delete KEY's memory value, cache entry and rate limit state (reset a
+    /// limit, forget a greylist entry).
+    Del { key: String },
+    /// Backend, keys, memory, operations, errors and evictions (JSON).
+    Stats,
 }
 
 #[derive(Subcommand, Debug)]
@@ -409,6 +426,37 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::State { action } => {
+            let cfg = load_config(&cli)?;
+            let req = match action {
+                StateCmd::Get { key } => Request::StateGet { key: key.clone() },
+                StateCmd::Del { key } => Request::StateDel { key: key.clone() },
+                StateCmd::Stats => Request::StateStats,
+            };
+            let v = match control::request(&cfg.control_socket, &req).await {
+                Ok(v) => v,
+                // Redis is reachable without the daemon; the local store is not.
+                Err(ControlError::NotRunning(_))
+                    if cfg.state.backend == crate::config::StateBackend::Redis =>
+                {
+                    let st = crate::state::StateStore::new(&cfg.state)?;
+                    match &req {
+                        Request::StateGet { key } => st.inspect(key).await?,
+                        Request::StateDel { key } => {
+                            serde_json::json!({"deleted": st.delete_all(key).await?})
+                        }
+                        _ => st.stats().await?,
+                    }
+                }
+                Err(ControlError::NotRunning(p)) => bail!(
+                    "no daemon running ({}): the local state store lives in the daemon",
+                    p.display()
+                ),
+                Err(e) => return Err(e.into()),
+            };
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
         Cmd::Reload => {
             let cfg = load_config(&cli)?;
             let v = control::request(&cfg.control_socket, &Request::Reload).await?;
@@ -591,6 +639,9 @@ fn print_history_rows(rows: &[Value], h: &HistoryArgs, header: bool) {
         );
         if let Some(h) = r["metadata"]["hooks"].as_str() {
             println!("    hooks: {h}");
+        }
+        if let Some(d) = r["metadata"]["decided_by"].as_str() {
+            println!("    decided by: {d}");
         }
     }
 }

@@ -73,6 +73,7 @@ pub struct Config {
     pub milter: Vec<MilterConfig>,
     /// `[scanners.clamd]`, `[scanners.rspamd]`: ScanClam / ScanRspamd.
     pub scanners: ScannersConfig,
+    pub state: StateConfig,
 }
 
 impl Default for Config {
@@ -101,6 +102,7 @@ impl Default for Config {
             dkim: DkimConfig::default(),
             milter: Vec::new(),
             scanners: ScannersConfig::default(),
+            state: StateConfig::default(),
         }
     }
 }
@@ -486,6 +488,60 @@ pub struct GeoipConfig {
     pub asn_db: Option<PathBuf>,
 }
 
+/// `[state]`: where rate limits, greylisting, `memory.*` and `cache()`
+/// keep their data (see `crate::state`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// "local": in this process (one node) | "redis": shared by every node.
+    pub backend: StateBackend,
+    /// redis:// or rediss:// (TLS), with the database number as path.
+    pub redis_url: String,
+    /// Redis unreachable or too slow: "open" (allow, log, count) | "tempfail" (451 4.3.0).
+    pub on_error: StateOnError,
+    /// Bound on one state operation (a Redis round trip).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Every key is stored under this prefix (several fleets can share a Redis).
+    pub prefix: String,
+    /// local backend: memory cap in bytes; least recently used keys go first.
+    pub max_memory: usize,
+    /// redis backend: `[limits] connections_per_ip` counts across every node.
+    pub fleet_connections: bool,
+    /// rediss://: PEM CA certificates to verify Redis with (a private CA);
+    /// unset = the Mozilla roots.
+    pub redis_ca_file: Option<std::path::PathBuf>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: StateBackend::Local,
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            on_error: StateOnError::Open,
+            timeout: Duration::from_millis(500),
+            prefix: "sluice:".into(),
+            max_memory: 64 << 20,
+            fleet_connections: true,
+            redis_ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateOnError {
+    Open,
+    Tempfail,
+}
+
 /// `[recipients]`: validation of recipients in `relay.domains` at RCPT
 /// (see `crate::recipients`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -855,6 +911,21 @@ impl Config {
                     format!("{d:?} is not a domain"),
                 ));
             }
+        }
+        let st = &self.state;
+        if st.timeout.is_zero() {
+            return Err(invalid("state.timeout", "must be greater than 0"));
+        }
+        if st.backend == StateBackend::Redis
+            && !(st.redis_url.starts_with("redis://") || st.redis_url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "state.redis_url",
+                format!("{:?} is not a redis:// or rediss:// URL", st.redis_url),
+            ));
+        }
+        if st.max_memory < 4096 {
+            return Err(invalid("state.max_memory", "must be at least 4096 bytes"));
         }
         if !self.transport.contains_key("default") {
             return Err(invalid(

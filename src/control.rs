@@ -42,6 +42,15 @@ pub enum Request {
         query: HistoryFilter,
     },
     Reload,
+    /// `sluice state get KEY`
+    StateGet {
+        key: String,
+    },
+    /// `sluice state del KEY`
+    StateDel {
+        key: String,
+    },
+    StateStats,
 }
 
 /// `sluice history` filters, as sent over the socket: the store's query.
@@ -202,6 +211,9 @@ pub fn dispatch(store: &Store, req: Request, reload: Option<&ReloadFn>) -> Resul
             Some(f) => f().map(Value::String),
             None => Err("no daemon running".into()),
         },
+        Request::StateGet { .. } | Request::StateDel { .. } | Request::StateStats => {
+            Err("the state store lives in the running daemon".into())
+        }
     }
 }
 
@@ -354,6 +366,7 @@ pub async fn serve(
     path: PathBuf,
     store: Store,
     reload: ReloadFn,
+    state: Option<Arc<crate::state::StateStore>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -373,8 +386,9 @@ pub async fn serve(
             };
             let store = store.clone();
             let reload = reload.clone();
+            let state = state.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, store, reload).await {
+                if let Err(e) = handle(stream, store, reload, state).await {
                     warn!(error = %e, "control connection failed");
                 }
             });
@@ -382,12 +396,41 @@ pub async fn serve(
     }))
 }
 
-async fn handle(stream: UnixStream, store: Store, reload: ReloadFn) -> std::io::Result<()> {
+/// `sluice state …`: answered by the daemon's store (async; the local
+/// backend lives only in the daemon).
+async fn state_request(
+    state: Option<&crate::state::StateStore>,
+    req: &Request,
+) -> Result<Value, String> {
+    let st = state.ok_or("no state store")?;
+    match req {
+        Request::StateGet { key } => st.inspect(key).await.map_err(|e| e.to_string()),
+        Request::StateDel { key } => st
+            .delete_all(key)
+            .await
+            .map(|n| json!({"deleted": n}))
+            .map_err(|e| e.to_string()),
+        _ => st.stats().await.map_err(|e| e.to_string()),
+    }
+}
+
+async fn handle(
+    stream: UnixStream,
+    store: Store,
+    reload: ReloadFn,
+    state: Option<Arc<crate::state::StateStore>>,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Some(line) = lines.next_line().await? {
         let resp = match serde_json::from_str::<Request>(&line) {
             Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+            Ok(
+                req @ (Request::StateGet { .. } | Request::StateDel { .. } | Request::StateStats),
+            ) => match state_request(state.as_deref(), &req).await {
+                Ok(v) => json!({"ok": true, "result": v}),
+                Err(e) => json!({"ok": false, "error": e}),
+            },
             Ok(req) => {
                 let store = store.clone();
                 let reload = reload.clone();

@@ -49,6 +49,10 @@ impl Daemon {
             TlsStore::new(tls::server_config(&config.tls).ok())
         };
         let policy = PolicyEngine::load(&config).context("loading scripts")?;
+        // One store for the daemon's life: reloads keep counters.
+        let state = crate::state::StateStore::new(&config.state).context("[state]")?;
+        info!(backend = state.backend_name(), "state store ready");
+        policy.set_state(state.clone());
         let recipients =
             crate::recipients::Validator::from_config(&config).map_err(|e| anyhow::anyhow!(e))?;
         policy.set_recipients(recipients.clone());
@@ -131,6 +135,7 @@ impl Daemon {
             config.control_socket.clone(),
             store.clone(),
             reload.clone(),
+            Some(state),
         )
         .await
         {

@@ -152,6 +152,11 @@ pub struct Metrics {
     scanner_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// scanner → scan durations
     scan_seconds: Mutex<BTreeMap<String, Histogram>>,
+    /// op → (operations, backend errors)
+    state_ops: Mutex<BTreeMap<&'static str, (u64, u64)>>,
+    /// op → state failures let through by `[state] on_error = "open"`
+    state_fail_open: Mutex<BTreeMap<&'static str, u64>>,
+    state_evictions: AtomicU64,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -178,6 +183,9 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     milter_replies: Mutex::new(BTreeMap::new()),
     scanner_errors: Mutex::new(BTreeMap::new()),
     scan_seconds: Mutex::new(BTreeMap::new()),
+    state_ops: Mutex::new(BTreeMap::new()),
+    state_fail_open: Mutex::new(BTreeMap::new()),
+    state_evictions: AtomicU64::new(0),
 });
 
 pub fn global() -> &'static Metrics {
@@ -328,6 +336,38 @@ pub fn scan_duration(scanner: &str, elapsed: Duration) {
     m.entry(scanner.to_string())
         .or_insert_with(|| Histogram::new(LATENCY))
         .observe(elapsed.as_secs_f64());
+}
+
+/// One state backend operation (`crate::state`); `error`: the backend
+/// failed or timed out.
+pub fn state_op(op: &'static str, error: bool) {
+    let mut m = GLOBAL.state_ops.lock().unwrap_or_else(|e| e.into_inner());
+    let e = m.entry(op).or_default();
+    e.0 += 1;
+    if error {
+        e.1 += 1;
+    }
+}
+
+/// A state failure `[state] on_error = "open"` let through.
+pub fn state_fail_open(op: &'static str) {
+    let mut m = GLOBAL
+        .state_fail_open
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    *m.entry(op).or_default() += 1;
+}
+
+/// Keys the local state backend evicted for its memory cap.
+pub fn state_evictions(n: u64) {
+    GLOBAL.state_evictions.fetch_add(n, RELAXED);
+}
+
+/// (operations, errors, evictions) so far, for `sluice state stats`.
+pub fn state_counts() -> (u64, u64, u64) {
+    let m = GLOBAL.state_ops.lock().unwrap_or_else(|e| e.into_inner());
+    let (ops, errs) = m.values().fold((0, 0), |(a, b), (o, e)| (a + o, b + e));
+    (ops, errs, GLOBAL.state_evictions.load(RELAXED))
 }
 
 // ---- exposition -------------------------------------------------------------
@@ -662,6 +702,50 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
             );
         }
     }
+    header(
+        &mut out,
+        "sluice_state_operations_total",
+        "counter",
+        "Shared-state backend operations (rate, get, set, incr, delete, conn), local ones not counted.",
+    );
+    header(
+        &mut out,
+        "sluice_state_errors_total",
+        "counter",
+        "Shared-state operations that failed or timed out (Redis down), by operation.",
+    );
+    {
+        let s = m.state_ops.lock().unwrap_or_else(|e| e.into_inner());
+        for (op, (n, _)) in s.iter() {
+            let _ = writeln!(out, "sluice_state_operations_total{{op=\"{op}\"}} {n}");
+        }
+        for (op, (_, e)) in s.iter() {
+            let _ = writeln!(out, "sluice_state_errors_total{{op=\"{op}\"}} {e}");
+        }
+    }
+    header(
+        &mut out,
+        "sluice_state_fail_open_total",
+        "counter",
+        "Shared-state failures let through by [state] on_error = \"open\", by operation.",
+    );
+    {
+        let s = m.state_fail_open.lock().unwrap_or_else(|e| e.into_inner());
+        for (op, n) in s.iter() {
+            let _ = writeln!(out, "sluice_state_fail_open_total{{op=\"{op}\"}} {n}");
+        }
+    }
+    header(
+        &mut out,
+        "sluice_state_evictions_total",
+        "counter",
+        "Keys the local state backend evicted to stay under [state] max_memory.",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_state_evictions_total {}",
+        m.state_evictions.load(RELAXED)
+    );
     out
 }
 

@@ -72,6 +72,8 @@ pub struct PolicyEngine {
     /// `[recipients]` validation, for `recipient.verify` (the daemon builds
     /// it once and shares it with the sessions).
     recipients: RwLock<Option<Arc<crate::recipients::Validator>>>,
+    /// `[state]` store: made once by the daemon, kept across reloads.
+    state: RwLock<Arc<crate::state::StateStore>>,
 }
 
 /// A hook script that does not come from a `[scripts]` file: an Axigen
@@ -232,6 +234,7 @@ impl PolicyEngine {
             pool: Mutex::new(Vec::new()),
             next_epoch: AtomicU64::new(2),
             recipients: RwLock::new(None),
+            state: RwLock::new(crate::state::StateStore::local()),
         }))
     }
 
@@ -243,7 +246,7 @@ impl PolicyEngine {
         for dir in &epoch.lib_path {
             check_modules(dir)?;
         }
-        new_pooled(&epoch, None)?;
+        new_pooled(&epoch, None, crate::state::StateStore::local())?;
         Ok(warnings)
     }
 
@@ -371,7 +374,7 @@ impl PolicyEngine {
         drop(stale);
         match found {
             Some(st) => Ok(st),
-            None => new_pooled(epoch, self.recipients()),
+            None => new_pooled(epoch, self.recipients(), self.state()),
         }
     }
 
@@ -380,6 +383,17 @@ impl PolicyEngine {
         *self.recipients.write().unwrap_or_else(|e| e.into_inner()) = v;
         // States made before have none.
         self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Give scripts the daemon's state store (`rate`, `memory`, `cache`):
+    /// one for the daemon's life, so reloads keep counters.
+    pub fn set_state(&self, s: Arc<crate::state::StateStore>) {
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = s;
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn state(&self) -> Arc<crate::state::StateStore> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn recipients(&self) -> Option<Arc<crate::recipients::Validator>> {
@@ -435,6 +449,7 @@ impl PolicyEngine {
 fn new_pooled(
     epoch: &Epoch,
     recipients: Option<Arc<crate::recipients::Validator>>,
+    state: Arc<crate::state::StateStore>,
 ) -> Result<PooledState, PolicyError> {
     let shared = Shared {
         transports: epoch.transports.clone(),
@@ -443,6 +458,7 @@ fn new_pooled(
         hostname: epoch.hostname.clone(),
         relay: epoch.relay.clone(),
         recipients,
+        state,
     };
     let lua = sandbox::new_state(&epoch.limits, &epoch.lib_path, shared)
         .map_err(|e| PolicyError::State(e.to_string()))?;
@@ -619,6 +635,7 @@ async fn run_in_state(
             queued: rs.queued,
             history: Vec::new(),
             error: None,
+            decided_by: Vec::new(),
         },
         (Some(Termination::Fatal(m)), r) => {
             healthy = false;
@@ -651,6 +668,7 @@ async fn run_in_state(
         outcome.queued.clear();
     }
     outcome.history = rs.history;
+    outcome.decided_by = rs.decided_by;
     (outcome, healthy)
 }
 
@@ -749,6 +767,7 @@ fn fallback_outcome(f: Fallback, context: serde_json::Value, error: Option<Strin
         route: None,
         reports: Default::default(),
         error,
+        decided_by: Vec::new(),
     }
 }
 

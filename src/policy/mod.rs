@@ -182,6 +182,9 @@ pub struct HookOutcome {
     /// Script error message and traceback; the caller logs it with the
     /// connection id.
     pub error: Option<String>,
+    /// Which rate limits / greylist entries decided (`state.note`, a
+    /// denying `rate.check`): the history of a refusal records them.
+    pub decided_by: Vec<String>,
 }
 
 /// A predelivery script's next hop for one attempt: what it names replaces

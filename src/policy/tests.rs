@@ -1699,6 +1699,7 @@ async fn bench_runs() {
             hostname: "localhost".into(),
             relay: Default::default(),
             recipients: None,
+            state: crate::state::StateStore::local(),
         },
     )
     .unwrap();

@@ -43,6 +43,8 @@ pub struct ServerContext {
     pub recipients: Option<Arc<crate::recipients::Validator>>,
     pub limiter: ConnLimiter,
     pub phase: watch::Receiver<Phase>,
+    /// `[state]`: with Redis, `connections_per_ip` counts across the fleet.
+    pub state: Arc<crate::state::StateStore>,
 }
 
 /// Counts connections in total and per client IP.
@@ -125,6 +127,7 @@ pub async fn start(
     policy: Arc<PolicyEngine>,
     recipients: Option<Arc<crate::recipients::Validator>>,
 ) -> Result<RunningServer, ServerError> {
+    let state = policy.state();
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let ctx = Arc::new(ServerContext {
         config: config.clone(),
@@ -134,6 +137,7 @@ pub async fn start(
         recipients,
         limiter: ConnLimiter::default(),
         phase: phase_rx,
+        state,
     });
     let sessions = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
     let mut accept_tasks = JoinSet::new();
@@ -241,6 +245,47 @@ async fn handle_connection(
         let _ = tcp.shutdown().await;
         return;
     };
+    // Fleet-wide (Redis): the same limit over every node's connections.
+    let _fleet_slot = if ctx.state.counts_fleet_connections() {
+        let ip = peer.ip().to_canonical().to_string();
+        match ctx
+            .state
+            .conn_acquire(&ip, &conn_id, limits.connections_per_ip)
+            .await
+        {
+            Ok(Some(slot)) => Some(slot),
+            Ok(None) => {
+                crate::metrics::connection_rejected();
+                info!(conn = %conn_id, client = %peer, listener = %lcfg.id, "too many connections across the fleet: 421");
+                refuse_connection(
+                    &lcfg,
+                    tcp,
+                    b"421 4.7.0 Too many connections, try again later\r\n",
+                )
+                .await;
+                return;
+            }
+            Err(e) => match ctx.state.on_error() {
+                crate::config::StateOnError::Open => {
+                    crate::metrics::state_fail_open("conn");
+                    warn!(conn = %conn_id, client = %peer, error = %e, "fleet connection count unavailable: on_error = open, allowing");
+                    None
+                }
+                crate::config::StateOnError::Tempfail => {
+                    warn!(conn = %conn_id, client = %peer, error = %e, "fleet connection count unavailable: on_error = tempfail, 421");
+                    refuse_connection(
+                        &lcfg,
+                        tcp,
+                        b"421 4.3.0 Temporary local problem, try again later\r\n",
+                    )
+                    .await;
+                    return;
+                }
+            },
+        }
+    } else {
+        None
+    };
     let _counted = crate::metrics::connection_opened();
     let stream = if lcfg.tls == ListenerTls::Implicit {
         let Some(sc) = ctx.tls.get() else {
@@ -264,6 +309,14 @@ async fn handle_connection(
     };
     let session = Session::new(ctx.clone(), lcfg, Conn::new(stream), conn_id, peer, local);
     session.run().await;
+}
+
+/// 421 before the banner (not on implicit TLS: no handshake yet), then close.
+async fn refuse_connection(lcfg: &ListenerConfig, mut tcp: TcpStream, msg: &[u8]) {
+    if lcfg.tls != ListenerTls::Implicit {
+        let _ = tcp.write_all(msg).await;
+    }
+    let _ = tcp.shutdown().await;
 }
 
 impl RunningServer {

@@ -64,5 +64,23 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
             Ok(parse_ip(&ip).map(|a| if a.is_ipv4() { 4 } else { 6 }))
         })?,
     )?;
+    // ip.network("192.0.2.7", 24, 64) → "192.0.2.0/24": the network of an
+    // address at the given prefix (IPv4, IPv6); nil for a non-address.
+    t.set(
+        "network",
+        lua.create_function(|_, (ip, v4, v6): (String, Option<u8>, Option<u8>)| {
+            let Some(ip) = parse_ip(&ip) else {
+                return Ok(None);
+            };
+            let net =
+                match ip {
+                    IpAddr::V4(a) => ipnet::Ipv4Net::new(a, v4.unwrap_or(32).min(32))
+                        .map(|n| IpNet::V4(n.trunc())),
+                    IpAddr::V6(a) => ipnet::Ipv6Net::new(a, v6.unwrap_or(128).min(128))
+                        .map(|n| IpNet::V6(n.trunc())),
+                };
+            Ok(net.ok().map(|n| n.to_string()))
+        })?,
+    )?;
     lua.globals().set("ip", t)
 }

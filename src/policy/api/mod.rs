@@ -15,6 +15,7 @@ pub mod dnsbl;
 pub mod envelope;
 pub mod geoip;
 pub mod history;
+pub mod http;
 pub mod ip;
 pub mod json;
 pub mod log;
@@ -23,6 +24,7 @@ pub mod re;
 pub mod scanners;
 pub mod server;
 pub mod sha256;
+pub mod state;
 pub mod strings;
 pub mod verdict;
 
@@ -55,6 +57,8 @@ pub fn register_all(lua: &Lua) -> mlua::Result<()> {
     server::register(lua)?;
     directory::register(lua)?;
     scanners::register(lua)?;
+    state::register(lua)?;
+    http::register(lua)?;
     #[cfg(test)]
     lua.globals().set(
         "__test_panic",
@@ -105,6 +109,9 @@ pub struct Shared {
     pub relay: Arc<crate::config::RelayConfig>,
     /// `[recipients]` validation, when configured (`recipient.verify`).
     pub recipients: Option<Arc<crate::recipients::Validator>>,
+    /// `[state]`: rate limits, memory, cache (one store for the daemon's
+    /// life, shared by every epoch).
+    pub state: Arc<crate::state::StateStore>,
 }
 
 /// A verdict as the script gave it, before defaults are applied.
@@ -151,6 +158,9 @@ pub struct RunState {
     pub connection: Option<crate::envelope::ConnectionInfo>,
     /// eod: the message as received (what ScanDMARC and ScanDLP scan).
     pub message: Option<bytes::Bytes>,
+    /// Which limits / greylist entries decided (a denying `rate.check`,
+    /// `state.note`), for the history record of a refusal.
+    pub decided_by: Vec<String>,
 }
 
 impl RunState {
@@ -171,6 +181,7 @@ impl RunState {
             instruction_limit: limit,
             connection: None,
             message: None,
+            decided_by: Vec::new(),
         }
     }
 }

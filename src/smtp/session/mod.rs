@@ -101,6 +101,9 @@ pub struct Session {
     /// The `[[milter]]` chain of this session (None: no milters configured,
     /// or taken out while a stage talks to it).
     milters: Option<crate::scan::milter::MilterChain>,
+    /// What the last hook run noted as deciding (rate limits, greylist):
+    /// the next refusal's history records it as `metadata.decided_by`.
+    decided_by: Vec<String>,
 }
 
 fn now_secs() -> f64 {
@@ -150,6 +153,7 @@ impl Session {
             conn_trace: Vec::new(),
             tx_trace: Vec::new(),
             milters: None,
+            decided_by: Vec::new(),
         }
     }
 
@@ -447,6 +451,11 @@ impl Session {
                 Decision::Done(self.refuse(&why, &tx, &reply, disconnect, recipients, size))
             }
         };
+        // The script let the command through: what it noted did not decide
+        // (a built-in refusal that follows is the server's, not a limit's).
+        if !matches!(decision, Decision::Done(_)) {
+            self.decided_by.clear();
+        }
         (decision, out.transportid)
     }
 
@@ -467,11 +476,21 @@ impl Session {
             nrcpt = recipients.len(), size, by = why, reply = %reply,
             disconnect, "refused"
         );
+        let decided_by = std::mem::take(&mut self.decided_by).join("; ");
+        if !decided_by.is_empty() {
+            info!(conn = %self.info.id, tx = %tx.id, decided_by = %decided_by, "refusal decided by");
+        }
         if !recipients.is_empty() {
             let origin = self.origin();
             let recs: Vec<HistoryRecord> = recipients
                 .iter()
-                .map(|r| HistoryRecord::refused(&origin, &tx.id, &tx.sender, r, size, reply))
+                .map(|r| {
+                    let mut h = HistoryRecord::refused(&origin, &tx.id, &tx.sender, r, size, reply);
+                    if !decided_by.is_empty() {
+                        h.metadata.insert("decided_by".into(), decided_by.clone());
+                    }
+                    h
+                })
                 .collect();
             // Rejections are most of an edge MX's traffic: keep them off the reply path.
             self.ctx.store.append_history_background(recs);
@@ -516,6 +535,7 @@ impl Session {
         };
         let mut out = self.ctx.policy.run(hook, input).await;
         self.context = std::mem::take(&mut out.context);
+        self.decided_by = std::mem::take(&mut out.decided_by);
         if let Some(e) = &out.error {
             warn!(conn = %self.info.id, tx = %txid.as_deref().unwrap_or("-"), hook = hook.name(), error = %e, "script error");
         }

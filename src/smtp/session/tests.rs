@@ -50,6 +50,7 @@ async fn session(extra: &str, scripts: &[(&str, &str)]) -> Mem {
     let ctx = Arc::new(ServerContext {
         config: config.clone(),
         store: store.clone(),
+        state: policy.state(),
         policy,
         tls: TlsStore::new(None),
         recipients,
