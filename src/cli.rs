@@ -572,7 +572,7 @@ async fn queue_act(cfg: &Config, action: &str, sel: &QueueSelection) -> anyhow::
     Ok(())
 }
 
-fn parse_when(s: &str) -> anyhow::Result<f64> {
+pub fn parse_when(s: &str) -> anyhow::Result<f64> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs_f64();

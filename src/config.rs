@@ -184,6 +184,11 @@ pub struct LimitsConfig {
     pub data_line_length: usize,
     /// Received headers allowed before we call it a loop (554 5.4.6).
     pub received_headers: usize,
+    /// Bytes of the whole header section of a message (552 5.3.4 beyond);
+    /// nothing past it is kept in memory.
+    pub header_size: u64,
+    /// Lines of the header section, continuation lines included (554 5.6.0 beyond).
+    pub header_lines: usize,
     /// Bad commands before the server gives up on a client (421 4.7.0).
     pub errors: usize,
     /// Wait for the next command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
@@ -207,6 +212,8 @@ impl Default for LimitsConfig {
             command_line_length: 512,
             data_line_length: 998,
             received_headers: 50,
+            header_size: 1024 * 1024,
+            header_lines: 10_000,
             errors: 20,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
@@ -867,6 +874,9 @@ impl Config {
         if lim.data_line_length < 78 {
             return Err(invalid("limits.data_line_length", "must be at least 78"));
         }
+        if lim.header_size < 1024 {
+            return Err(invalid("limits.header_size", "must be at least 1024 bytes"));
+        }
         if lim.message_size < 1024 {
             return Err(invalid(
                 "limits.message_size",
@@ -878,6 +888,7 @@ impl Config {
             ("limits.connections", lim.connections),
             ("limits.connections_per_ip", lim.connections_per_ip),
             ("limits.received_headers", lim.received_headers),
+            ("limits.header_lines", lim.header_lines),
             ("limits.errors", lim.errors),
         ] {
             if v == 0 {

@@ -392,6 +392,9 @@ fn match_class(c: u8, class: u8) -> bool {
         b'u' => c.is_ascii_uppercase(),
         b'w' => c.is_ascii_alphanumeric(),
         b'x' => c.is_ascii_hexdigit(),
+        // Deprecated but still in the vendored Lua (LUA_COMPAT): `%z` is NUL.
+        // Found by the differential fuzz target against C Lua.
+        b'z' => c == 0,
         _ => return class == c,
     };
     if class.is_ascii_uppercase() {

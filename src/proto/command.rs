@@ -168,10 +168,11 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
-        Some(&s[prefix.len()..])
-    } else {
-        None
+    // `get`: the line is any UTF-8, and a multi-byte character may straddle
+    // the prefix's length (found by tests/fuzz.rs).
+    match s.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => Some(&s[prefix.len()..]),
+        _ => None,
     }
 }
 
@@ -460,5 +461,18 @@ mod tests {
         assert_eq!(xtext_decode("rfc822+3Ba@b").as_deref(), Some("rfc822;a@b"));
         assert_eq!(xtext_decode("a+2"), None);
         assert_eq!(xtext_decode("a b"), None);
+    }
+
+    #[test]
+    fn multibyte_character_across_the_prefix_is_a_syntax_error() {
+        // Fuzz findings: "RCPT TO\u{e9}:" and "MAIL FROM\u{e9}<" panicked.
+        for line in [
+            "RCPT TO\u{e9}:<a@b>",
+            "MAIL FROM\u{e9}<a@b>",
+            "MAIL FRO\u{fffd}:<a@b>",
+            "RCPT T\u{e1}ast",
+        ] {
+            assert!(matches!(parse(line), Err(ParseError::Syntax(_))), "{line}");
+        }
     }
 }

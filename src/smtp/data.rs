@@ -3,6 +3,12 @@
 //! turns a DATA stream into content, un-stuffing dots and finding the only
 //! terminator RFC 5321 allows, `<CRLF>.<CRLF>` (the SMTP smuggling defence).
 //! BDAT chunks go to the builder directly.
+//!
+//! Memory is bounded per message: past `message_size`, past the header
+//! section's size (`[limits] header_size`) or line count (`header_lines`)
+//! nothing more is stored — the bytes are counted and dropped so the reader
+//! stays in sync with the client until the end of data, and the message is
+//! refused there. Every byte is looked at once: the cost is linear.
 
 /// What went wrong with a message's content, in the order the reply picks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +18,17 @@ pub struct ContentFlags {
     pub bare_cr: bool,
     pub nul: bool,
     pub long_line: bool,
+    /// The header section is larger than `[limits] header_size`.
+    pub header_too_big: bool,
+    /// The header section has more lines than `[limits] header_lines`.
+    pub too_many_header_lines: bool,
+}
+
+impl ContentFlags {
+    /// Content is no longer stored (the message will be refused).
+    pub fn discarding(&self) -> bool {
+        self.too_big || self.header_too_big || self.too_many_header_lines
+    }
 }
 
 pub struct MessageBuilder {
@@ -31,6 +48,11 @@ pub struct MessageBuilder {
     pub flags: ContentFlags,
     /// Offset in `body` where the header block ends (after the blank line), once seen.
     pub header_end: Option<usize>,
+    /// Bytes and lines of the client's header section so far.
+    pub header_size: u64,
+    pub header_lines: usize,
+    max_header_size: u64,
+    max_header_lines: usize,
 }
 
 impl MessageBuilder {
@@ -50,15 +72,53 @@ impl MessageBuilder {
             received: 0,
             flags: ContentFlags::default(),
             header_end: None,
+            header_size: 0,
+            header_lines: 0,
+            max_header_size: u64::MAX,
+            max_header_lines: usize::MAX,
         }
+    }
+
+    /// Bound the client's header section: `size` bytes (with line endings and
+    /// the blank line), `lines` lines.
+    pub fn with_header_limits(mut self, size: u64, lines: usize) -> Self {
+        self.max_header_size = size;
+        self.max_header_lines = lines;
+        self
+    }
+
+    /// The message will be refused: drop what is stored, store nothing more.
+    fn stop_storing(&mut self) {
+        self.body = Vec::new();
+        self.header_end = None;
     }
 
     #[inline]
     fn emit(&mut self, b: u8) {
         self.size += 1;
+        if self.in_headers {
+            self.header_size += 1;
+            // Only the first header limit reached is reported.
+            if self.header_size > self.max_header_size
+                && !self.flags.header_too_big
+                && !self.flags.too_many_header_lines
+            {
+                let was = self.flags.discarding();
+                self.flags.header_too_big = true;
+                if !was {
+                    self.stop_storing();
+                }
+            }
+        }
+        if self.flags.discarding() {
+            if self.size > self.max_size {
+                self.flags.too_big = true;
+            }
+            return;
+        }
         if self.size <= self.max_size {
             self.body.push(b);
-        } else if !self.flags.too_big {
+        } else {
             self.flags.too_big = true;
             // Nothing more will be stored: give the memory back early.
             self.body.shrink_to_fit();
@@ -66,9 +126,25 @@ impl MessageBuilder {
     }
 
     fn end_line(&mut self) {
-        if self.in_headers && self.line_len == 0 {
-            self.in_headers = false;
-            self.header_end = Some(self.body.len());
+        if self.in_headers {
+            if self.line_len == 0 {
+                self.in_headers = false;
+                if !self.flags.discarding() {
+                    self.header_end = Some(self.body.len());
+                }
+            } else {
+                self.header_lines += 1;
+                if self.header_lines > self.max_header_lines
+                    && !self.flags.too_many_header_lines
+                    && !self.flags.header_too_big
+                {
+                    let was = self.flags.discarding();
+                    self.flags.too_many_header_lines = true;
+                    if !was {
+                        self.stop_storing();
+                    }
+                }
+            }
         }
         self.line_len = 0;
     }
@@ -137,7 +213,11 @@ impl MessageBuilder {
         }
         let room = self.max_size.saturating_sub(self.size) as usize;
         self.size += run.len() as u64;
-        if run.len() <= room {
+        if self.flags.discarding() {
+            if run.len() > room {
+                self.flags.too_big = true;
+            }
+        } else if run.len() <= room {
             self.body.extend_from_slice(run);
         } else {
             self.body.extend_from_slice(&run[..room]);
@@ -182,9 +262,16 @@ impl MessageBuilder {
                 self.emit(b'\r');
             }
         }
-        if self.header_end.is_none() && self.in_headers {
-            // A message that is all headers.
-            self.header_end = Some(self.body.len());
+        if self.in_headers {
+            if self.line_len > 0 {
+                // The last header line had no line ending.
+                self.end_line();
+            }
+            self.in_headers = false;
+            if self.header_end.is_none() && !self.flags.discarding() {
+                // A message that is all headers.
+                self.header_end = Some(self.body.len());
+            }
         }
     }
 }
@@ -404,5 +491,63 @@ mod tests {
         b.finish();
         assert!(b.flags.too_big && b.flags.long_line && b.flags.nul);
         assert_eq!(b.body.len(), 3 + 10);
+    }
+
+    #[test]
+    fn header_lines_past_the_limit_are_counted_not_stored() {
+        let mut input = b"X: 1\r\n".repeat(50_000);
+        input.extend_from_slice(b"\r\nbody\r\n.\r\n");
+        let mut b =
+            MessageBuilder::new(b"R\r\n", 1 << 30, 998, false).with_header_limits(1 << 30, 100);
+        let mut d = DotDecoder::new(true);
+        let (n, p) = d.feed(&input, &mut b);
+        assert_eq!((n, p), (input.len(), DataProgress::End));
+        assert!(b.flags.too_many_header_lines && !b.flags.header_too_big);
+        assert_eq!(b.header_lines, 50_000);
+        assert_eq!(b.body.capacity(), 0, "nothing kept once over the limit");
+        assert_eq!(b.size, input.len() as u64 - 3);
+    }
+
+    #[test]
+    fn one_huge_folded_header_is_refused_at_the_size_limit() {
+        let mut b = MessageBuilder::new(b"", 1 << 30, 998, false).with_header_limits(4096, 10_000);
+        let mut d = DotDecoder::new(true);
+        d.feed(b"Subject: x\r\n", &mut b);
+        let fold = b" folded\r\n".repeat(400);
+        for _ in 0..100 {
+            let (_, p) = d.feed(&fold, &mut b);
+            assert_eq!(p, DataProgress::More);
+            assert!(b.body.capacity() <= 16 * 1024);
+        }
+        let (_, p) = d.feed(b"\r\n.\r\n", &mut b);
+        assert_eq!(p, DataProgress::End);
+        assert!(b.flags.header_too_big && b.flags.discarding());
+        // 40,000 lines: over the line limit too, but the size limit came first.
+        assert!(!b.flags.too_many_header_lines);
+        assert!(b.header_end.is_none());
+    }
+
+    #[test]
+    fn header_limits_count_only_the_header_section() {
+        // Exactly at the limits: accepted; the body does not count.
+        let head = b"A: 1\r\nB: 2\r\n\r\n";
+        let mut b = MessageBuilder::new(b"R\r\n", 1 << 20, 998, false)
+            .with_header_limits(head.len() as u64, 2);
+        b.push_slice(head);
+        b.push_slice(&b"body line\r\n".repeat(1000));
+        b.finish();
+        assert!(!b.flags.discarding(), "{:?}", b.flags);
+        assert_eq!(b.header_end, Some(3 + head.len()));
+        assert_eq!((b.header_size, b.header_lines), (head.len() as u64, 2));
+        // One byte or one line more: refused.
+        let mut b = MessageBuilder::new(b"", 1 << 20, 998, false)
+            .with_header_limits(head.len() as u64 - 1, 2);
+        b.push_slice(head);
+        b.finish();
+        assert!(b.flags.header_too_big);
+        let mut b = MessageBuilder::new(b"", 1 << 20, 998, false).with_header_limits(1 << 20, 2);
+        b.push_slice(b"A: 1\r\nB: 2\r\nC: 3");
+        b.finish();
+        assert!(b.flags.too_many_header_lines && !b.flags.header_too_big);
     }
 }

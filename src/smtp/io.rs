@@ -85,6 +85,15 @@ pub enum Line {
     TooLong,
 }
 
+/// One non-blocking read of at most [`READ_CHUNK`] bytes, appended to `buf`
+/// (a small read grows it by a few bytes, not by a whole chunk).
+fn read_plain(tcp: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut tmp = [0u8; READ_CHUNK];
+    let n = tcp.try_read(&mut tmp)?;
+    buf.extend_from_slice(&tmp[..n]);
+    Ok(n)
+}
+
 pub struct Conn {
     pub stream: Stream,
     rbuf: Vec<u8>,
@@ -154,16 +163,26 @@ impl Conn {
             // An idle connection should not pin a large buffer.
             self.rbuf = Vec::new();
         }
-        // Plain TCP: wait for readiness without holding a read buffer, so
-        // thousands of idle clients cost little memory.
+        // Plain TCP: wait for readiness without holding a read buffer, then
+        // read through the stack, so the buffer only grows by what arrived:
+        // thousands of idle or trickling clients cost little memory.
         if let Stream::Plain(tcp) = &self.stream {
             if self.rbuf.is_empty() {
                 self.rbuf = Vec::new();
             }
-            match tokio::time::timeout(timeout, tcp.readable()).await {
-                Err(_) => return Err(IoError::Timeout),
-                Ok(Err(e)) => return Err(e.into()),
-                Ok(Ok(())) => {}
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                match tokio::time::timeout_at(deadline, tcp.readable()).await {
+                    Err(_) => return Err(IoError::Timeout),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Ok(Ok(())) => {}
+                }
+                match read_plain(tcp, &mut self.rbuf) {
+                    Ok(0) => return Err(IoError::Eof),
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         // read_buf fills spare capacity: no zeroing of the chunk per read.
@@ -177,8 +196,11 @@ impl Conn {
     }
 
     /// Read one line (ended by LF; a CR before it is removed). Lines over
-    /// `max` bytes (with CRLF) are discarded up to their LF.
+    /// `max` bytes (with CRLF) are discarded up to their LF. `timeout` bounds
+    /// the whole line, not each read: a client trickling a byte at a time
+    /// cannot hold the connection past it (RFC 5321 §4.5.3.2.7).
     pub async fn read_line(&mut self, max: usize, timeout: Duration) -> Result<Line, IoError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut too_long = false;
         loop {
             let buf = &self.rbuf[self.rpos..];
@@ -200,7 +222,11 @@ impl Conn {
                 let n = buf.len();
                 self.consume(n);
             }
-            self.fill(timeout).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(IoError::Timeout);
+            }
+            self.fill(left).await?;
         }
     }
 

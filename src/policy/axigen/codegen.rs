@@ -59,7 +59,11 @@ pub fn lua_str(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\{}", c as u32)),
+            // Three digits always: \28 then "1" would read as \281
+            // (a fuzz finding: generated Lua that did not load).
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\{:03}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -335,4 +339,19 @@ pub fn hook_script(label: &str, items: &[Item], a: &Analysis, hook: Hook) -> Emi
     e.line("", None);
     e.line("ax:finish()", None);
     e
+}
+
+#[cfg(test)]
+mod lua_str_tests {
+    use super::lua_str;
+
+    #[test]
+    fn control_character_before_a_digit_round_trips() {
+        // Fuzz finding: "[127.0.0\x1c1]" became "\281", which Lua refuses.
+        let lua = mlua::Lua::new();
+        for s in ["[127.0.0\u{1c}1]", "\u{4}127", "\u{7f}9", "a\u{0}0b"] {
+            let back: String = lua.load(format!("return {}", lua_str(s))).eval().unwrap();
+            assert_eq!(back, s);
+        }
+    }
 }

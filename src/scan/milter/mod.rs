@@ -283,7 +283,7 @@ fn failure_reply(on_error: OnError) -> Option<SmtpReply> {
 }
 
 /// SMFIR_REPLYCODE text ("550 5.7.1 text", possibly multi-line with "-").
-fn parse_replycode(data: &[u8]) -> Result<SmtpReply, ProtocolError> {
+pub fn parse_replycode(data: &[u8]) -> Result<SmtpReply, ProtocolError> {
     let s = split_one(data)?;
     let text = String::from_utf8_lossy(s).to_string();
     let bad = || ProtocolError::Malformed(format!("bad SMFIR_REPLYCODE {text:?}"));
@@ -296,7 +296,12 @@ fn parse_replycode(data: &[u8]) -> Result<SmtpReply, ProtocolError> {
     for (i, line) in text.split("\r\n").filter(|l| !l.is_empty()).enumerate() {
         let rest = line.get(4..).unwrap_or("");
         let (enh, msg) = match rest.split_once(' ') {
-            Some((e, m)) if crate::proto::reply::EnhancedCode::parse(e).is_some() => {
+            // An enhanced code of another class than the reply's is text
+            // (RFC 3463 §2; a fuzz finding: "551 4.7.1" broke an assertion).
+            Some((e, m))
+                if crate::proto::reply::EnhancedCode::parse(e)
+                    .is_some_and(|c| c.0 as u16 == code / 100) =>
+            {
                 (Some(e.to_string()), m)
             }
             _ => (None, rest),
@@ -1242,5 +1247,15 @@ mod tests {
         assert_eq!(r.to_string(), "554 5.7.1 Spam message rejected");
         assert!(parse_replycode(b"250 ok\0").is_err());
         assert!(parse_replycode(b"xyz\0").is_err());
+    }
+
+    #[test]
+    fn replycode_with_an_enhanced_code_of_another_class_keeps_it_as_text() {
+        // Fuzz finding: "551 4.7.1 …" tripped SmtpReply::with's assertion.
+        let r = parse_replycode(b"551 4.7.1 no\0").unwrap();
+        assert_eq!(r.code, 551);
+        assert!(r.enhanced.is_none(), "{r:?}");
+        let r = parse_replycode(b"451 4.7.1 later\0").unwrap();
+        assert_eq!(r.enhanced.map(|e| e.0), Some(4));
     }
 }

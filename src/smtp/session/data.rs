@@ -70,6 +70,7 @@ impl Session {
             cfg.limits.data_line_length,
             cfg.smtp.bare_line_ending == BareLineEnding::Normalize,
         )
+        .with_header_limits(cfg.limits.header_size, cfg.limits.header_lines)
     }
 
     pub(super) async fn cmd_data(&mut self) -> Flow {
@@ -206,17 +207,23 @@ impl Session {
         size: u64,
         last: bool,
     ) -> Flow {
-        if builder.flags.too_big {
+        if builder.flags.discarding() {
+            // Over a limit: refused now, nothing of it kept.
             let Some(tx) = self.end_transaction() else {
                 return Flow::Continue;
             };
-            let reply = SmtpReply::with(
-                552,
-                "5.3.4",
-                "Message size exceeds fixed maximum message size",
-            );
+            let reply = self
+                .content_rejection(&builder)
+                .unwrap_or_else(|| SmtpReply::with(552, "5.3.4", "Message too large"));
             let rcpts = tx.info.recipient_list();
-            return self.refuse("size limit", &tx.info, &reply, false, &rcpts, builder.size);
+            return self.refuse(
+                "content check",
+                &tx.info,
+                &reply,
+                false,
+                &rcpts,
+                builder.size,
+            );
         }
         if !last {
             if let Some(tx) = self.tx.as_mut() {

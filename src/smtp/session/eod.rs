@@ -215,6 +215,21 @@ impl Session {
                 "5.3.4",
                 "Message size exceeds fixed maximum message size".to_string(),
             )
+        } else if f.header_too_big {
+            (
+                552,
+                "5.3.4",
+                format!(
+                    "Message header too large (limit {} bytes)",
+                    limits.header_size
+                ),
+            )
+        } else if f.too_many_header_lines {
+            (
+                554,
+                "5.6.0",
+                format!("Too many header lines (limit {})", limits.header_lines),
+            )
         } else if f.nul {
             (550, "5.6.0", "Message contains NUL characters".to_string())
         } else if (f.bare_lf || f.bare_cr)
