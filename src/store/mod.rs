@@ -40,6 +40,7 @@
 
 pub mod history;
 pub mod queue;
+pub mod space;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -84,6 +85,7 @@ pub(crate) struct StoreInner {
     history_tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<history::HistoryRecord>>>>,
     flush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushWaiter>>>,
     hflush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushWaiter>>>,
+    space: space::SpaceProbe,
 }
 
 fn open_db(path: &Path, cache: u64) -> Result<sled::Db, StoreError> {
@@ -122,6 +124,7 @@ impl Store {
             hdb,
             flush_tx: std::sync::Mutex::new(None),
             hflush_tx: std::sync::Mutex::new(None),
+            space: space::SpaceProbe::new(data_dir),
         };
         let store = Store {
             inner: Arc::new(inner),
@@ -191,6 +194,12 @@ impl Store {
             Ok(Err(e)) => Err(StoreError::Transaction(format!("flush failed: {e}"))),
             Err(_) => Err(StoreError::FlusherGone),
         }
+    }
+
+    /// Free space on the data_dir filesystem (cached ≤100 ms); `None` when
+    /// statvfs fails (intake then goes ahead: the write itself will tell).
+    pub fn free_space(&self) -> Option<space::Space> {
+        self.inner.space.get()
     }
 
     /// Synchronous flush of both databases, for shutdown and the CLI.

@@ -1,0 +1,77 @@
+//! Free space on the data_dir filesystem (statvfs), cached for 100 ms so
+//! that checking it before every transaction costs next to nothing.
+//! Intake refuses mail below `[queue] min_free` (see `smtp::session::mail`)
+//! so the databases never reach ENOSPC by mail intake.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const CACHE: Duration = Duration::from_millis(100);
+
+/// Bytes available to an unprivileged writer, and the filesystem's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub avail: u64,
+    pub total: u64,
+}
+
+pub(crate) struct SpaceProbe {
+    path: PathBuf,
+    last: Mutex<Option<(Instant, Space)>>,
+}
+
+impl SpaceProbe {
+    pub(crate) fn new(path: &Path) -> SpaceProbe {
+        SpaceProbe {
+            path: path.to_path_buf(),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The free space now (at most 100 ms old); `None` if statvfs fails.
+    pub(crate) fn get(&self) -> Option<Space> {
+        let mut last = self.last.lock().expect("space lock");
+        if let Some((at, s)) = *last {
+            if at.elapsed() < CACHE {
+                return Some(s);
+            }
+        }
+        let s = statvfs(&self.path)?;
+        crate::metrics::storage_free(s.avail);
+        *last = Some((Instant::now(), s));
+        Some(s)
+    }
+}
+
+pub fn statvfs(path: &Path) -> Option<Space> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: c is a NUL-terminated path; st is a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded and filled st.
+    let st = unsafe { st.assume_init() };
+    let frsize = if st.f_frsize > 0 {
+        st.f_frsize as u64
+    } else {
+        st.f_bsize as u64
+    };
+    Some(Space {
+        avail: (st.f_bavail as u64).saturating_mul(frsize),
+        total: (st.f_blocks as u64).saturating_mul(frsize),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn statvfs_reports_the_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = super::statvfs(dir.path()).unwrap();
+        assert!(s.total > 0 && s.avail <= s.total, "{s:?}");
+    }
+}
