@@ -44,6 +44,8 @@ impl SpaceProbe {
     }
 }
 
+// The casts matter where statvfs fields are 32-bit.
+#[allow(clippy::unnecessary_cast)]
 pub fn statvfs(path: &Path) -> Option<Space> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
@@ -68,6 +70,21 @@ pub fn statvfs(path: &Path) -> Option<Space> {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::MinFree;
+
+    #[test]
+    fn min_free_forms_and_default() {
+        assert_eq!(MinFree::parse("512MiB"), Ok(MinFree::Bytes(512 << 20)));
+        assert_eq!(MinFree::parse("1GiB"), Ok(MinFree::Bytes(1 << 30)));
+        assert_eq!(MinFree::parse("5%"), Ok(MinFree::Percent(5.0)));
+        assert!(MinFree::parse("5 parsecs").is_err());
+        assert!(MinFree::parse("120%").is_err());
+        // Default: 5% or 1 GiB, whichever is smaller.
+        assert_eq!(MinFree::reserve(None, 100 << 20), 5 << 20);
+        assert_eq!(MinFree::reserve(None, 1 << 40), 1 << 30);
+        assert_eq!(MinFree::reserve(Some(MinFree::Bytes(7)), 1 << 40), 7);
+    }
+
     #[test]
     fn statvfs_reports_the_filesystem() {
         let dir = tempfile::tempdir().unwrap();
