@@ -287,7 +287,11 @@ pub fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(dispatch(cli))
+    let res = rt.block_on(dispatch(cli));
+    // A blocking task stuck in sled (a flush on a full disk) must not keep
+    // the process alive after SIGTERM.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    res
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {

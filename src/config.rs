@@ -423,6 +423,88 @@ pub struct QueueConfig {
     pub max_active: usize,
     /// Run the delivery scheduler (false = accept and keep only).
     pub deliver: bool,
+    /// Space kept free on the data_dir filesystem (Postfix's
+    /// `queue_minfree`): below it MAIL FROM gets 452 4.3.1. Bytes, or
+    /// "5%", "512MiB", "1GiB". Default: 5% of the filesystem or 1 GiB,
+    /// whichever is smaller.
+    pub min_free: Option<MinFree>,
+}
+
+/// `[queue] min_free`: an absolute reserve or a share of the filesystem.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFree {
+    Bytes(u64),
+    /// Percent of the filesystem size.
+    Percent(f64),
+}
+
+impl MinFree {
+    /// The reserve in bytes on a filesystem of `total` bytes; `None` in
+    /// the config means the default.
+    pub fn reserve(this: Option<MinFree>, total: u64) -> u64 {
+        match this {
+            Some(MinFree::Bytes(b)) => b,
+            Some(MinFree::Percent(p)) => (total as f64 * p / 100.0) as u64,
+            None => (total / 20).min(1 << 30),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<MinFree, String> {
+        let t = s.trim();
+        if let Some(p) = t.strip_suffix('%') {
+            let v: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?}: not a percentage"))?;
+            if !(0.0..=100.0).contains(&v) {
+                return Err(format!("{s:?}: percentage out of 0..100"));
+            }
+            return Ok(MinFree::Percent(v));
+        }
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?}: expected bytes, \"5%\", \"512MiB\" or \"1GiB\""))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "k" => 1 << 10,
+            "MiB" | "M" => 1 << 20,
+            "GiB" | "G" => 1 << 30,
+            "TiB" | "T" => 1 << 40,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            u => return Err(format!("{s:?}: unknown unit {u:?}")),
+        };
+        n.checked_mul(mult)
+            .map(MinFree::Bytes)
+            .ok_or_else(|| format!("{s:?}: too large"))
+    }
+}
+
+impl Serialize for MinFree {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MinFree::Bytes(b) => s.serialize_u64(*b),
+            MinFree::Percent(p) => s.serialize_str(&format!("{p}%")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MinFree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MinFree, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(MinFree::Bytes(n)),
+            Raw::S(s) => MinFree::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 impl Default for QueueConfig {
@@ -436,6 +518,7 @@ impl Default for QueueConfig {
             bounce_text: None,
             max_active: 500,
             deliver: true,
+            min_free: None,
         }
     }
 }

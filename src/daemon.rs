@@ -200,7 +200,7 @@ impl Daemon {
             // Attempts in flight are simply retried after restart.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), d).await;
         }
-        if let Err(e) = self.store.flush_blocking() {
+        if let Err(e) = self.store.flush_bounded(std::time::Duration::from_secs(3)) {
             error!(error = %e, "final flush failed");
         }
     }

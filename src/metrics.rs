@@ -140,6 +140,9 @@ pub struct Metrics {
     recipient_probe_connections: AtomicU64,
     pub fsync_batches: AtomicU64,
     pub fsync_errors: AtomicU64,
+    pub storage_refusals: AtomicU64,
+    /// Bytes free for Sluice on the data_dir filesystem (last statvfs; -1 unknown).
+    pub storage_free: std::sync::atomic::AtomicI64,
     fsync_batch_size: Histogram,
     fsync_seconds: Histogram,
     pub history_records: AtomicU64,
@@ -175,6 +178,8 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     recipient_probe_connections: AtomicU64::new(0),
     fsync_batches: AtomicU64::new(0),
     fsync_errors: AtomicU64::new(0),
+    storage_refusals: AtomicU64::new(0),
+    storage_free: std::sync::atomic::AtomicI64::new(-1),
     fsync_batch_size: Histogram::new(BATCH),
     fsync_seconds: Histogram::new(LATENCY),
     history_records: AtomicU64::new(0),
@@ -290,6 +295,17 @@ pub fn fsync_batch(batch: usize, elapsed: Duration, ok: bool) {
     if !ok {
         GLOBAL.fsync_errors.fetch_add(1, RELAXED);
     }
+}
+
+/// MAIL FROM refused with 452 4.3.1: free space below `[queue] min_free`.
+pub fn storage_refusal() {
+    GLOBAL.storage_refusals.fetch_add(1, RELAXED);
+}
+
+pub fn storage_free(bytes: u64) {
+    GLOBAL
+        .storage_free
+        .store(bytes.min(i64::MAX as u64) as i64, RELAXED);
 }
 
 pub fn history_written(n: usize) {
@@ -601,6 +617,28 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
         out,
         "sluice_fsync_errors_total {}",
         m.fsync_errors.load(RELAXED)
+    );
+    header(
+        &mut out,
+        "sluice_storage_refusals_total",
+        "counter",
+        "MAIL FROM refused with 452 4.3.1: free space on data_dir below [queue] min_free (or below the SIZE= announced).",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_storage_refusals_total {}",
+        m.storage_refusals.load(RELAXED)
+    );
+    header(
+        &mut out,
+        "sluice_storage_free_bytes",
+        "gauge",
+        "Bytes available on the data_dir filesystem at the last check (-1: not checked yet).",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_storage_free_bytes {}",
+        m.storage_free.load(RELAXED)
     );
     header(
         &mut out,

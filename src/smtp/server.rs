@@ -343,7 +343,9 @@ impl RunningServer {
                 set.abort_all();
             }
         }
-        let _ = self.ctx.store.flush_blocking();
+        if let Err(e) = self.ctx.store.flush_bounded(Duration::from_secs(3)) {
+            tracing::error!(error = %e, "flush at shutdown failed");
+        }
         info!("server stopped");
     }
 

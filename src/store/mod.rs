@@ -40,6 +40,7 @@
 
 pub mod history;
 pub mod queue;
+pub mod space;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -84,6 +85,9 @@ pub(crate) struct StoreInner {
     history_tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<history::HistoryRecord>>>>,
     flush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushWaiter>>>,
     hflush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushWaiter>>>,
+    space: space::SpaceProbe,
+    /// A bounded flush timed out: the next one fails at once.
+    flush_stuck: std::sync::atomic::AtomicBool,
 }
 
 fn open_db(path: &Path, cache: u64) -> Result<sled::Db, StoreError> {
@@ -122,6 +126,8 @@ impl Store {
             hdb,
             flush_tx: std::sync::Mutex::new(None),
             hflush_tx: std::sync::Mutex::new(None),
+            space: space::SpaceProbe::new(data_dir),
+            flush_stuck: std::sync::atomic::AtomicBool::new(false),
         };
         let store = Store {
             inner: Arc::new(inner),
@@ -193,6 +199,41 @@ impl Store {
         }
     }
 
+    /// Free space on the data_dir filesystem (cached ≤100 ms); `None` when
+    /// statvfs fails (intake then goes ahead: the write itself will tell).
+    pub fn free_space(&self) -> Option<space::Space> {
+        self.inner.space.get()
+    }
+
+    /// [`Store::flush_blocking`] bounded in time, for shutdown: on a full
+    /// disk sled 0.34 reports `StorageFull` from its log writer and a flush
+    /// then waits forever for a buffer that is never written. The flush runs
+    /// on its own thread, so a stuck one is left behind (the process is
+    /// about to exit) instead of hanging shutdown.
+    pub fn flush_bounded(&self, limit: std::time::Duration) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        if self.inner.flush_stuck.load(Ordering::Acquire) {
+            return Err("an earlier flush is still stuck (disk full?)".into());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let store = self.clone();
+        std::thread::Builder::new()
+            .name("sluice-final-flush".into())
+            .spawn(move || {
+                let _ = tx.send(store.flush_blocking().map_err(|e| e.to_string()));
+            })
+            .map_err(|e| e.to_string())?;
+        match rx.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(_) => {
+                self.inner.flush_stuck.store(true, Ordering::Release);
+                Err(format!(
+                    "flush did not finish within {limit:?} (disk full?)"
+                ))
+            }
+        }
+    }
+
     /// Synchronous flush of both databases, for shutdown and the CLI.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.inner.db.flush()?;
@@ -261,6 +302,9 @@ impl Which {
     }
 }
 
+/// Longest a group-commit flush may take before its waiters are failed.
+const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Holds only a weak reference, so dropping the last `Store` closes the
 /// database (and releases sled's lock) even while this task is parked.
 async fn flusher(
@@ -279,10 +323,18 @@ async fn flusher(
         let db2 = which.db(&strong).clone();
         drop(strong);
         let started = std::time::Instant::now();
-        let res = match tokio::task::spawn_blocking(move || db2.flush()).await {
-            Ok(Ok(_)) => Ok(()),
+        // Bounded: a flush stuck on a full disk (see `flush_bounded`) must
+        // fail its waiters (451 to the client), not leave them hanging.
+        let res = match tokio::time::timeout(
+            FLUSH_LIMIT,
+            tokio::task::spawn_blocking(move || db2.flush()),
+        )
+        .await
+        {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Err(_) => Err(format!("flush did not finish within {FLUSH_LIMIT:?}")),
         };
         if matches!(which, Which::Queue) {
             crate::metrics::fsync_batch(waiters.len(), started.elapsed(), res.is_ok());

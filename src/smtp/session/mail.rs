@@ -2,10 +2,11 @@
 //! mailfrom hook (which may rewrite the sender with `Accept({sender = …})`),
 //! and the start of the transaction.
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::settings::Extension;
 use super::{now_secs, Decision, Flow, Session, Transaction};
+use crate::config::MinFree;
 use crate::envelope::{Address, MessageDsn, TransactionInfo};
 use crate::policy::{Hook, HookArguments};
 use crate::proto::params::{Body, MailParams};
@@ -28,6 +29,25 @@ impl Session {
                 "5.3.4",
                 "Message size exceeds fixed maximum message size",
             );
+        }
+        // `[queue] min_free`: refuse before anything is written, so mail
+        // intake never fills the disk (Postfix's queue_minfree).
+        if let Some(space) = self.ctx.store.free_space() {
+            let reserve = MinFree::reserve(self.ctx.config.queue.min_free, space.total);
+            let above = space.avail.saturating_sub(reserve);
+            let size = params.size.unwrap_or(0);
+            if space.avail < reserve || size > above {
+                crate::metrics::storage_refusal();
+                warn!(
+                    conn = %self.info.id,
+                    free = space.avail,
+                    min_free = reserve,
+                    size,
+                    "452 4.3.1: free space on data_dir below [queue] min_free"
+                );
+                self.send(452, "4.3.1", "Insufficient system storage");
+                return Flow::Continue;
+            }
         }
         // RFC 1652 / RFC 3461: a parameter of an extension the session does
         // not offer (a policy switched it off) is refused, not ignored.
