@@ -11,7 +11,10 @@ const CASES: &[(&str, &str)] = &[
     ("match anchored", r#"return lib.match(s, "^(%S+)%s")"#),
     ("match capture", r#"return lib.match(s, "<([^>]+)>")"#),
     ("gsub %s+", r#"return lib.gsub(s, "%s+", " ")"#),
-    ("gmatch words", r#"local n = 0 for w in lib.gmatch(s, "%a+") do n = n + 1 end return n"#),
+    (
+        "gmatch words",
+        r#"local n = 0 for w in lib.gmatch(s, "%a+") do n = n + 1 end return n"#,
+    ),
 ];
 
 fn main() {
@@ -26,7 +29,10 @@ fn main() {
     } else {
         200
     };
-    println!("{:<16} {:>12} {:>12} {:>7}", "call", "C calls/s", "ours/s", "ratio");
+    println!(
+        "{:<16} {:>12} {:>12} {:>7}",
+        "call", "C calls/s", "ours/s", "ratio"
+    );
     for (name, body) in CASES {
         let run = |lib: Table| -> f64 {
             lua.globals().set("lib", lib).unwrap();
