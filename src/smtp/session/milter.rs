@@ -9,6 +9,20 @@ use crate::scan::milter::macros::MacroSource;
 use crate::scan::milter::{MilterChain, Verdict};
 
 impl Session {
+    /// What the milters' macros are taken from at a stage.
+    fn macro_source<'a>(
+        &'a self,
+        tx: Option<&'a TransactionInfo>,
+        rcpt: Option<&'a str>,
+    ) -> MacroSource<'a> {
+        MacroSource {
+            hostname: &self.ctx.config.hostname,
+            conn: &self.info,
+            tx,
+            rcpt,
+        }
+    }
+
     /// Open the chain (at connect, after the connect hook accepted). A
     /// milter's refusal here answers the greeting and ends the session.
     pub(super) async fn milter_connect(&mut self) -> Flow {
@@ -24,14 +38,7 @@ impl Session {
             .map(std::sync::Arc::new)
             .collect();
         let mut chain = MilterChain::new(&cfgs, &self.info.id);
-        let v = chain
-            .connect(&MacroSource {
-                hostname: &self.ctx.config.hostname,
-                conn: &self.info,
-                tx: None,
-                rcpt: None,
-            })
-            .await;
+        let v = chain.connect(&self.macro_source(None, None)).await;
         self.milters = Some(chain);
         match v {
             Verdict::Continue => Flow::Continue,
@@ -54,17 +61,7 @@ impl Session {
         let Some(mut chain) = self.chain() else {
             return Verdict::Continue;
         };
-        let v = chain
-            .helo(
-                host,
-                &MacroSource {
-                    hostname: &self.ctx.config.hostname,
-                    conn: &self.info,
-                    tx: None,
-                    rcpt: None,
-                },
-            )
-            .await;
+        let v = chain.helo(host, &self.macro_source(None, None)).await;
         self.milters = Some(chain);
         v
     }
@@ -75,16 +72,7 @@ impl Session {
         };
         let args = esmtp_args(&tx.senderparams);
         let v = chain
-            .mail(
-                &tx.sender,
-                &args,
-                &MacroSource {
-                    hostname: &self.ctx.config.hostname,
-                    conn: &self.info,
-                    tx: Some(tx),
-                    rcpt: None,
-                },
-            )
+            .mail(&tx.sender, &args, &self.macro_source(Some(tx), None))
             .await;
         self.milters = Some(chain);
         v
@@ -103,12 +91,7 @@ impl Session {
             .rcpt(
                 rcpt,
                 &esmtp_args(params),
-                &MacroSource {
-                    hostname: &self.ctx.config.hostname,
-                    conn: &self.info,
-                    tx: Some(tx),
-                    rcpt: Some(rcpt),
-                },
+                &self.macro_source(Some(tx), Some(rcpt)),
             )
             .await;
         self.milters = Some(chain);
@@ -119,14 +102,7 @@ impl Session {
         let Some(mut chain) = self.chain() else {
             return Verdict::Continue;
         };
-        let v = chain
-            .data(&MacroSource {
-                hostname: &self.ctx.config.hostname,
-                conn: &self.info,
-                tx: Some(tx),
-                rcpt: None,
-            })
-            .await;
+        let v = chain.data(&self.macro_source(Some(tx), None)).await;
         self.milters = Some(chain);
         v
     }
@@ -140,16 +116,7 @@ impl Session {
         let mut chain = self.chain()?;
         let rcpts = tx.recipient_list();
         let out = chain
-            .end_of_message(
-                message,
-                &rcpts,
-                &MacroSource {
-                    hostname: &self.ctx.config.hostname,
-                    conn: &self.info,
-                    tx: Some(tx),
-                    rcpt: None,
-                },
-            )
+            .end_of_message(message, &rcpts, &self.macro_source(Some(tx), None))
             .await;
         self.milters = Some(chain);
         Some(out)
