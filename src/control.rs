@@ -384,6 +384,15 @@ pub async fn serve(
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            // The socket is 0600, but its mode is only as good as the
+            // directory it sits in and the moment between bind and chmod:
+            // the kernel's word on who connected is what counts.
+            if let Err(refused) = peer_allowed(&stream) {
+                warn!(path = %path.display(), "control connection refused: {refused}");
+                crate::metrics::control_refused();
+                drop(stream);
+                continue;
+            }
             let store = store.clone();
             let reload = reload.clone();
             let state = state.clone();
@@ -394,6 +403,25 @@ pub async fn serve(
             });
         }
     }))
+}
+
+/// Only the daemon's own user and root may use the control socket: it can
+/// delete and bounce mail and read every history record.
+fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read the peer's credentials (SO_PEERCRED): {e}"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let ours = unsafe { libc::geteuid() };
+    if cred.uid() == ours || cred.uid() == 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "peer uid {} (pid {}) is neither the daemon's uid {ours} nor root",
+        cred.uid(),
+        cred.pid()
+            .map_or_else(|| "?".to_string(), |p| p.to_string())
+    ))
 }
 
 /// `sluice state …`: answered by the daemon's store (async; the local

@@ -40,6 +40,10 @@ impl Daemon {
             data_dir = %config.data_dir.display(),
             "queue opened"
         );
+        if let Some(space) = store.free_space() {
+            let reserve = crate::config::MinFree::reserve(config.queue.min_free, space.total);
+            store.set_history_floor(reserve / 2);
+        }
         let tls_store = if config.needs_tls() {
             TlsStore::new(Some(
                 tls::server_config(&config.tls).context("loading [tls]")?,

@@ -146,6 +146,14 @@ pub struct Metrics {
     fsync_batch_size: Histogram,
     fsync_seconds: Histogram,
     pub history_records: AtomicU64,
+    /// Background history batches that failed to write (kept and retried).
+    pub history_write_errors: AtomicU64,
+    /// Records waiting in the background history writer (retrying or queued).
+    pub history_pending: AtomicI64,
+    /// Records the background writer gave up on (its backlog was full).
+    pub history_dropped: AtomicU64,
+    /// Control socket connections refused by SO_PEERCRED.
+    pub control_refused: AtomicU64,
     /// (type, result) → count
     dns_queries: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     dns_seconds: Histogram,
@@ -183,6 +191,10 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     fsync_batch_size: Histogram::new(BATCH),
     fsync_seconds: Histogram::new(LATENCY),
     history_records: AtomicU64::new(0),
+    history_write_errors: AtomicU64::new(0),
+    history_pending: AtomicI64::new(0),
+    history_dropped: AtomicU64::new(0),
+    control_refused: AtomicU64::new(0),
     dns_queries: Mutex::new(BTreeMap::new()),
     dns_seconds: Histogram::new(LATENCY),
     milter_replies: Mutex::new(BTreeMap::new()),
@@ -310,6 +322,28 @@ pub fn storage_free(bytes: u64) {
 
 pub fn history_written(n: usize) {
     GLOBAL.history_records.fetch_add(n as u64, RELAXED);
+}
+
+/// A background history batch failed; it is kept and retried.
+pub fn history_write_error() {
+    GLOBAL.history_write_errors.fetch_add(1, RELAXED);
+}
+
+/// Records now waiting in the background history writer.
+pub fn history_pending(n: usize) {
+    GLOBAL
+        .history_pending
+        .store(n.min(i64::MAX as usize) as i64, RELAXED);
+}
+
+/// The background history writer dropped `n` records (backlog full).
+pub fn history_dropped(n: usize) {
+    GLOBAL.history_dropped.fetch_add(n as u64, RELAXED);
+}
+
+/// A control socket connection from another user, refused.
+pub fn control_refused() {
+    GLOBAL.control_refused.fetch_add(1, RELAXED);
 }
 
 /// One lookup through the shared resolver (`crate::scan::dns`): `rtype`
@@ -639,6 +673,50 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
         out,
         "sluice_storage_free_bytes {}",
         m.storage_free.load(RELAXED)
+    );
+    header(
+        &mut out,
+        "sluice_history_write_errors_total",
+        "counter",
+        "Background history batches that failed to write (kept and retried with backoff).",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_history_write_errors_total {}",
+        m.history_write_errors.load(RELAXED)
+    );
+    header(
+        &mut out,
+        "sluice_history_pending_records",
+        "gauge",
+        "History records waiting in the background writer (queued or being retried).",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_history_pending_records {}",
+        m.history_pending.load(RELAXED)
+    );
+    header(
+        &mut out,
+        "sluice_history_dropped_total",
+        "counter",
+        "History records given up because the writer's backlog was full while writes kept failing.",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_history_dropped_total {}",
+        m.history_dropped.load(RELAXED)
+    );
+    header(
+        &mut out,
+        "sluice_control_refused_total",
+        "counter",
+        "Control socket connections refused: the peer (SO_PEERCRED) was neither the daemon's user nor root.",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_control_refused_total {}",
+        m.control_refused.load(RELAXED)
     );
     header(
         &mut out,

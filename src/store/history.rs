@@ -348,23 +348,7 @@ impl Store {
                 let weak = self.downgrade();
                 let spawned = std::thread::Builder::new()
                     .name("sluice-history".into())
-                    .spawn(move || {
-                        while let Ok(first) = rx.recv() {
-                            let mut batch = first;
-                            while batch.len() < 1024 {
-                                match rx.try_recv() {
-                                    Ok(more) => batch.extend(more),
-                                    Err(_) => break,
-                                }
-                            }
-                            let Some(store) = Store::upgrade(&weak) else {
-                                return;
-                            };
-                            if let Err(e) = store.append_history(&batch) {
-                                tracing::warn!(error = %e, records = batch.len(), "history write failed");
-                            }
-                        }
-                    });
+                    .spawn(move || super::history_writer::run(rx, weak));
                 if spawned.is_err() {
                     drop(guard);
                     let _ = self.append_history(&records);

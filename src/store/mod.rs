@@ -39,6 +39,7 @@
 //! shared by concurrent transactions.
 
 pub mod history;
+mod history_writer;
 pub mod queue;
 pub mod space;
 
@@ -88,6 +89,9 @@ pub(crate) struct StoreInner {
     space: space::SpaceProbe,
     /// A bounded flush timed out: the next one fails at once.
     flush_stuck: std::sync::atomic::AtomicBool,
+    /// Free bytes below which the background history writer holds its
+    /// records instead of writing (0: no floor); see `history_writer`.
+    history_floor: std::sync::atomic::AtomicU64,
 }
 
 fn open_db(path: &Path, cache: u64) -> Result<sled::Db, StoreError> {
@@ -128,6 +132,7 @@ impl Store {
             hflush_tx: std::sync::Mutex::new(None),
             space: space::SpaceProbe::new(data_dir),
             flush_stuck: std::sync::atomic::AtomicBool::new(false),
+            history_floor: std::sync::atomic::AtomicU64::new(0),
         };
         let store = Store {
             inner: Arc::new(inner),
@@ -197,6 +202,16 @@ impl Store {
             Ok(Err(e)) => Err(StoreError::Transaction(format!("flush failed: {e}"))),
             Err(_) => Err(StoreError::FlusherGone),
         }
+    }
+
+    /// Below `bytes` free on data_dir the background history writer holds
+    /// records (and retries) instead of writing: the daemon sets half of
+    /// `[queue] min_free`, so history outlives intake but never runs the
+    /// history database into ENOSPC.
+    pub fn set_history_floor(&self, bytes: u64) {
+        self.inner
+            .history_floor
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Free space on the data_dir filesystem (cached ≤100 ms); `None` when
