@@ -115,7 +115,14 @@ fn s_client(port: u16, args: &[&str], stdin: &str, linger_secs: u64) -> String {
     let err = out.try_clone().unwrap();
     let mut child = Command::new("timeout")
         .arg("15")
-        .args(["openssl", "s_client", "-msg", "-starttls", "smtp", "-connect"])
+        .args([
+            "openssl",
+            "s_client",
+            "-msg",
+            "-starttls",
+            "smtp",
+            "-connect",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .args(args)
         .stdin(Stdio::piped())
