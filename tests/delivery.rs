@@ -684,3 +684,73 @@ async fn stale_due_keys_do_not_starve_the_scheduler() {
         due.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_hop_reset_mid_data_defers_and_delivers_once_later() {
+    let sink = Sink::start(false, false).await;
+    sink.set_rule(|_| SinkAnswer::ResetMidData);
+    let srv = TestServer::start(&transport(&[&sink.addr.to_string()], "")).await;
+    let mut c = srv.client().await;
+    c.greet().await;
+    // Large enough that the reset lands while Sluice is still sending.
+    let body = format!(
+        "From: <s@example.net>\r\nSubject: reset\r\n\r\n{}",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(4096)
+    );
+    let r = c
+        .send_message("s@example.net", &["reset@example.org"], &body, "250")
+        .await;
+    let qid = r.text.rsplit(' ').next().unwrap().to_string();
+    assert!(
+        wait_until(|| srv
+            .store()
+            .get_entry(&qid)
+            .unwrap()
+            .is_some_and(|e| e.attempts >= 1))
+        .await,
+        "no attempt recorded"
+    );
+    let e = srv.store().get_entry(&qid).unwrap().unwrap();
+    assert!(
+        e.last_error.is_some(),
+        "the reset left no error on the entry"
+    );
+    assert!(
+        sink.messages().is_empty(),
+        "a cut message counted as received"
+    );
+    assert!(
+        wait_until(|| srv
+            .store()
+            .history_all()
+            .unwrap()
+            .iter()
+            .any(|h| h.action == "DEFER" && h.id == qid))
+        .await,
+        "no DEFER in the history"
+    );
+    let defer = srv
+        .store()
+        .history_all()
+        .unwrap()
+        .into_iter()
+        .find(|h| h.action == "DEFER" && h.id == qid)
+        .unwrap();
+    assert!(
+        defer.reason.contains("reset") && defer.reason.contains("message data"),
+        "the DEFER reason should say the connection was reset during DATA: {:?}",
+        defer.reason
+    );
+    // The next hop recovers: the message arrives whole, exactly once.
+    sink.set_rule(|_| SinkAnswer::Accept);
+    let got = sink.wait_for(1).await;
+    assert_eq!(got.len(), 1);
+    assert!(
+        String::from_utf8_lossy(&got[0].data)
+            .ends_with("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n"),
+        "delivered copy is cut"
+    );
+    assert!(wait_until(|| srv.store().queue_len() == 0).await);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(sink.messages().len(), 1, "delivered more than once");
+}

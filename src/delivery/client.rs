@@ -32,6 +32,18 @@ pub enum ClientError {
     Local(SmtpReply),
 }
 
+impl ClientError {
+    /// A network error with the protocol step it happened in, for the
+    /// history reason and the log ("… reset by peer (while sending the
+    /// message data)"): a cut DATA is what operators ask about.
+    fn during(self, step: &str) -> ClientError {
+        match self {
+            ClientError::Network(s) => ClientError::Network(format!("{s} ({step})")),
+            other => other,
+        }
+    }
+}
+
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -443,16 +455,21 @@ impl SmtpClient {
         data.extend_from_slice(b".\r\n");
         tokio::time::timeout(DATA_TIMEOUT, self.send(&data))
             .await
-            .map_err(|_| {
-                ClientError::Network(format!("timeout sending data to {}", self.host))
-            })??;
+            .map_err(|_| ClientError::Network(format!("timeout sending data to {}", self.host)))?
+            .map_err(|e| e.during("while sending the message data"))?;
         let mut out = rcpt_replies;
         if self.lmtp {
             for i in accepted {
-                out[i] = self.read_reply(DATA_TIMEOUT).await?;
+                out[i] = self
+                    .read_reply(DATA_TIMEOUT)
+                    .await
+                    .map_err(|e| e.during("waiting for the reply to the message data"))?;
             }
         } else {
-            let r = self.read_reply(DATA_TIMEOUT).await?;
+            let r = self
+                .read_reply(DATA_TIMEOUT)
+                .await
+                .map_err(|e| e.during("waiting for the reply to the message data"))?;
             for i in accepted {
                 out[i] = r.clone();
             }

@@ -318,6 +318,9 @@ pub enum SinkAnswer {
     OverQuota,
     /// 452 4.2.2 at RCPT: mailbox full (temporary).
     OverQuotaTemp,
+    /// Accept at RCPT and 354 DATA, then reset the connection (TCP RST)
+    /// after the first line of message data.
+    ResetMidData,
 }
 
 /// A message a sink received.
@@ -476,6 +479,15 @@ async fn sink_session(
                 continue;
             }
             w.write_all(b"354 go\r\n").await?;
+            if to.iter().any(|t| t.2 == SinkAnswer::ResetMidData) {
+                let mut first = Vec::new();
+                r.read_until(b'\n', &mut first).await?;
+                let s = r.into_inner().reunite(w).expect("halves of one stream");
+                // Linger 0: close sends RST, not FIN.
+                s.set_zero_linger()?;
+                drop(s);
+                return Ok(());
+            }
             let mut data = Vec::new();
             loop {
                 let mut dl = Vec::new();
