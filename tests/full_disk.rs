@@ -1,7 +1,9 @@
 //! Full disk: `[queue] min_free` keeps mail intake from ever filling the
 //! data_dir filesystem (452 4.3.1 at MAIL FROM), intake resumes by itself
 //! once space is back, and SIGTERM on a completely full disk still ends the
-//! daemon. The data_dir is a small tmpfs (root only; CI runs as root).
+//! daemon. The data_dir is a small tmpfs (root only; CI runs as root). A
+//! disk the kernel turns read-only (an ext4 loop mount, errors=remount-ro)
+//! gets 451 4.3.0 for new mail and keeps every acknowledged message.
 
 mod common;
 use common::*;
@@ -314,4 +316,133 @@ async fn sigterm_on_a_full_disk_exits_promptly() {
         "daemon still running 8 s after SIGTERM:\n{text}"
     );
     assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+/// An ext4 image on a loop device mounted `errors=remount-ro`: the kernel
+/// turns it read-only at the first filesystem error, as on a failing disk
+/// (`trigger_fs_error` makes one). Unmounted and detached on drop.
+struct Ext4 {
+    dir: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+impl Ext4 {
+    fn mount(mib: u64) -> Option<Ext4> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("full_disk: skipped, a loop mount needs root (CI runs as root)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let ok = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mkfs.ext4 failed");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let e = Ext4 { dir, mnt };
+        e.attach();
+        Some(e)
+    }
+    fn attach(&self) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", "loop,errors=remount-ro"])
+            .arg(self.dir.path().join("fs.img"))
+            .arg(&self.mnt)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount -o loop failed");
+    }
+    fn detach(&self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+    }
+    /// The kernel's own "this filesystem is broken": it goes read-only.
+    fn fail(&self) {
+        let src = std::process::Command::new("findmnt")
+            .args(["-n", "-o", "SOURCE"])
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        let dev = String::from_utf8_lossy(&src.stdout).trim().to_string();
+        let name = dev.rsplit('/').next().unwrap().to_string();
+        std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "1\n").unwrap();
+    }
+    /// Unmount, repair (clears the error), mount read-write again.
+    fn repair(&self) {
+        self.detach();
+        let _ = std::process::Command::new("e2fsck")
+            .args(["-f", "-y"])
+            .arg(self.dir.path().join("fs.img"))
+            .output()
+            .unwrap();
+        self.attach();
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_turned_read_only_refuses_intake_and_loses_nothing() {
+    let Some(fs) = Ext4::mount(64) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &fs.mnt, port, "\"1MiB\"");
+    let log = dir.path().join("daemon.log");
+    let mut d = Daemon::spawn(&cfg, &log);
+    wait_listening(port).await;
+    let mut c = Client::connect(([127, 0, 0, 1], port).into()).await;
+    c.greet().await;
+    let mut acked = Vec::new();
+    for n in 0..5 {
+        acked.push(send_one(&mut c, n, 16, true).await.expect("accepted"));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    fs.fail();
+    // Nothing more is acknowledged, and each refusal is temporary.
+    for n in 100..103 {
+        let r = tokio::time::timeout(Duration::from_secs(20), send_one(&mut c, n, 16, true))
+            .await
+            .expect("no answer on a read-only disk");
+        let r = r.expect_err("acknowledged on a read-only disk");
+        assert!(r.code / 100 == 4, "not a temporary refusal: {r:?}");
+        println!("read-only disk, message {n}: {} {}", r.code, r.text);
+    }
+    // The daemon is still up and says why.
+    let mut c2 = Client::connect(([127, 0, 0, 1], port).into()).await;
+    c2.greet().await;
+    c2.cmd("NOOP", "250").await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.to_lowercase().contains("read-only") && text.contains("conn="),
+        "no log line says the disk is read-only:\n{text}"
+    );
+    assert!(
+        d.term(Duration::from_secs(20)).await.is_some(),
+        "no exit on SIGTERM with the disk read-only"
+    );
+
+    // Repaired and restarted: every acknowledged message is there.
+    fs.repair();
+    let store = sluice::store::Store::open(&fs.mnt.join("var")).unwrap();
+    let mut ids: Vec<String> = store
+        .list_entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    ids.sort();
+    acked.sort();
+    assert_eq!(ids, acked, "queue after repair != acknowledged");
 }
