@@ -40,10 +40,13 @@ impl Daemon {
             data_dir = %config.data_dir.display(),
             "queue opened"
         );
-        if let Some(space) = store.free_space() {
-            let reserve = crate::config::MinFree::reserve(config.queue.min_free, space.total);
-            store.set_history_floor(reserve / 2);
-        }
+        let intake_reserve = store.free_space().map_or(0, |space| {
+            crate::config::MinFree::reserve(config.queue.min_free, space.total)
+        });
+        store.set_history_floor(intake_reserve / 2);
+        let space_reserve =
+            tokio::spawn(keep_space_reserve(store.clone(), intake_reserve));
+        drop(space_reserve);
         let tls_store = if config.needs_tls() {
             TlsStore::new(Some(
                 tls::server_config(&config.tls).context("loading [tls]")?,
@@ -207,5 +210,39 @@ impl Daemon {
         if let Err(e) = self.store.flush_bounded(std::time::Duration::from_secs(3)) {
             error!(error = %e, "final flush failed");
         }
+    }
+}
+
+/// Keep the space reserve file in data_dir (see `store::space`): put it
+/// there at start and, if it was used, again as soon as the filesystem has
+/// room for it above the intake reserve (checked every 5 s); intake, which
+/// refuses while the reserve is in use, then resumes.
+async fn keep_space_reserve(store: Store, headroom: u64) {
+    use crate::store::space::{ensure_reserve, Reserve};
+    let data_dir = store.data_dir().to_path_buf();
+    let mut told_no_room = false;
+    loop {
+        let dir = data_dir.clone();
+        match tokio::task::spawn_blocking(move || ensure_reserve(&dir, headroom)).await {
+            Ok(Ok(Reserve::Created)) => {
+                told_no_room = false;
+                if store.reserve_in_use() {
+                    store.set_reserve_in_use(false);
+                    info!(data_dir = %data_dir.display(), "space reserve restored: intake resumes");
+                } else {
+                    info!(data_dir = %data_dir.display(), "space reserve created");
+                }
+            }
+            Ok(Ok(Reserve::Present)) if store.reserve_in_use() => store.set_reserve_in_use(false),
+            Ok(Ok(Reserve::NoRoom { avail })) if !told_no_room => {
+                told_no_room = true;
+                warn!(data_dir = %data_dir.display(), free = avail, "no room for the space reserve; it is put back once space is freed");
+            }
+            Ok(Err(e)) => {
+                warn!(data_dir = %data_dir.display(), error = %e, "writing the space reserve failed")
+            }
+            _ => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     }
 }

@@ -446,3 +446,86 @@ async fn a_disk_turned_read_only_refuses_intake_and_loses_nothing() {
     acked.sort();
     assert_eq!(ids, acked, "queue after repair != acknowledged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_on_a_full_disk_so_the_queue_can_be_managed() {
+    let Some(fs) = Tmpfs::mount(48) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), fs.path(), port, "\"1MiB\"");
+    let log = dir.path().join("daemon.log");
+    let mut d = Daemon::spawn(&cfg, &log);
+    wait_listening(port).await;
+    let reserve = fs
+        .path()
+        .join("var")
+        .join(sluice::store::space::RESERVE_FILE);
+    assert!(
+        wait_until(|| reserve.exists()).await,
+        "no space reserve written"
+    );
+    let mut c = Client::connect(([127, 0, 0, 1], port).into()).await;
+    c.greet().await;
+    let mut acked = Vec::new();
+    for n in 0..8 {
+        acked.push(send_one(&mut c, n, 256, true).await.expect("accepted"));
+    }
+    c.cmd("QUIT", "221").await;
+    // Something else fills the filesystem to the last byte; then a restart.
+    let filler = fill(&fs.path().join("filler"));
+    assert!(d.term(Duration::from_secs(15)).await.is_some());
+    assert_eq!(sluice::store::space::statvfs(fs.path()).unwrap().avail, 0);
+
+    let mut d = Daemon::spawn(&cfg, &log);
+    wait_listening(port).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("released the space reserve"), "{text}");
+    // The operator can look at the queue and act on it...
+    let out = queue_cmd(&cfg, &["list", "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    acked.sort();
+    assert_eq!(ids, acked, "queue on the full disk");
+    let out = queue_cmd(&cfg, &["delete", &acked[0]]).await;
+    assert!(
+        out.status.success(),
+        "queue delete on a full disk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ...while intake refuses, temporarily.
+    let mut c = Client::connect(([127, 0, 0, 1], port).into()).await;
+    c.greet().await;
+    c.cmd("MAIL FROM:<a@example.net>", "452 4.3.1").await;
+    c.cmd("QUIT", "221").await;
+    // Space is back: the reserve is put back (checked every 5 s) and
+    // intake resumes, without a restart.
+    drop(filler);
+    std::fs::remove_file(fs.path().join("filler")).unwrap();
+    let started = Instant::now();
+    let mut resumed = false;
+    while started.elapsed() < Duration::from_secs(20) {
+        let mut c = Client::connect(([127, 0, 0, 1], port).into()).await;
+        c.greet().await;
+        if send_one(&mut c, 99, 16, true).await.is_ok() {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(resumed, "intake did not resume after space was freed");
+    assert!(reserve.exists(), "reserve not restored");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("space reserve restored"), "{text}");
+    assert!(d.term(Duration::from_secs(15)).await.is_some());
+}

@@ -62,6 +62,31 @@ pub enum StoreError {
     NotFound(String),
     #[error("flush task stopped")]
     FlusherGone,
+    #[error(
+        "no space left on the filesystem of {path} to open the queue ({avail} bytes free, \
+         the space reserve already used): free some space there and start again; \
+         {path}/history holds only the delivery history and can be removed without losing mail"
+    )]
+    DiskFull { path: String, avail: u64 },
+}
+
+impl StoreError {
+    /// ENOSPC (or EDQUOT) underneath.
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            StoreError::Open {
+                source: sled::Error::Io(e),
+                ..
+            }
+            | StoreError::Sled(sled::Error::Io(e)) => e,
+            StoreError::DiskFull { .. } => return true,
+            _ => return false,
+        };
+        io.kind() == std::io::ErrorKind::StorageFull
+            || io.kind() == std::io::ErrorKind::QuotaExceeded
+            || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            || io.to_string().contains("No space left on device")
+    }
 }
 
 type FlushWaiter = oneshot::Sender<Result<(), String>>;
@@ -92,6 +117,9 @@ pub(crate) struct StoreInner {
     /// Free bytes below which the background history writer holds its
     /// records instead of writing (0: no floor); see `history_writer`.
     history_floor: std::sync::atomic::AtomicU64,
+    /// The space reserve was given up to open the databases and is not back
+    /// yet: intake refuses until it is (see `space`).
+    reserve_in_use: std::sync::atomic::AtomicBool,
 }
 
 fn open_db(path: &Path, cache: u64) -> Result<sled::Db, StoreError> {
@@ -107,6 +135,49 @@ fn open_db(path: &Path, cache: u64) -> Result<sled::Db, StoreError> {
         })
 }
 
+/// Open the queue and history databases; on a full filesystem give up the
+/// space reserve (see [`space`]) and try once more, and if that is not
+/// enough say what to do.
+/// The flag says whether the reserve was given up to open them.
+fn open_both(data_dir: &Path) -> Result<(sled::Db, sled::Db, bool), StoreError> {
+    let open = || -> Result<(sled::Db, sled::Db), StoreError> {
+        let db = open_db(&data_dir.join("db"), 64 * 1024 * 1024)?;
+        let hdb = open_db(&data_dir.join("history"), 32 * 1024 * 1024)?;
+        Ok((db, hdb))
+    };
+    let low = |d: &Path| space::statvfs(d).is_some_and(|s| s.avail < space::RESERVE_BYTES);
+    // sled may also stall rather than fail when it cannot write: give the
+    // reserve up before trying when the disk is already that full.
+    let mut released = false;
+    if low(data_dir) && space::release_reserve(data_dir) {
+        released = true;
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            reserve = space::RESERVE_BYTES,
+            "data_dir filesystem is full: released the space reserve so the queue can be opened"
+        );
+    }
+    match open() {
+        Err(e) if e.is_disk_full() => {
+            if space::release_reserve(data_dir) {
+                tracing::warn!(
+                    data_dir = %data_dir.display(),
+                    reserve = space::RESERVE_BYTES,
+                    "no space to open the queue: released the space reserve and trying again"
+                );
+                if let Ok((db, hdb)) = open() {
+                    return Ok((db, hdb, true));
+                }
+            }
+            Err(StoreError::DiskFull {
+                path: data_dir.display().to_string(),
+                avail: space::statvfs(data_dir).map_or(0, |s| s.avail),
+            })
+        }
+        other => other.map(|(db, hdb)| (db, hdb, released)),
+    }
+}
+
 impl Store {
     /// Open (or create) the database under `data_dir`. Fails if another
     /// process holds it: sled allows one process per database.
@@ -115,8 +186,7 @@ impl Store {
             path: data_dir.display().to_string(),
             source: sled::Error::Io(e),
         })?;
-        let db = open_db(&data_dir.join("db"), 64 * 1024 * 1024)?;
-        let hdb = open_db(&data_dir.join("history"), 32 * 1024 * 1024)?;
+        let (db, hdb, reserve_released) = open_both(data_dir)?;
         let inner = StoreInner {
             queue: db.open_tree("queue")?,
             body: db.open_tree("body")?,
@@ -133,6 +203,7 @@ impl Store {
             space: space::SpaceProbe::new(data_dir),
             flush_stuck: std::sync::atomic::AtomicBool::new(false),
             history_floor: std::sync::atomic::AtomicU64::new(0),
+            reserve_in_use: std::sync::atomic::AtomicBool::new(reserve_released),
         };
         let store = Store {
             inner: Arc::new(inner),
@@ -212,6 +283,25 @@ impl Store {
         self.inner
             .history_floor
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The data_dir the databases live in.
+    pub fn data_dir(&self) -> &Path {
+        self.inner.space.path()
+    }
+
+    /// True while the space reserve is given up (the disk was full at open).
+    pub fn reserve_in_use(&self) -> bool {
+        self.inner
+            .reserve_in_use
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The space reserve is back (or given up again).
+    pub fn set_reserve_in_use(&self, used: bool) {
+        self.inner
+            .reserve_in_use
+            .store(used, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Free space on the data_dir filesystem (cached ≤100 ms); `None` when

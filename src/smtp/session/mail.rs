@@ -32,6 +32,15 @@ impl Session {
         }
         // `[queue] min_free`: refuse before anything is written, so mail
         // intake never fills the disk (Postfix's queue_minfree).
+        if self.ctx.store.reserve_in_use() {
+            crate::metrics::storage_refusal();
+            warn!(
+                conn = %self.info.id,
+                "452 4.3.1: the data_dir space reserve is in use (the disk was full at start); intake resumes once it is restored"
+            );
+            self.send(452, "4.3.1", "Insufficient system storage");
+            return Flow::Continue;
+        }
         if let Some(space) = self.ctx.store.free_space() {
             let reserve = MinFree::reserve(self.ctx.config.queue.min_free, space.total);
             let above = space.avail.saturating_sub(reserve);
