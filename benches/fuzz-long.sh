@@ -5,10 +5,11 @@
 # $TMPDIR/sluice-fuzz/ and printed in hex (add them to fuzz/regressions/).
 #
 #   benches/fuzz-long.sh [SECONDS] [SEED]
+#   FUZZ_THREADS=1 nice benches/fuzz-long.sh 3600   one core, out of the way
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOTAL=${1:-3600}
 export FUZZ_SECONDS=$(( TOTAL / 8 ))
 [ -n "${2:-}" ] && export FUZZ_SEED=$2
-cargo test --release --test fuzz -- --nocapture --test-threads=2 2>&1 \
+cargo test --release --test fuzz -- --nocapture --test-threads="${FUZZ_THREADS:-2}" 2>&1 \
   | grep -E '^fuzz |finding|saved|hex|test result' || true
