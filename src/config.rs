@@ -189,6 +189,10 @@ pub struct LimitsConfig {
     pub header_size: u64,
     /// Lines of the header section, continuation lines included (554 5.6.0 beyond).
     pub header_lines: usize,
+    /// Bytes of message content all sessions together may hold in memory
+    /// while receiving; a message that would go past it is read to its end,
+    /// not kept, and refused with 452 4.3.1 (the client retries).
+    pub data_memory: u64,
     /// Bad commands before the server gives up on a client (421 4.7.0).
     pub errors: usize,
     /// Wait for the next command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
@@ -214,6 +218,7 @@ impl Default for LimitsConfig {
             received_headers: 50,
             header_size: 1024 * 1024,
             header_lines: 10_000,
+            data_memory: 512 * 1024 * 1024,
             errors: 20,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
@@ -964,6 +969,15 @@ impl Config {
             return Err(invalid(
                 "limits.message_size",
                 "must be at least 1024 bytes",
+            ));
+        }
+        if lim.data_memory < lim.message_size {
+            return Err(invalid(
+                "limits.data_memory",
+                format!(
+                    "{} is smaller than limits.message_size ({}): a message of the largest allowed size could never be received",
+                    lim.data_memory, lim.message_size
+                ),
             ));
         }
         for (key, v) in [

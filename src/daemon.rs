@@ -44,8 +44,7 @@ impl Daemon {
             crate::config::MinFree::reserve(config.queue.min_free, space.total)
         });
         store.set_history_floor(intake_reserve / 2);
-        let space_reserve =
-            tokio::spawn(keep_space_reserve(store.clone(), intake_reserve));
+        let space_reserve = tokio::spawn(keep_space_reserve(store.clone(), intake_reserve));
         drop(space_reserve);
         let tls_store = if config.needs_tls() {
             TlsStore::new(Some(

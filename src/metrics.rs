@@ -154,6 +154,8 @@ pub struct Metrics {
     pub history_dropped: AtomicU64,
     /// Control socket connections refused by SO_PEERCRED.
     pub control_refused: AtomicU64,
+    /// Messages refused with 452 4.3.1: `[limits] data_memory` spent.
+    pub data_memory_refusals: AtomicU64,
     /// (type, result) → count
     dns_queries: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     dns_seconds: Histogram,
@@ -195,6 +197,7 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     history_pending: AtomicI64::new(0),
     history_dropped: AtomicU64::new(0),
     control_refused: AtomicU64::new(0),
+    data_memory_refusals: AtomicU64::new(0),
     dns_queries: Mutex::new(BTreeMap::new()),
     dns_seconds: Histogram::new(LATENCY),
     milter_replies: Mutex::new(BTreeMap::new()),
@@ -339,6 +342,11 @@ pub fn history_pending(n: usize) {
 /// The background history writer dropped `n` records (backlog full).
 pub fn history_dropped(n: usize) {
     GLOBAL.history_dropped.fetch_add(n as u64, RELAXED);
+}
+
+/// A message refused because `[limits] data_memory` was spent.
+pub fn data_memory_refusal() {
+    GLOBAL.data_memory_refusals.fetch_add(1, RELAXED);
 }
 
 /// A control socket connection from another user, refused.
@@ -706,6 +714,17 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
         out,
         "sluice_history_dropped_total {}",
         m.history_dropped.load(RELAXED)
+    );
+    header(
+        &mut out,
+        "sluice_data_memory_refusals_total",
+        "counter",
+        "Messages refused with 452 4.3.1 because [limits] data_memory was spent by the messages being received.",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_data_memory_refusals_total {}",
+        m.data_memory_refusals.load(RELAXED)
     );
     header(
         &mut out,

@@ -292,7 +292,7 @@ fn fuzz_data_decoder_and_bdat() {
                 }
                 assert_eq!(n, p.len(), "More consumes all its input");
             }
-            (progress, used, b.body, b.flags, b.size, b.header_end)
+            (progress, used, b.take_body(), b.flags, b.size, b.header_end)
         };
         let whole = decode(&[input]);
         let split = decode(&[&input[..cut], &input[cut..]]);

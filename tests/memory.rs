@@ -275,6 +275,107 @@ async fn hundred_clients_with_worst_allowed_messages_stay_under_1_gib() {
     d.stop().await;
 }
 
+/// Past what the limits allow per message, memory across messages:
+/// `[limits] data_memory` bounds what all the sessions receiving at once
+/// hold. 100 clients send 4 MiB each at the same time into a 128 MiB
+/// budget: the ones that find it spent are read to the end and refused with
+/// 452 4.3.1 (they retry), the others are queued, and the daemon's peak
+/// stays near the budget instead of 100 x 4 MiB (x2 for Vec growth).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_memory_bounds_what_concurrent_messages_hold() {
+    use tokio::io::AsyncWriteExt;
+    let _heavy = HEAVY.lock().await;
+    let message_size = 4 * MIB;
+    let budget = 128 * MIB;
+    let d = Daemon::start(&format!(
+        "[limits]\nmessage_size = {message_size}\ndata_memory = {budget}\nconnections_per_ip = 200\n"
+    ))
+    .await;
+    let baseline = vm_hwm(d.pid());
+    let body_line = format!("{}\r\n", "m".repeat(76));
+    let mut msg = b"Subject: memory\r\n\r\n".to_vec();
+    while (msg.len() + body_line.len() + 8192) as u64 <= message_size {
+        msg.extend_from_slice(body_line.as_bytes());
+    }
+    msg.extend_from_slice(b".\r\n");
+    let msg = std::sync::Arc::new(msg);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..100 {
+        let msg = msg.clone();
+        let port = d.port;
+        tasks.spawn(async move {
+            let mut c = Client::connect(([127, 0, 0, 1], port).into()).await;
+            c.greet().await;
+            c.cmd("MAIL FROM:<big@example.net>", "250").await;
+            c.cmd(&format!("RCPT TO:<r{n}@example.org>"), "250").await;
+            c.cmd("DATA", "354").await;
+            tokio::time::timeout(Duration::from_secs(120), c.s.write_all(&msg))
+                .await
+                .expect("message sent within 120 s")
+                .unwrap();
+            // The reply line, waited for longer than a test step: 100
+            // messages of 4 MiB queue up behind fsync on two cores.
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(120), async {
+                use tokio::io::AsyncReadExt;
+                while !line.ends_with(b"\r\n") {
+                    assert_eq!(c.s.read(&mut byte).await.unwrap(), 1, "closed");
+                    line.push(byte[0]);
+                }
+            })
+            .await
+            .expect("reply within 120 s");
+            let line = String::from_utf8_lossy(&line).trim_end().to_string();
+            (line[..3].parse::<u16>().unwrap(), line[4..].to_string())
+        });
+    }
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    while let Some(r) = tasks.join_next().await {
+        let (code, text) = r.unwrap();
+        match code {
+            250 => accepted.push(text.rsplit(' ').next().unwrap().to_string()),
+            452 => {
+                assert!(text.starts_with("4.3.1"), "{text}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other} {text}"),
+        }
+    }
+    let peak = vm_hwm(d.pid());
+    println!(
+        "100 clients x {} KiB into data_memory {} MiB: {} accepted, {refused} refused 452 4.3.1 in {:?}; VmHWM {} MiB (baseline {} MiB)",
+        msg.len() / 1024,
+        budget / MIB,
+        accepted.len(),
+        started.elapsed(),
+        peak / MIB,
+        baseline / MIB
+    );
+    assert!(refused > 0, "the budget never bit");
+    assert!(accepted.len() >= 10, "only {} accepted", accepted.len());
+    // Budget + one copy of it on the way to the queue + baseline + slack.
+    assert!(
+        peak < baseline + 2 * budget + 128 * MIB,
+        "VmHWM {} MiB over a {} MiB budget (baseline {} MiB)",
+        peak / MIB,
+        budget / MIB,
+        baseline / MIB
+    );
+    // Every accepted message is queued whole.
+    let store_dir = d._dir.path().join("var");
+    d.stop().await;
+    let store = sluice::store::Store::open(&store_dir).unwrap();
+    let entries = store.list_entries().unwrap();
+    assert_eq!(entries.len(), accepted.len());
+    for e in &entries {
+        assert!(accepted.contains(&e.id));
+        let body = store.get_body(&e.body).unwrap().unwrap();
+        assert!(body.len() as u64 >= msg.len() as u64 - 3, "{} cut", e.id);
+    }
+}
+
 /// Raise this process's open-file soft limit to the hard limit.
 fn raise_nofile() -> u64 {
     let mut l = libc::rlimit {

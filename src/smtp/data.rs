@@ -9,6 +9,51 @@
 //! nothing more is stored — the bytes are counted and dropped so the reader
 //! stays in sync with the client until the end of data, and the message is
 //! refused there. Every byte is looked at once: the cost is linear.
+//!
+//! Memory is bounded across messages too: every builder draws what it
+//! stores from one [`DataMemory`] budget (`[limits] data_memory`), in steps.
+//! A message that finds the budget spent stops being stored the same way and
+//! is refused with 452 4.3.1 at its end: however many clients send at once,
+//! the bodies being received never hold more than the budget.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Bytes a builder takes from the budget at a time.
+const GRANT_STEP: u64 = 256 * 1024;
+
+/// The budget for message content held by all sessions while receiving.
+#[derive(Debug)]
+pub struct DataMemory {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl DataMemory {
+    pub fn new(limit: u64) -> Arc<DataMemory> {
+        Arc::new(DataMemory {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes granted to builders now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
+                u.checked_add(n).filter(|t| *t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
 
 /// What went wrong with a message's content, in the order the reply picks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -22,12 +67,14 @@ pub struct ContentFlags {
     pub header_too_big: bool,
     /// The header section has more lines than `[limits] header_lines`.
     pub too_many_header_lines: bool,
+    /// `[limits] data_memory` was spent by the messages being received.
+    pub no_memory: bool,
 }
 
 impl ContentFlags {
     /// Content is no longer stored (the message will be refused).
     pub fn discarding(&self) -> bool {
-        self.too_big || self.header_too_big || self.too_many_header_lines
+        self.too_big || self.header_too_big || self.too_many_header_lines || self.no_memory
     }
 }
 
@@ -53,6 +100,15 @@ pub struct MessageBuilder {
     pub header_lines: usize,
     max_header_size: u64,
     max_header_lines: usize,
+    /// The shared budget (None: unbounded) and what this builder holds of it.
+    memory: Option<Arc<DataMemory>>,
+    granted: u64,
+}
+
+impl Drop for MessageBuilder {
+    fn drop(&mut self) {
+        self.release_memory();
+    }
 }
 
 impl MessageBuilder {
@@ -76,7 +132,57 @@ impl MessageBuilder {
             header_lines: 0,
             max_header_size: u64::MAX,
             max_header_lines: usize::MAX,
+            memory: None,
+            granted: u64::MAX,
         }
+    }
+
+    /// Draw what is stored from `memory`; the builder counts from what it
+    /// holds already (our Received header).
+    pub fn with_memory(mut self, memory: Arc<DataMemory>) -> Self {
+        self.granted = 0;
+        self.memory = Some(memory);
+        let held = self.body.len() as u64;
+        if !self.reserve(held) {
+            self.flags.no_memory = true;
+            self.stop_storing();
+        }
+        self
+    }
+
+    /// Make sure `more` bytes past what is stored fit in the grant, taking
+    /// another step from the budget if needed; false if it is spent.
+    #[inline]
+    fn reserve(&mut self, more: u64) -> bool {
+        let want = self.body.len() as u64 + more;
+        if want <= self.granted {
+            return true;
+        }
+        let Some(m) = &self.memory else {
+            return true;
+        };
+        let step = (want - self.granted).max(GRANT_STEP);
+        if m.take(step) {
+            self.granted += step;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn release_memory(&mut self) {
+        if let Some(m) = &self.memory {
+            if self.granted > 0 {
+                m.give(self.granted);
+                self.granted = 0;
+            }
+        }
+    }
+
+    /// The budget is spent: refuse this message (452 4.3.1), keep nothing.
+    fn out_of_memory(&mut self) {
+        self.flags.no_memory = true;
+        self.stop_storing();
     }
 
     /// Bound the client's header section: `size` bytes (with line endings and
@@ -91,6 +197,14 @@ impl MessageBuilder {
     fn stop_storing(&mut self) {
         self.body = Vec::new();
         self.header_end = None;
+        self.release_memory();
+    }
+
+    /// Hand the stored bytes over. Their share of the budget stays taken
+    /// until the builder is dropped: keep it alive while the message is
+    /// still in memory (hooks, scanners, the queue write).
+    pub fn take_body(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.body)
     }
 
     #[inline]
@@ -117,6 +231,10 @@ impl MessageBuilder {
             return;
         }
         if self.size <= self.max_size {
+            if !self.reserve(1) {
+                self.out_of_memory();
+                return;
+            }
             self.body.push(b);
         } else {
             self.flags.too_big = true;
@@ -214,6 +332,11 @@ impl MessageBuilder {
         let room = self.max_size.saturating_sub(self.size) as usize;
         self.size += run.len() as u64;
         if self.flags.discarding() {
+            if run.len() > room {
+                self.flags.too_big = true;
+            }
+        } else if !self.reserve(run.len().min(room) as u64) {
+            self.out_of_memory();
             if run.len() > room {
                 self.flags.too_big = true;
             }
@@ -406,11 +529,50 @@ impl DotDecoder {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_memory_budget_is_shared_and_given_back() {
+        let mem = DataMemory::new(1024 * 1024);
+        let line = [b'a'; 1000];
+        let mut first = MessageBuilder::new(b"", 10 << 20, 2000, false).with_memory(mem.clone());
+        first.push_slice(b"Subject: one\r\n\r\n");
+        for _ in 0..800 {
+            first.push_slice(&line);
+            first.push_slice(b"\r\n");
+        }
+        assert!(!first.flags.no_memory);
+        assert!(mem.used() >= 800_000, "{}", mem.used());
+        // The second finds the budget spent part way: refused, nothing kept.
+        let mut second = MessageBuilder::new(b"", 10 << 20, 2000, false).with_memory(mem.clone());
+        second.push_slice(b"Subject: two\r\n\r\n");
+        for _ in 0..800 {
+            second.push_slice(&line);
+            second.push_slice(b"\r\n");
+        }
+        assert!(second.flags.no_memory && second.flags.discarding());
+        assert!(second.body.is_empty());
+        assert_eq!(second.size, 800 * 1002 + 16, "still counts what it drops");
+        drop(second);
+        // The first's body handed over still holds its share until drop.
+        let body = first.take_body();
+        assert!(body.len() > 800_000);
+        assert!(mem.used() >= 800_000);
+        drop(first);
+        assert_eq!(mem.used(), 0, "grants not given back");
+        // Byte by byte (header lines) draws from the budget as well.
+        let mut third = MessageBuilder::new(b"", 10 << 20, 2000, false).with_memory(mem.clone());
+        for _ in 0..2000 {
+            third.push_slice(b"X-A: 0123456789012345678901234567890123456789\r\n");
+        }
+        assert!(mem.used() >= 90_000 && !third.flags.no_memory);
+        drop(third);
+        assert_eq!(mem.used(), 0);
+    }
+
     fn run(input: &[u8], reject: bool) -> (DataProgress, Vec<u8>, ContentFlags, usize) {
         let mut b = MessageBuilder::new(b"", 1 << 20, 998, !reject);
         let mut d = DotDecoder::new(reject);
         let (n, p) = d.feed(input, &mut b);
-        (p, b.body, b.flags, n)
+        (p, b.take_body(), b.flags, n)
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct ServerContext {
     pub phase: watch::Receiver<Phase>,
     /// `[state]`: with Redis, `connections_per_ip` counts across the fleet.
     pub state: Arc<crate::state::StateStore>,
+    /// `[limits] data_memory`: message content held while receiving.
+    pub data_memory: Arc<crate::smtp::data::DataMemory>,
 }
 
 /// Counts connections in total and per client IP.
@@ -138,6 +140,7 @@ pub async fn start(
         limiter: ConnLimiter::default(),
         phase: phase_rx,
         state,
+        data_memory: crate::smtp::data::DataMemory::new(config.limits.data_memory),
     });
     let sessions = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
     let mut accept_tasks = JoinSet::new();

@@ -71,6 +71,7 @@ impl Session {
             cfg.smtp.bare_line_ending == BareLineEnding::Normalize,
         )
         .with_header_limits(cfg.limits.header_size, cfg.limits.header_lines)
+        .with_memory(self.ctx.data_memory.clone())
     }
 
     pub(super) async fn cmd_data(&mut self) -> Flow {

@@ -20,7 +20,7 @@ use crate::store::queue::{ClientInfo, NewMessage, QueueEntry, QueuedRecipient};
 
 impl Session {
     /// End of data: check the content, run headers and eod, queue durably, answer.
-    pub(super) async fn finish_message(&mut self, builder: MessageBuilder) -> Flow {
+    pub(super) async fn finish_message(&mut self, mut builder: MessageBuilder) -> Flow {
         let Some(tx) = self.end_transaction() else {
             return Flow::Continue;
         };
@@ -31,7 +31,9 @@ impl Session {
         }
         let mut size = builder.size;
         let header_end = builder.header_end.unwrap_or(builder.body.len());
-        let mut body = Bytes::from(builder.body);
+        // `builder` lives to the end of this function: the message's share
+        // of `[limits] data_memory` is held until it is queued or refused.
+        let mut body = Bytes::from(builder.take_body());
         let body_message_id = message_id_of(&body);
 
         if self.ctx.policy.has_hook(Hook::Headers) {
@@ -254,6 +256,22 @@ impl Session {
                 554,
                 "5.4.6",
                 "Too many Received headers: mail loop detected".to_string(),
+            )
+        } else if f.no_memory {
+            // Nothing wrong with the message: too much mail arriving at
+            // once. Temporary; the log line says which limit.
+            crate::metrics::data_memory_refusal();
+            warn!(
+                conn = %self.info.id,
+                data_memory = limits.data_memory,
+                in_use = self.ctx.data_memory.used(),
+                "452 4.3.1: [limits] data_memory spent by the messages being received"
+            );
+            (
+                452,
+                "4.3.1",
+                "Insufficient system resources: too much mail in transit, try again later"
+                    .to_string(),
             )
         } else {
             return None;

@@ -56,6 +56,7 @@ async fn session(extra: &str, scripts: &[(&str, &str)]) -> Mem {
         recipients,
         limiter: ConnLimiter::default(),
         phase,
+        data_memory: crate::smtp::data::DataMemory::new(config.limits.data_memory),
     });
     let (client, server) = tokio::io::duplex(64 * 1024);
     let listener = Arc::new(config.listener[0].clone());
