@@ -447,6 +447,34 @@ fn fuzz_axigen_compiler() {
         b"/*",
         b"*/",
         b"\\",
+        b"event",
+        b"method",
+        b"onConnect",
+        b"onRcptTo",
+        b"onDataReceived",
+        b"export",
+        b"return",
+        b"switch",
+        b"case",
+        b"default",
+        b"isCase",
+        b"lessThan",
+        b"ipRange",
+        b"not",
+        b"\"%smtpIp%\"",
+        b"\"%\"",
+        b"\"(\"",
+        b"\"10.0.0.0/8\"",
+        b"\"1-2\"",
+        b"#c\n",
+        b"smtpAction",
+        b"remoteSmtpIp",
+        b"addHeader",
+        b"42",
+        b"-7",
+        b"%",
+        "\u{e9}".as_bytes(),
+        b"\r\n",
     ];
     let lua = mlua::Lua::new();
     let path = Path::new("fuzz.axigen");
@@ -455,6 +483,7 @@ fn fuzz_axigen_compiler() {
         let _ = sluice::policy::axigen::lexer::lex(&text);
         if let Ok(policy) = sluice::policy::axigen::compile_str(path, &text) {
             for hook in &policy.hooks {
+                assert!(hook.lua.contains("ax:finish()"), "{}", hook.lua);
                 if let Err(e) = lua.load(&hook.lua).into_function() {
                     panic!("generated Lua does not load: {e}\n{}", hook.lua);
                 }
