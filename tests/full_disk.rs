@@ -529,3 +529,39 @@ async fn starts_on_a_full_disk_so_the_queue_can_be_managed() {
     assert!(text.contains("space reserve restored"), "{text}");
     assert!(d.term(Duration::from_secs(15)).await.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_without_a_reserve_says_what_to_do() {
+    let Some(fs) = Tmpfs::mount(32) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), fs.path(), port, "\"1MiB\"");
+    let log = dir.path().join("daemon.log");
+    let mut d = Daemon::spawn(&cfg, &log);
+    wait_listening(port).await;
+    let mut c = Client::connect(([127, 0, 0, 1], port).into()).await;
+    c.greet().await;
+    send_one(&mut c, 1, 64, true).await.expect("accepted");
+    c.cmd("QUIT", "221").await;
+    assert!(d.term(Duration::from_secs(15)).await.is_some());
+    // The reserve is gone (used up earlier, say) and the disk is full.
+    let var = fs.path().join("var");
+    let _ = std::fs::remove_file(var.join(sluice::store::space::RESERVE_FILE));
+    let _filler = fill(&fs.path().join("filler"));
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .output(),
+    )
+    .await
+    .expect("sluice run hung on a full disk")
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with no space at all: {err}");
+    assert!(
+        err.contains("no space left") && err.contains("history") && err.contains("free some space"),
+        "the error does not say what to do: {err}"
+    );
+}
