@@ -29,16 +29,29 @@ pub enum HistoryAction {
     Error,
     /// Removed by an operator (or a script).
     Delete,
+    /// An operator held the entry (`actor` says who: cli, api, console).
+    Hold,
+    /// An operator released a held entry.
+    Release,
+    /// An operator asked for a delivery attempt now.
+    Retry,
+    /// An operator asked for a bounce (the ERROR record and the DSN follow
+    /// at the next attempt).
+    Bounce,
 }
 
 impl HistoryAction {
-    pub const ALL: [HistoryAction; 6] = [
+    pub const ALL: [HistoryAction; 10] = [
         HistoryAction::Received,
         HistoryAction::Reject,
         HistoryAction::Defer,
         HistoryAction::Deliver,
         HistoryAction::Error,
         HistoryAction::Delete,
+        HistoryAction::Hold,
+        HistoryAction::Release,
+        HistoryAction::Retry,
+        HistoryAction::Bounce,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +62,10 @@ impl HistoryAction {
             HistoryAction::Deliver => "DELIVER",
             HistoryAction::Error => "ERROR",
             HistoryAction::Delete => "DELETE",
+            HistoryAction::Hold => "HOLD",
+            HistoryAction::Release => "RELEASE",
+            HistoryAction::Retry => "RETRY",
+            HistoryAction::Bounce => "BOUNCE",
         }
     }
 
@@ -117,6 +134,10 @@ pub struct HistoryRecord {
     /// DEFER: when the next attempt is due (unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry: Option<f64>,
+    /// Operator actions (DELETE, HOLD, RELEASE, RETRY, BOUNCE): who asked —
+    /// "cli" (the control socket), "api" (the JSON API), "console".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 /// Where an SMTP-time record comes from: the client and the connection.
@@ -302,6 +323,12 @@ pub struct HistoryQuery {
     pub id: Option<String>,
     /// Only records with a history id greater than this (for --follow).
     pub after: Option<String>,
+    /// Only records with a history id less than this (paging newest first).
+    pub before: Option<String>,
+    /// Case-insensitive text in the reason (or the deciding hook).
+    pub text: Option<String>,
+    /// Newest first (the console, paging with `before`); else oldest first.
+    pub newest_first: bool,
     pub limit: Option<usize>,
 }
 
@@ -320,6 +347,14 @@ impl HistoryQuery {
         self.since.is_none_or(|t| r.ts >= t)
             && self.until.is_none_or(|t| r.ts <= t)
             && self.after.as_ref().is_none_or(|a| hid > a.as_str())
+            && self.before.as_ref().is_none_or(|b| hid < b.as_str())
+            && self.text.as_ref().is_none_or(|t| {
+                let t = t.to_lowercase();
+                r.reason.to_lowercase().contains(&t)
+                    || r.metadata
+                        .get("decided_by")
+                        .is_some_and(|d| d.to_lowercase().contains(&t))
+            })
             && eq(&self.sender, &r.sender)
             && eq(&self.recipient, &r.recipient)
             && eq(&self.domain, domain)
@@ -425,7 +460,10 @@ impl Store {
             (None, Some(t)) => hid_for_time(t),
             (None, None) => String::new(),
         };
-        let hi = q.until.map(|t| hid_for_time(t + 1e-6));
+        let hi = match (q.until.map(|t| hid_for_time(t + 1e-6)), &q.before) {
+            (Some(u), Some(b)) => Some(u.min(b.clone())),
+            (u, b) => u.or_else(|| b.clone()),
+        };
         let index: Option<(&str, String)> = if let Some(id) = &q.id {
             Some(("id", id.clone()))
         } else if let Some(r) = &q.recipient {
@@ -461,6 +499,9 @@ impl Store {
                 }
                 hids.sort();
                 hids.dedup();
+                if q.newest_first {
+                    hids.reverse();
+                }
                 for hid in hids {
                     if hid.as_str() < lo.as_str() {
                         continue;
@@ -489,6 +530,12 @@ impl Store {
                     Some(h) => self.history_tree().range(start..h.as_bytes().to_vec()),
                     None => self.history_tree().range(start..),
                 };
+                let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+                    if q.newest_first {
+                        Box::new(iter.rev())
+                    } else {
+                        Box::new(iter)
+                    };
                 for kv in iter {
                     let (k, v) = kv?;
                     let hid = String::from_utf8_lossy(&k).into_owned();
@@ -500,6 +547,29 @@ impl Store {
                         }
                     }
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The times (unix seconds) of every `action` record since `since`, read
+    /// from the action index alone (a history id starts with its record's
+    /// time): what the console's charts count, without decoding records.
+    pub fn history_times(&self, action: HistoryAction, since: f64) -> Result<Vec<f64>, StoreError> {
+        let prefix = index_key("action", &action.as_str().to_lowercase(), "");
+        let mut start = prefix.clone();
+        start.extend_from_slice(hid_for_time(since).as_bytes());
+        let mut end = prefix.clone();
+        end.push(0xff);
+        let mut out = Vec::new();
+        for kv in self.hidx_tree().range(start..end) {
+            let (k, _) = kv?;
+            let hex = k.get(prefix.len()..prefix.len() + 13).unwrap_or_default();
+            if let Some(us) = std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+            {
+                out.push(us as f64 / 1_000_000.0);
             }
         }
         Ok(out)
@@ -656,6 +726,73 @@ mod tests {
             idx_left,
             2 * 7,
             "index entries of the pruned record removed"
+        );
+    }
+
+    #[test]
+    fn newest_first_paging_text_and_action_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = now_secs();
+        let mut recs: Vec<HistoryRecord> = (0..10)
+            .map(|i| {
+                rec(
+                    "DELIVER",
+                    "p@x.example",
+                    &format!("q{i}"),
+                    now - 100.0 + i as f64,
+                )
+            })
+            .collect();
+        recs[3].reason = "550 5.7.1 Spam Detected".into();
+        recs[3].action = HistoryAction::Reject;
+        store.append_history(&recs).unwrap();
+        let page = |q: HistoryQuery| -> Vec<String> {
+            store
+                .query_history(&q)
+                .unwrap()
+                .into_iter()
+                .map(|(_, r)| r.id)
+                .collect()
+        };
+        for rcpt in [None, Some("p@x.example".to_string())] {
+            let first = store
+                .query_history(&HistoryQuery {
+                    recipient: rcpt.clone(),
+                    newest_first: true,
+                    limit: Some(4),
+                    ..Default::default()
+                })
+                .unwrap();
+            let ids: Vec<&str> = first.iter().map(|(_, r)| r.id.as_str()).collect();
+            assert_eq!(ids, ["q9", "q8", "q7", "q6"], "{rcpt:?}");
+            let next = page(HistoryQuery {
+                recipient: rcpt.clone(),
+                newest_first: true,
+                before: Some(first[3].0.clone()),
+                limit: Some(4),
+                ..Default::default()
+            });
+            assert_eq!(next, ["q5", "q4", "q3", "q2"], "{rcpt:?}");
+        }
+        assert_eq!(
+            page(HistoryQuery {
+                text: Some("spam detected".into()),
+                ..Default::default()
+            }),
+            ["q3"]
+        );
+        let delivered = store
+            .history_times(HistoryAction::Deliver, now - 95.5)
+            .unwrap();
+        assert_eq!(delivered.len(), 5, "q5..q9: {delivered:?}");
+        assert!(delivered.iter().all(|t| (now - 96.0..=now).contains(t)));
+        assert_eq!(
+            store
+                .history_times(HistoryAction::Reject, 0.0)
+                .unwrap()
+                .len(),
+            1
         );
     }
 }
