@@ -152,6 +152,18 @@ async fn js() -> Response {
         .into_response()
 }
 
+/// The page shown for everything while `[http] token` is empty.
+fn console_off() -> Response {
+    html_response(
+        StatusCode::FORBIDDEN,
+        page(
+            "Console off",
+            None,
+            "<p class=\"error\">The console is off: set [http] token to enable it.</p>",
+        ),
+    )
+}
+
 fn login_page(status: StatusCode, message: &str) -> Response {
     let pre = auth::random_token();
     let body = format!(
@@ -175,10 +187,7 @@ fn login_page(status: StatusCode, message: &str) -> Response {
 
 async fn login_form(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if state.token.is_empty() {
-        return login_page(
-            StatusCode::FORBIDDEN,
-            "The console is off: set [http] token to enable it.",
-        );
+        return console_off();
     }
     if session(&state, &headers).is_some() {
         return Redirect::to("/history").into_response();
@@ -193,10 +202,7 @@ async fn login(
     Form(form): Form<Pairs>,
 ) -> Response {
     if state.token.is_empty() {
-        return login_page(
-            StatusCode::FORBIDDEN,
-            "The console is off: set [http] token to enable it.",
-        );
+        return console_off();
     }
     if let Err(wait) = state.logins.attempt(peer.ip()) {
         tracing::warn!(client = %peer.ip(), "console login rate limit");
