@@ -360,7 +360,7 @@ fn history_row(r: &Value) -> String {
         s("id")
     };
     let mut reason = s("reason").to_string();
-    if let Some(host) = r["remote_host"].as_str() {
+    if let Some(host) = r["remote_host"].as_str().filter(|h| !reason.contains(h)) {
         reason = format!("{reason} [{host}]");
     }
     format!(
@@ -649,7 +649,7 @@ fn timeline(csrf: &str, rows: &[Value], entries: &[Value]) -> String {
             detail.push(format!("to <{}>", s(r, "recipient")));
         }
         if let (Some(h), ip) = (r["remote_host"].as_str(), s(r, "remote_ip")) {
-            detail.push(if ip.is_empty() {
+            detail.push(if ip.is_empty() || ip == h {
                 format!("via {h}")
             } else {
                 format!("via {h} [{ip}]")
