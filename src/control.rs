@@ -227,16 +227,24 @@ pub fn dispatch(store: &Store, req: Request, reload: Option<&ReloadFn>) -> Resul
 }
 
 pub fn history_json(store: &Store, f: &HistoryFilter) -> Result<Value, String> {
-    let rows = store.query_history(f).map_err(|e| e.to_string())?;
-    Ok(Value::Array(
-        rows.into_iter()
-            .map(|(hid, r)| {
-                let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-                v["hid"] = Value::String(hid);
-                v
-            })
-            .collect(),
-    ))
+    Ok(history_scan_json(store, f)?.0)
+}
+
+/// [`history_json`], and where a `max_scan` budget stopped the search.
+pub fn history_scan_json(
+    store: &Store,
+    f: &HistoryFilter,
+) -> Result<(Value, Option<String>), String> {
+    let (rows, stopped) = store.query_history_scan(f).map_err(|e| e.to_string())?;
+    let rows = rows
+        .into_iter()
+        .map(|(hid, r)| {
+            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+            v["hid"] = Value::String(hid);
+            v
+        })
+        .collect();
+    Ok((Value::Array(rows), stopped))
 }
 
 /// One message's story: its history records (oldest first) and the queue

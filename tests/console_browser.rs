@@ -94,6 +94,7 @@ async fn console_in_headless_chromium() {
         "confirm-release",
         "released",
         "charts",
+        "charts-day",
         "live-tail",
         "csrf-missing",
         "csrf-wrong",

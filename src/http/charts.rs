@@ -182,9 +182,15 @@ pub fn line_svg(c: &Charts) -> String {
         let label = chrono::DateTime::from_timestamp(t as i64, 0)
             .map(|d| d.format("%H:%M").to_string())
             .unwrap_or_default();
+        // The outer labels lean inwards so the edge does not clip them.
+        let anchor = match i {
+            0 => "start",
+            i if i == n - 1 => "end",
+            _ => "middle",
+        };
         let _ = write!(
             out,
-            "<text class=\"tick\" x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
+            "<text class=\"tick\" x=\"{:.1}\" y=\"{}\" text-anchor=\"{anchor}\">{label}</text>",
             x(i),
             H - 8.0
         );

@@ -38,6 +38,9 @@ use crate::control::{self, HistoryFilter, QueueFilter, QUEUE_ACTIONS};
 pub const ACTOR: &str = "console";
 /// History rows per page.
 pub const PAGE_SIZE: usize = 50;
+/// Records one search page examines at most (a free-text search over a
+/// large history); the page then offers to search on from there.
+pub const MAX_SCAN: usize = 200_000;
 /// Queue entries listed on the queue page (oldest first).
 const QUEUE_ROWS: usize = 200;
 
@@ -284,6 +287,7 @@ fn search_filter(q: &Pairs) -> Result<HistoryFilter, String> {
     let mut f = HistoryFilter {
         newest_first: true,
         limit: Some(PAGE_SIZE),
+        max_scan: Some(MAX_SCAN),
         ..Default::default()
     };
     let s = |n: &str| get_param(q, n).map(|v| v.trim().to_string());
@@ -400,9 +404,13 @@ async fn history(
         }
     };
     let started = std::time::Instant::now();
-    let rows = match blocking(&state.store, move |s| control::history_json(s, &filter)).await {
-        Ok(Value::Array(a)) => a,
-        Ok(_) => Vec::new(),
+    let (rows, stopped) = match blocking(&state.store, move |s| {
+        control::history_scan_json(s, &filter)
+    })
+    .await
+    {
+        Ok((Value::Array(a), stopped)) => (a, stopped),
+        Ok((_, stopped)) => (Vec::new(), stopped),
         Err(e) => {
             let _ = write!(body, "<p class=\"error\">{}</p>", esc(&e));
             return html_response(
@@ -442,7 +450,15 @@ async fn history(
             esc(keep.trim_end_matches('&'))
         );
     }
-    if rows.len() == PAGE_SIZE {
+    if let Some(at) = &stopped {
+        let _ = write!(
+            body,
+            "<span class=\"meta\" id=\"stopped\">Searched {MAX_SCAN} records, back to {} UTC. </span>\
+             <a id=\"search-on\" href=\"/history?{}\">Search older records »</a>",
+            esc(&hid_time(at)),
+            esc(&format!("{keep}before={}", url(at)))
+        );
+    } else if rows.len() == PAGE_SIZE {
         if let Some(last) = rows.last().and_then(|r| r["hid"].as_str()) {
             let _ = write!(
                 body,
@@ -453,6 +469,14 @@ async fn history(
     }
     body.push_str("</p>");
     html_response(StatusCode::OK, page("History", Some(&sess.csrf), &body))
+}
+
+/// The time a history id starts with (13 hex digits of µs).
+fn hid_time(hid: &str) -> String {
+    hid.get(..13)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .map(|us| time(us as f64 / 1e6))
+        .unwrap_or_default()
 }
 
 /// A definition list of the non-empty (label, value) pairs.
@@ -1188,6 +1212,12 @@ mod tests {
         let row = history_row(&r);
         assert!(row.contains("href=\"/message?id=tx%3C1%3E\""), "{row}");
         assert!(row.contains("550 &lt;bad&gt;") && row.contains("&lt;&gt;"));
+    }
+
+    #[test]
+    fn history_ids_tell_their_time() {
+        assert_eq!(hid_time("000003b9aca00abcdef"), "1970-01-01 00:16:40");
+        assert_eq!(hid_time("zz"), "");
     }
 
     #[test]

@@ -309,6 +309,9 @@ fn index_key(field: &str, value: &str, hid: &str) -> Vec<u8> {
     k
 }
 
+/// A history record with its history id.
+pub type HistoryRow = (String, HistoryRecord);
+
 /// What to look for; all given filters must match.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -329,6 +332,10 @@ pub struct HistoryQuery {
     pub text: Option<String>,
     /// Newest first (the console, paging with `before`); else oldest first.
     pub newest_first: bool,
+    /// Examine at most this many records (the console's free-text search);
+    /// see [`Store::query_history_scan`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_scan: Option<usize>,
     pub limit: Option<usize>,
 }
 
@@ -448,13 +455,26 @@ impl Store {
         })
     }
 
-    /// Records matching `q`, oldest first, with their history ids. Uses an
-    /// index when a field filter is given, else the time-ordered key range.
+    /// Records matching `q`, oldest first (or newest first), with their
+    /// history ids. Uses an index when a field filter is given, else the
+    /// time-ordered key range; either way only the query's time range is read.
     pub fn query_history(
         &self,
         q: &HistoryQuery,
     ) -> Result<Vec<(String, HistoryRecord)>, StoreError> {
+        Ok(self.query_history_scan(q)?.0)
+    }
+
+    /// [`Store::query_history`], and — when `q.max_scan` ended the search
+    /// before the range did — the history id of the last record examined,
+    /// from which a caller continues (`before` it newest first, `after` it
+    /// oldest first).
+    pub fn query_history_scan(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<(Vec<HistoryRow>, Option<String>), StoreError> {
         let limit = q.limit.unwrap_or(usize::MAX);
+        let budget = q.max_scan.unwrap_or(usize::MAX).max(1);
         let lo = match (&q.after, q.since) {
             (Some(a), _) => a.clone(),
             (None, Some(t)) => hid_for_time(t),
@@ -476,23 +496,56 @@ impl Store {
             q.action.as_ref().map(|a| ("action", a.to_lowercase()))
         };
         let mut out = Vec::new();
+        let mut stopped = None;
+        let mut scanned = 0usize;
+        // Look at one record; true when the search is over.
+        let mut take = |hid: String, v: &[u8]| -> Result<bool, StoreError> {
+            let r = Self::decode_history(hid.as_bytes(), v)?;
+            scanned += 1;
+            if q.matches(&hid, &r) {
+                out.push((hid.clone(), r));
+                if out.len() >= limit {
+                    return Ok(true);
+                }
+            }
+            if scanned >= budget {
+                stopped = Some(hid);
+                return Ok(true);
+            }
+            Ok(false)
+        };
+        // The index keys of `prefix` within the query's time range.
+        let bounded = |prefix: &[u8]| {
+            let mut start = prefix.to_vec();
+            start.extend_from_slice(lo.as_bytes());
+            let mut end = prefix.to_vec();
+            match &hi {
+                Some(h) => end.extend_from_slice(h.as_bytes()),
+                None => end.push(0xff),
+            }
+            self.hidx_tree().range(start..end)
+        };
+        type Rows<'a> = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>;
+        let ordered = |iter: sled::Iter| -> Rows<'_> {
+            if q.newest_first {
+                Box::new(iter.rev())
+            } else {
+                Box::new(iter)
+            }
+        };
         match index {
-            Some((field, value)) => {
-                // An id may be a queue id, a transaction id or a message-id.
-                let fields: Vec<&str> = if field == "id" {
-                    vec!["id", "tx", "msgid"]
-                } else {
-                    vec![field]
-                };
+            // An id may be a queue id, a transaction id or a message-id: the
+            // (few) hids of the three indexes, merged.
+            Some(("id", value)) => {
                 let mut hids: Vec<String> = Vec::new();
-                for f in fields {
+                for f in ["id", "tx", "msgid"] {
                     let v = if f == "msgid" {
                         value.trim_matches(['<', '>']).to_lowercase()
                     } else {
                         value.to_lowercase()
                     };
                     let prefix = index_key(f, &v, "");
-                    for kv in self.hidx_tree().scan_prefix(&prefix) {
+                    for kv in bounded(&prefix) {
                         let (k, _) = kv?;
                         hids.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
                     }
@@ -503,53 +556,43 @@ impl Store {
                     hids.reverse();
                 }
                 for hid in hids {
-                    if hid.as_str() < lo.as_str() {
-                        continue;
-                    }
-                    if hi.as_ref().is_some_and(|h| hid.as_str() >= h.as_str()) {
-                        continue;
-                    }
                     if let Some(v) = self.history_tree().get(hid.as_bytes())? {
-                        let r = Self::decode_history(hid.as_bytes(), &v)?;
-                        if q.matches(&hid, &r) {
-                            out.push((hid, r));
-                            if out.len() >= limit {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            None => {
-                let start: Vec<u8> = if lo.is_empty() {
-                    Vec::new()
-                } else {
-                    lo.as_bytes().to_vec()
-                };
-                let iter = match &hi {
-                    Some(h) => self.history_tree().range(start..h.as_bytes().to_vec()),
-                    None => self.history_tree().range(start..),
-                };
-                let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-                    if q.newest_first {
-                        Box::new(iter.rev())
-                    } else {
-                        Box::new(iter)
-                    };
-                for kv in iter {
-                    let (k, v) = kv?;
-                    let hid = String::from_utf8_lossy(&k).into_owned();
-                    let r = Self::decode_history(&k, &v)?;
-                    if q.matches(&hid, &r) {
-                        out.push((hid, r));
-                        if out.len() >= limit {
+                        if take(hid, &v)? {
                             break;
                         }
                     }
                 }
             }
+            // One index, read in order: stops at the limit.
+            Some((field, value)) => {
+                let prefix = index_key(field, &value, "");
+                for kv in ordered(bounded(&prefix)) {
+                    let (k, _) = kv?;
+                    let hid = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                    // After a crash an index entry may point at no record.
+                    if let Some(v) = self.history_tree().get(hid.as_bytes())? {
+                        if take(hid, &v)? {
+                            break;
+                        }
+                    }
+                }
+            }
+            None => {
+                let start = lo.as_bytes().to_vec();
+                let iter = match &hi {
+                    Some(h) => self.history_tree().range(start..h.as_bytes().to_vec()),
+                    None => self.history_tree().range(start..),
+                };
+                for kv in ordered(iter) {
+                    let (k, v) = kv?;
+                    let hid = String::from_utf8_lossy(&k).into_owned();
+                    if take(hid, &v)? {
+                        break;
+                    }
+                }
+            }
         }
-        Ok(out)
+        Ok((out, stopped))
     }
 
     /// The times (unix seconds) of every `action` record since `since`, read
@@ -781,6 +824,43 @@ mod tests {
                 ..Default::default()
             }),
             ["q3"]
+        );
+        // A scan budget ends the search early and says where it stopped.
+        let q = HistoryQuery {
+            text: Some("spam detected".into()),
+            newest_first: true,
+            max_scan: Some(4),
+            ..Default::default()
+        };
+        let (rows, stopped) = store.query_history_scan(&q).unwrap();
+        assert!(rows.is_empty(), "q9..q6 examined, no match");
+        let stopped = stopped.expect("stopped early");
+        let (rows, _) = store
+            .query_history_scan(&HistoryQuery {
+                before: Some(stopped),
+                ..q.clone()
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 1, "found continuing from where it stopped");
+        assert_eq!(rows[0].1.id, "q3");
+        // Indexed queries read only the time range asked for.
+        let mid = now - 95.5;
+        assert_eq!(
+            page(HistoryQuery {
+                recipient: Some("p@x.example".into()),
+                since: Some(mid),
+                newest_first: true,
+                ..Default::default()
+            }),
+            ["q9", "q8", "q7", "q6", "q5"]
+        );
+        assert_eq!(
+            page(HistoryQuery {
+                action: Some("DELIVER".into()),
+                until: Some(mid),
+                ..Default::default()
+            }),
+            ["q0", "q1", "q2", "q4"]
         );
         let delivered = store
             .history_times(HistoryAction::Deliver, now - 95.5)
