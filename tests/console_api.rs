@@ -462,6 +462,10 @@ async fn console_access_rules() {
         .http("GET", "/queue", &[("Cookie", &session)], None)
         .await;
     assert_eq!(r.status, 303);
+    let r = gw
+        .http("GET", "/login", &[("Cookie", &session)], None)
+        .await;
+    assert!(r.body.contains("session has expired"), "{}", r.body);
     let r = act(format!("action=release&id={id}&csrf={token}")).await;
     assert_eq!(r.status, 403);
     assert_eq!(gw.queue_list()[0]["state"], "held");

@@ -195,6 +195,15 @@ async fn login_form(State(state): State<Shared>, headers: HeaderMap) -> Response
     if session(&state, &headers).is_some() {
         return Redirect::to("/history").into_response();
     }
+    // A session cookie the table no longer knows: it expired (or the
+    // daemon restarted). Say so, and drop the cookie.
+    if cookie(&headers, SESSION_COOKIE).is_some_and(|c| !c.is_empty()) {
+        let mut r = login_page(StatusCode::OK, "Your session has expired; log in again.");
+        if let Ok(v) = HeaderValue::from_str(&set_cookie(SESSION_COOKIE, "")) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+        return r;
+    }
     login_page(StatusCode::OK, "")
 }
 

@@ -230,6 +230,7 @@ try:
     go("/queue")
     check(driver.current_url.endswith("/login"), "expired session still served: " + driver.current_url)
     check("Log in" in driver.title, "not the login page after expiry")
+    check("session has expired" in text(), "expiry not explained: " + text()[:200])
     ok("session-expired")
     print("ok: all steps")
 finally:
