@@ -659,8 +659,8 @@ async fn history_cmd(cfg: &Config, h: &HistoryArgs) -> anyhow::Result<()> {
         domain: h.domain.clone(),
         action: h.action.as_ref().map(|a| a.to_uppercase()),
         id: h.id.clone(),
-        after: None,
         limit: Some(h.limit),
+        ..Default::default()
     };
     let v = ask(
         cfg,
@@ -707,37 +707,9 @@ async fn history_cmd(cfg: &Config, h: &HistoryArgs) -> anyhow::Result<()> {
 }
 
 async fn trace_cmd(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()> {
-    let filter = control::HistoryFilter {
-        id: Some(id.to_string()),
-        ..Default::default()
-    };
-    let history = ask(cfg, Request::History { query: filter }).await?;
-    let queue = ask(
-        cfg,
-        Request::QueueList {
-            filter: Default::default(),
-        },
-    )
-    .await?;
-    let rows = history.as_array().cloned().unwrap_or_default();
-    // Queue entries of this message: by queue id, transaction id or Message-ID.
-    let txs: std::collections::BTreeSet<String> = rows
-        .iter()
-        .filter_map(|r| r["transaction"].as_str().map(|s| s.to_string()))
-        .chain(std::iter::once(id.to_string()))
-        .collect();
-    let entries: Vec<Value> = queue
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| {
-            e["id"].as_str() == Some(id)
-                || e["transaction"].as_str().is_some_and(|t| txs.contains(t))
-                || e["message_id"].as_str().map(|m| m.trim_matches(['<', '>']))
-                    == Some(id.trim_matches(['<', '>']))
-        })
-        .collect();
+    let v = ask(cfg, Request::Trace { id: id.to_string() }).await?;
+    let rows = v["history"].as_array().cloned().unwrap_or_default();
+    let entries = v["queue"].as_array().cloned().unwrap_or_default();
     if json {
         println!(
             "{}",

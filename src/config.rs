@@ -398,13 +398,26 @@ pub struct DnsConfig {
     pub timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// e.g. "127.0.0.1:8025"; empty = off.
     pub address: String,
-    /// Bearer token for /api/*; /metrics needs none.
+    /// Bearer token for /api/* and the console's password; /metrics needs none.
     pub token: String,
+    /// A console session ends after this long without a request.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            address: String::new(),
+            token: String::new(),
+            session_timeout: Duration::from_secs(8 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1062,6 +1075,9 @@ impl Config {
                     format!("{ns:?} is not an ip or ip:port"),
                 ));
             }
+        }
+        if self.http.session_timeout.is_zero() {
+            return Err(invalid("http.session_timeout", "must be greater than 0"));
         }
         if !self.http.address.is_empty() && self.http.address.parse::<SocketAddr>().is_err() {
             return Err(invalid(

@@ -41,6 +41,10 @@ pub enum Request {
     History {
         query: HistoryFilter,
     },
+    /// `sluice trace ID`: the history and the queue entries of one message.
+    Trace {
+        id: String,
+    },
     Reload,
     /// `sluice state get KEY`
     StateGet {
@@ -163,6 +167,7 @@ pub fn queue_select(
     action: &str,
     filter: &QueueFilter,
     all: bool,
+    actor: &str,
 ) -> Result<Value, String> {
     filter.validate()?;
     if !["hold", "release", "retry", "delete", "bounce"].contains(&action) {
@@ -178,13 +183,16 @@ pub fn queue_select(
         if !filter.matches(&e, now) {
             continue;
         }
-        match queue_action(store, action, &e.id) {
+        match queue_action(store, action, &e.id, actor) {
             Ok(_) => done.push(Value::String(e.id)),
             Err(why) => skipped.push(json!({"id": e.id, "error": why})),
         }
     }
     Ok(json!({"action": action, "ids": done, "skipped": skipped}))
 }
+
+/// Who the control socket's (and the CLI's own) queue actions are recorded as.
+pub const CLI_ACTOR: &str = "cli";
 
 /// Answer one request against the store; `reload` is None without a daemon.
 pub fn dispatch(store: &Store, req: Request, reload: Option<&ReloadFn>) -> Result<Value, String> {
@@ -199,14 +207,15 @@ pub fn dispatch(store: &Store, req: Request, reload: Option<&ReloadFn>) -> Resul
         )),
         Request::QueueList { filter } => queue_list_json(store, &filter),
         Request::QueueShow { id } => queue_show_json(store, &id),
-        Request::QueueAction { action, id } => queue_action(store, &action, &id),
+        Request::QueueAction { action, id } => queue_action(store, &action, &id, CLI_ACTOR),
         Request::QueueSelect {
             action,
             filter,
             all,
-        } => queue_select(store, &action, &filter, all),
+        } => queue_select(store, &action, &filter, all, CLI_ACTOR),
         Request::QueueStats => queue_stats(store),
         Request::History { query } => history_json(store, &query),
+        Request::Trace { id } => trace_json(store, &id),
         Request::Reload => match reload {
             Some(f) => f().map(Value::String),
             None => Err("no daemon running".into()),
@@ -218,16 +227,55 @@ pub fn dispatch(store: &Store, req: Request, reload: Option<&ReloadFn>) -> Resul
 }
 
 pub fn history_json(store: &Store, f: &HistoryFilter) -> Result<Value, String> {
-    let rows = store.query_history(f).map_err(|e| e.to_string())?;
-    Ok(Value::Array(
-        rows.into_iter()
-            .map(|(hid, r)| {
-                let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-                v["hid"] = Value::String(hid);
-                v
-            })
-            .collect(),
-    ))
+    Ok(history_scan_json(store, f)?.0)
+}
+
+/// [`history_json`], and where a `max_scan` budget stopped the search.
+pub fn history_scan_json(
+    store: &Store,
+    f: &HistoryFilter,
+) -> Result<(Value, Option<String>), String> {
+    let (rows, stopped) = store.query_history_scan(f).map_err(|e| e.to_string())?;
+    let rows = rows
+        .into_iter()
+        .map(|(hid, r)| {
+            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+            v["hid"] = Value::String(hid);
+            v
+        })
+        .collect();
+    Ok((Value::Array(rows), stopped))
+}
+
+/// One message's story: its history records (oldest first) and the queue
+/// entries still holding it, found by queue id, transaction id or
+/// Message-ID — `sluice trace` and the console's timeline.
+pub fn trace_json(store: &Store, id: &str) -> Result<Value, String> {
+    let filter = HistoryFilter {
+        id: Some(id.to_string()),
+        ..Default::default()
+    };
+    let rows = history_json(store, &filter)?;
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    // Queue entries of this message: by queue id, transaction id or Message-ID.
+    let txs: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|r| r["transaction"].as_str())
+        .chain(std::iter::once(id))
+        .collect();
+    let bare = id.trim_matches(['<', '>']);
+    let entries: Vec<Value> = store
+        .list_entries()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|e| {
+            e.id == id
+                || txs.contains(e.transaction.as_str())
+                || e.message_id.as_deref().map(|m| m.trim_matches(['<', '>'])) == Some(bare)
+        })
+        .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+        .collect();
+    Ok(json!({"history": rows, "queue": entries}))
 }
 
 fn now_secs() -> f64 {
@@ -237,47 +285,58 @@ fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// hold, release, retry (now), delete (DELETE history, no report), bounce
-/// (the scheduler fails it at once: ERROR history and a DSN to the sender).
-pub fn queue_action(store: &Store, action: &str, id: &str) -> Result<Value, String> {
+/// The queue actions, by the names the CLI, the API and the console use.
+pub const QUEUE_ACTIONS: [&str; 5] = ["hold", "release", "retry", "delete", "bounce"];
+
+/// hold, release, retry (now), delete (no report), bounce (the scheduler
+/// fails it at once: ERROR history and a DSN to the sender). Each writes one
+/// history record per recipient (HOLD, RELEASE, RETRY, DELETE, BOUNCE) naming
+/// `actor` — "cli", "api" or "console".
+pub fn queue_action(store: &Store, action: &str, id: &str, actor: &str) -> Result<Value, String> {
+    use crate::store::history::{HistoryAction, HistoryRecord};
     use crate::store::queue::QueueState;
+    let (kind, reason) = match action {
+        "hold" => (HistoryAction::Hold, "held by operator"),
+        "release" => (HistoryAction::Release, "released by operator"),
+        "retry" => (HistoryAction::Retry, "retry now, asked by operator"),
+        "bounce" => (HistoryAction::Bounce, "bounce asked by operator"),
+        "delete" => (HistoryAction::Delete, "deleted by operator"),
+        other => return Err(format!("unknown queue action {other:?}")),
+    };
     let Some(mut e) = store.get_entry(id).map_err(|e| e.to_string())? else {
         return Err(format!("no queue entry {id}"));
     };
-    match action {
-        "hold" => e.state = QueueState::Held,
-        "release" | "retry" => {
-            e.state = QueueState::Queued;
-            e.next_attempt = now_secs();
-        }
-        "bounce" => {
+    let recs: Vec<_> = e
+        .recipients
+        .iter()
+        .map(|r| {
+            let mut h =
+                HistoryRecord::for_entry(&e, &r.recipient, kind, format!("{reason} ({actor})"));
+            h.attempt = e.attempts;
+            h.actor = Some(actor.to_string());
+            h
+        })
+        .collect();
+    match kind {
+        HistoryAction::Hold => e.state = QueueState::Held,
+        HistoryAction::Bounce => {
             e.state = QueueState::Queued;
             e.next_attempt = now_secs();
             e.control.bounce_requested = true;
         }
-        "delete" => {
-            let recs: Vec<_> = e
-                .recipients
-                .iter()
-                .map(|r| {
-                    let mut h = crate::store::history::HistoryRecord::for_entry(
-                        &e,
-                        &r.recipient,
-                        crate::store::history::HistoryAction::Delete,
-                        "deleted by operator".into(),
-                    );
-                    h.attempt = e.attempts;
-                    h
-                })
-                .collect();
+        HistoryAction::Delete => {
             store.append_history(&recs).map_err(|e| e.to_string())?;
             store.history_db().flush().map_err(|e| e.to_string())?;
             store.remove_entry(id).map_err(|e| e.to_string())?;
             return Ok(json!({"id": id, "action": action}));
         }
-        other => return Err(format!("unknown queue action {other:?}")),
+        _ => {
+            e.state = QueueState::Queued;
+            e.next_attempt = now_secs();
+        }
     }
     store.update_entry(&e).map_err(|e| e.to_string())?;
+    store.append_history(&recs).map_err(|e| e.to_string())?;
     Ok(json!({"id": id, "action": action, "state": e.state.as_str()}))
 }
 

@@ -151,7 +151,7 @@ impl Daemon {
                 None
             }
         };
-        let http = crate::http::start(&config.http, store.clone())
+        let http = crate::http::start(&config.http, store.clone(), Some(reload.clone()))
             .await
             .with_context(|| format!("starting [http] on {:?}", config.http.address))?;
         Ok(Daemon {

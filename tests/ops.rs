@@ -1,5 +1,6 @@
-//! Operations: `/metrics` counters move when mail flows, and the read-only
-//! JSON API under `/api/` answers with the bearer token and refuses without.
+//! Operations: `/metrics` counters move when mail flows, and the JSON API
+//! under `/api/` (the alias of `/api/v1/`) answers with the bearer token and
+//! refuses without. `tests/console_api.rs` covers `/api/v1/` and the console.
 //! The daemon runs in-process with `[http] address = "127.0.0.1:0"`.
 //!
 //! Metrics are process-wide, and tests in this file run in parallel, so every
@@ -188,7 +189,11 @@ async fn history_and_queue_api_need_the_token() {
     for tok in [None, Some("wrong"), Some("s3cret-toke")] {
         let r = get(http, "/api/history", tok).await;
         assert_eq!(r.status, 401, "{tok:?}: {}", r.body);
-        assert!(r.headers.contains("WWW-Authenticate: Bearer"));
+        // Header names are case-insensitive (hyper writes Www-Authenticate).
+        assert!(r
+            .headers
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer"));
     }
     let r = http_raw(
         http,
@@ -292,9 +297,13 @@ async fn history_and_queue_api_need_the_token() {
     );
     assert_eq!(get(http, "/api/nothing", Some(TOKEN)).await.status, 404);
 
-    // /metrics and /healthz need no token; other paths are 404.
+    // /metrics and /healthz need no token; unknown paths are 404, and the
+    // console at / shows nothing but its login page before login.
     assert_eq!(get(http, "/healthz", None).await.status, 200);
-    assert_eq!(get(http, "/", None).await.status, 404);
+    assert_eq!(get(http, "/nothing", None).await.status, 404);
+    let r = get(http, "/", None).await;
+    assert_eq!(r.status, 303);
+    assert!(r.headers.contains("Location: /login"), "{}", r.headers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

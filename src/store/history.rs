@@ -29,16 +29,29 @@ pub enum HistoryAction {
     Error,
     /// Removed by an operator (or a script).
     Delete,
+    /// An operator held the entry (`actor` says who: cli, api, console).
+    Hold,
+    /// An operator released a held entry.
+    Release,
+    /// An operator asked for a delivery attempt now.
+    Retry,
+    /// An operator asked for a bounce (the ERROR record and the DSN follow
+    /// at the next attempt).
+    Bounce,
 }
 
 impl HistoryAction {
-    pub const ALL: [HistoryAction; 6] = [
+    pub const ALL: [HistoryAction; 10] = [
         HistoryAction::Received,
         HistoryAction::Reject,
         HistoryAction::Defer,
         HistoryAction::Deliver,
         HistoryAction::Error,
         HistoryAction::Delete,
+        HistoryAction::Hold,
+        HistoryAction::Release,
+        HistoryAction::Retry,
+        HistoryAction::Bounce,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +62,10 @@ impl HistoryAction {
             HistoryAction::Deliver => "DELIVER",
             HistoryAction::Error => "ERROR",
             HistoryAction::Delete => "DELETE",
+            HistoryAction::Hold => "HOLD",
+            HistoryAction::Release => "RELEASE",
+            HistoryAction::Retry => "RETRY",
+            HistoryAction::Bounce => "BOUNCE",
         }
     }
 
@@ -117,6 +134,10 @@ pub struct HistoryRecord {
     /// DEFER: when the next attempt is due (unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry: Option<f64>,
+    /// Operator actions (DELETE, HOLD, RELEASE, RETRY, BOUNCE): who asked —
+    /// "cli" (the control socket), "api" (the JSON API), "console".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 /// Where an SMTP-time record comes from: the client and the connection.
@@ -288,6 +309,9 @@ fn index_key(field: &str, value: &str, hid: &str) -> Vec<u8> {
     k
 }
 
+/// A history record with its history id.
+pub type HistoryRow = (String, HistoryRecord);
+
 /// What to look for; all given filters must match.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -302,6 +326,16 @@ pub struct HistoryQuery {
     pub id: Option<String>,
     /// Only records with a history id greater than this (for --follow).
     pub after: Option<String>,
+    /// Only records with a history id less than this (paging newest first).
+    pub before: Option<String>,
+    /// Case-insensitive text in the reason (or the deciding hook).
+    pub text: Option<String>,
+    /// Newest first (the console, paging with `before`); else oldest first.
+    pub newest_first: bool,
+    /// Examine at most this many records (the console's free-text search);
+    /// see [`Store::query_history_scan`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_scan: Option<usize>,
     pub limit: Option<usize>,
 }
 
@@ -320,6 +354,14 @@ impl HistoryQuery {
         self.since.is_none_or(|t| r.ts >= t)
             && self.until.is_none_or(|t| r.ts <= t)
             && self.after.as_ref().is_none_or(|a| hid > a.as_str())
+            && self.before.as_ref().is_none_or(|b| hid < b.as_str())
+            && self.text.as_ref().is_none_or(|t| {
+                let t = t.to_lowercase();
+                r.reason.to_lowercase().contains(&t)
+                    || r.metadata
+                        .get("decided_by")
+                        .is_some_and(|d| d.to_lowercase().contains(&t))
+            })
             && eq(&self.sender, &r.sender)
             && eq(&self.recipient, &r.recipient)
             && eq(&self.domain, domain)
@@ -397,19 +439,35 @@ impl Store {
         })
     }
 
-    /// Records matching `q`, oldest first, with their history ids. Uses an
-    /// index when a field filter is given, else the time-ordered key range.
+    /// Records matching `q`, oldest first (or newest first), with their
+    /// history ids. Uses an index when a field filter is given, else the
+    /// time-ordered key range; either way only the query's time range is read.
     pub fn query_history(
         &self,
         q: &HistoryQuery,
     ) -> Result<Vec<(String, HistoryRecord)>, StoreError> {
+        Ok(self.query_history_scan(q)?.0)
+    }
+
+    /// [`Store::query_history`], and — when `q.max_scan` ended the search
+    /// before the range did — the history id of the last record examined,
+    /// from which a caller continues (`before` it newest first, `after` it
+    /// oldest first).
+    pub fn query_history_scan(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<(Vec<HistoryRow>, Option<String>), StoreError> {
         let limit = q.limit.unwrap_or(usize::MAX);
+        let budget = q.max_scan.unwrap_or(usize::MAX).max(1);
         let lo = match (&q.after, q.since) {
             (Some(a), _) => a.clone(),
             (None, Some(t)) => hid_for_time(t),
             (None, None) => String::new(),
         };
-        let hi = q.until.map(|t| hid_for_time(t + 1e-6));
+        let hi = match (q.until.map(|t| hid_for_time(t + 1e-6)), &q.before) {
+            (Some(u), Some(b)) => Some(u.min(b.clone())),
+            (u, b) => u.or_else(|| b.clone()),
+        };
         let index: Option<(&str, String)> = if let Some(id) = &q.id {
             Some(("id", id.clone()))
         } else if let Some(r) = &q.recipient {
@@ -422,68 +480,123 @@ impl Store {
             q.action.as_ref().map(|a| ("action", a.to_lowercase()))
         };
         let mut out = Vec::new();
+        let mut stopped = None;
+        let mut scanned = 0usize;
+        // Look at one record; true when the search is over.
+        let mut take = |hid: String, v: &[u8]| -> Result<bool, StoreError> {
+            let r = Self::decode_history(hid.as_bytes(), v)?;
+            scanned += 1;
+            if q.matches(&hid, &r) {
+                out.push((hid.clone(), r));
+                if out.len() >= limit {
+                    return Ok(true);
+                }
+            }
+            if scanned >= budget {
+                stopped = Some(hid);
+                return Ok(true);
+            }
+            Ok(false)
+        };
+        // The index keys of `prefix` within the query's time range.
+        let bounded = |prefix: &[u8]| {
+            let mut start = prefix.to_vec();
+            start.extend_from_slice(lo.as_bytes());
+            let mut end = prefix.to_vec();
+            match &hi {
+                Some(h) => end.extend_from_slice(h.as_bytes()),
+                None => end.push(0xff),
+            }
+            self.hidx_tree().range(start..end)
+        };
+        type Rows<'a> = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>;
+        let ordered = |iter: sled::Iter| -> Rows<'_> {
+            if q.newest_first {
+                Box::new(iter.rev())
+            } else {
+                Box::new(iter)
+            }
+        };
         match index {
-            Some((field, value)) => {
-                // An id may be a queue id, a transaction id or a message-id.
-                let fields: Vec<&str> = if field == "id" {
-                    vec!["id", "tx", "msgid"]
-                } else {
-                    vec![field]
-                };
+            // An id may be a queue id, a transaction id or a message-id: the
+            // (few) hids of the three indexes, merged.
+            Some(("id", value)) => {
                 let mut hids: Vec<String> = Vec::new();
-                for f in fields {
+                for f in ["id", "tx", "msgid"] {
                     let v = if f == "msgid" {
                         value.trim_matches(['<', '>']).to_lowercase()
                     } else {
                         value.to_lowercase()
                     };
                     let prefix = index_key(f, &v, "");
-                    for kv in self.hidx_tree().scan_prefix(&prefix) {
+                    for kv in bounded(&prefix) {
                         let (k, _) = kv?;
                         hids.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
                     }
                 }
                 hids.sort();
                 hids.dedup();
+                if q.newest_first {
+                    hids.reverse();
+                }
                 for hid in hids {
-                    if hid.as_str() < lo.as_str() {
-                        continue;
-                    }
-                    if hi.as_ref().is_some_and(|h| hid.as_str() >= h.as_str()) {
-                        continue;
-                    }
                     if let Some(v) = self.history_tree().get(hid.as_bytes())? {
-                        let r = Self::decode_history(hid.as_bytes(), &v)?;
-                        if q.matches(&hid, &r) {
-                            out.push((hid, r));
-                            if out.len() >= limit {
-                                break;
-                            }
+                        if take(hid, &v)? {
+                            break;
+                        }
+                    }
+                }
+            }
+            // One index, read in order: stops at the limit.
+            Some((field, value)) => {
+                let prefix = index_key(field, &value, "");
+                for kv in ordered(bounded(&prefix)) {
+                    let (k, _) = kv?;
+                    let hid = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                    // After a crash an index entry may point at no record.
+                    if let Some(v) = self.history_tree().get(hid.as_bytes())? {
+                        if take(hid, &v)? {
+                            break;
                         }
                     }
                 }
             }
             None => {
-                let start: Vec<u8> = if lo.is_empty() {
-                    Vec::new()
-                } else {
-                    lo.as_bytes().to_vec()
-                };
+                let start = lo.as_bytes().to_vec();
                 let iter = match &hi {
                     Some(h) => self.history_tree().range(start..h.as_bytes().to_vec()),
                     None => self.history_tree().range(start..),
                 };
-                for kv in iter {
+                for kv in ordered(iter) {
                     let (k, v) = kv?;
                     let hid = String::from_utf8_lossy(&k).into_owned();
-                    let r = Self::decode_history(&k, &v)?;
-                    if q.matches(&hid, &r) {
-                        out.push((hid, r));
-                        if out.len() >= limit {
-                            break;
-                        }
+                    if take(hid, &v)? {
+                        break;
                     }
                 }
+            }
+        }
+        Ok((out, stopped))
+    }
+
+    /// The times (unix seconds) of every `action` record since `since`, read
+    /// from the action index alone (a history id starts with its record's
+    /// time): what the console's charts count, without decoding records.
+    pub fn history_times(&self, action: HistoryAction, since: f64) -> Result<Vec<f64>, StoreError> {
+        let prefix = index_key("action", &action.as_str().to_lowercase(), "");
+        let mut start = prefix.clone();
+        start.extend_from_slice(hid_for_time(since).as_bytes());
+        let mut end = prefix.clone();
+        end.push(0xff);
+        let mut out = Vec::new();
+        for kv in self.hidx_tree().range(start..end) {
+            let (k, _) = kv?;
+            let hex = k.get(prefix.len()..prefix.len() + 13).unwrap_or_default();
+            if let Some(us) = std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+            {
+                out.push(us as f64 / 1_000_000.0);
             }
         }
         Ok(out)
@@ -640,6 +753,110 @@ mod tests {
             idx_left,
             2 * 7,
             "index entries of the pruned record removed"
+        );
+    }
+
+    #[test]
+    fn newest_first_paging_text_and_action_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = now_secs();
+        let mut recs: Vec<HistoryRecord> = (0..10)
+            .map(|i| {
+                rec(
+                    "DELIVER",
+                    "p@x.example",
+                    &format!("q{i}"),
+                    now - 100.0 + i as f64,
+                )
+            })
+            .collect();
+        recs[3].reason = "550 5.7.1 Spam Detected".into();
+        recs[3].action = HistoryAction::Reject;
+        store.append_history(&recs).unwrap();
+        let page = |q: HistoryQuery| -> Vec<String> {
+            store
+                .query_history(&q)
+                .unwrap()
+                .into_iter()
+                .map(|(_, r)| r.id)
+                .collect()
+        };
+        for rcpt in [None, Some("p@x.example".to_string())] {
+            let first = store
+                .query_history(&HistoryQuery {
+                    recipient: rcpt.clone(),
+                    newest_first: true,
+                    limit: Some(4),
+                    ..Default::default()
+                })
+                .unwrap();
+            let ids: Vec<&str> = first.iter().map(|(_, r)| r.id.as_str()).collect();
+            assert_eq!(ids, ["q9", "q8", "q7", "q6"], "{rcpt:?}");
+            let next = page(HistoryQuery {
+                recipient: rcpt.clone(),
+                newest_first: true,
+                before: Some(first[3].0.clone()),
+                limit: Some(4),
+                ..Default::default()
+            });
+            assert_eq!(next, ["q5", "q4", "q3", "q2"], "{rcpt:?}");
+        }
+        assert_eq!(
+            page(HistoryQuery {
+                text: Some("spam detected".into()),
+                ..Default::default()
+            }),
+            ["q3"]
+        );
+        // A scan budget ends the search early and says where it stopped.
+        let q = HistoryQuery {
+            text: Some("spam detected".into()),
+            newest_first: true,
+            max_scan: Some(4),
+            ..Default::default()
+        };
+        let (rows, stopped) = store.query_history_scan(&q).unwrap();
+        assert!(rows.is_empty(), "q9..q6 examined, no match");
+        let stopped = stopped.expect("stopped early");
+        let (rows, _) = store
+            .query_history_scan(&HistoryQuery {
+                before: Some(stopped),
+                ..q.clone()
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 1, "found continuing from where it stopped");
+        assert_eq!(rows[0].1.id, "q3");
+        // Indexed queries read only the time range asked for.
+        let mid = now - 95.5;
+        assert_eq!(
+            page(HistoryQuery {
+                recipient: Some("p@x.example".into()),
+                since: Some(mid),
+                newest_first: true,
+                ..Default::default()
+            }),
+            ["q9", "q8", "q7", "q6", "q5"]
+        );
+        assert_eq!(
+            page(HistoryQuery {
+                action: Some("DELIVER".into()),
+                until: Some(mid),
+                ..Default::default()
+            }),
+            ["q0", "q1", "q2", "q4"]
+        );
+        let delivered = store
+            .history_times(HistoryAction::Deliver, now - 95.5)
+            .unwrap();
+        assert_eq!(delivered.len(), 5, "q5..q9: {delivered:?}");
+        assert!(delivered.iter().all(|t| (now - 96.0..=now).contains(t)));
+        assert_eq!(
+            store
+                .history_times(HistoryAction::Reject, 0.0)
+                .unwrap()
+                .len(),
+            1
         );
     }
 }
