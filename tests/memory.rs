@@ -385,21 +385,6 @@ async fn data_memory_bounds_what_concurrent_messages_hold() {
     }
 }
 
-/// Raise this process's open-file soft limit to the hard limit.
-fn raise_nofile() -> u64 {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        l.rlim_cur = l.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-    }
-    l.rlim_cur
-}
-
 /// Slow clients: connected, greeted, then one byte per second of a command
 /// line that never ends. They cost little memory each, and
 /// `[limits] command_timeout` (RFC 5321 §4.5.3.2.7: 5 minutes; shortened

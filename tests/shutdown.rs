@@ -12,25 +12,6 @@ const IDLE: usize = 900;
 const IN_DATA: usize = 100;
 const GRACE_SECS: u64 = 8;
 
-/// Let this process (and the daemon it spawns) hold a few thousand sockets.
-fn raise_nofile() {
-    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
-        r.rlim_cur = r.rlim_max.min(65_536);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
-        assert!(
-            r.rlim_cur >= 4096,
-            "RLIMIT_NOFILE hard limit {} is too low for 1,000 connections",
-            r.rlim_max
-        );
-    }
-}
-
 async fn queue_ids(cfg: &std::path::Path) -> Vec<String> {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["queue", "list", "--json", "-c"])
@@ -53,7 +34,12 @@ async fn queue_ids(cfg: &std::path::Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_thousand_connections_open() {
-    raise_nofile();
+    // This process and the daemon it spawns hold a few thousand sockets.
+    let nofile = raise_nofile();
+    assert!(
+        nofile >= 4096,
+        "RLIMIT_NOFILE hard limit {nofile} is too low for 1,000 connections"
+    );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = dir.path().join("sluice.toml");

@@ -586,3 +586,20 @@ pub async fn wait_until(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Raise this process's open-file soft limit to the hard limit (children
+/// spawned afterwards inherit it); returns the limit now in force.
+pub fn raise_nofile() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+    }
+    l.rlim_cur
+}
