@@ -16,9 +16,10 @@ import tempfile
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 p = argparse.ArgumentParser()
@@ -80,7 +81,14 @@ def check(cond, msg):
 
 
 def text():
-    return driver.find_element(By.TAG_NAME, "body").text
+    # A click that submits a form navigates asynchronously: the body found
+    # may belong to the page being left. Read it again from the new page.
+    for _ in range(50):
+        try:
+            return driver.find_element(By.TAG_NAME, "body").text
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    fail("the page never settled")
 
 
 def go(path):
@@ -92,6 +100,8 @@ def login(password):
     field.clear()
     field.send_keys(password)
     driver.find_element(By.ID, "login").click()
+    # Wait for the answer page: the old form goes stale once it has loaded.
+    wait.until(EC.staleness_of(field))
 
 
 def queue_action(action, qid):
