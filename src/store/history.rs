@@ -138,6 +138,10 @@ pub struct HistoryRecord {
     /// "cli" (the control socket), "api" (the JSON API), "console".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// The node (its `hostname`) whose history holds the record: set on
+    /// records read from the fleet's export (`--cluster`), absent locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Where an SMTP-time record comes from: the client and the connection.
@@ -577,6 +581,23 @@ impl Store {
             }
         }
         Ok((out, stopped))
+    }
+
+    /// Up to `limit` records written after the one with history id `cursor`
+    /// (from the first when `None`), in the order they were written: what
+    /// an exporter reads to copy the history elsewhere. A record written
+    /// late (older time than records already written) still comes after
+    /// the cursor, so nothing is skipped.
+    pub fn history_after(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
+        self.query_history(&HistoryQuery {
+            after: cursor.map(str::to_string),
+            limit: Some(limit),
+            ..Default::default()
+        })
     }
 
     /// The times (unix seconds) of every `action` record since `since`, read
