@@ -16,8 +16,7 @@
 //! | db       | `body`     | body id (a queue id)              | raw message bytes as relayed  |
 //! | db       | `body_ref` | body id `/` queue id              | empty (who still needs a body)|
 //! | db       | `due`      | next attempt (u64 BE µs) ++ id    | empty (the scheduler's index) |
-//! | history  | `history`  | record time (13 hex µs) ++ unique id | JSON history record        |
-//! | history  | `hidx`     | field `\0` value `\0` history id  | empty (history query indexes) |
+//! | history  | `hblock`, `hindex`, `hmeta` | see [`history::Trees`] | records in blocks, indexes |
 //!
 //! Several queue entries (one per recipient or per transport) may share one
 //! body; the body is removed with its last reference.
@@ -105,8 +104,7 @@ pub(crate) struct StoreInner {
     body: sled::Tree,
     body_ref: sled::Tree,
     due: sled::Tree,
-    history: sled::Tree,
-    hidx: sled::Tree,
+    history: history::Trees,
     notify: Arc<tokio::sync::Notify>,
     history_tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<history::HistoryRecord>>>>,
     flush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushWaiter>>>,
@@ -192,8 +190,7 @@ impl Store {
             body: db.open_tree("body")?,
             body_ref: db.open_tree("body_ref")?,
             due: db.open_tree("due")?,
-            history: hdb.open_tree("history")?,
-            hidx: hdb.open_tree("hidx")?,
+            history: history::Trees::open(&hdb)?,
             notify: Arc::new(tokio::sync::Notify::new()),
             history_tx: std::sync::Mutex::new(None),
             db,
@@ -209,20 +206,20 @@ impl Store {
             inner: Arc::new(inner),
         };
         store.move_history_out_of_queue_db()?;
+        history::legacy::migrate(&store)?;
         Ok(store)
     }
 
     /// Databases written before the history had its own kept it in the
-    /// queue database: move it over once, then drop the old trees.
+    /// queue database: move it over once (into the JSON-era trees the
+    /// migration then converts), then drop the old trees.
     fn move_history_out_of_queue_db(&self) -> Result<(), StoreError> {
         let names = self.inner.db.tree_names();
-        for (name, dest) in [
-            (&b"history"[..], &self.inner.history),
-            (&b"hidx"[..], &self.inner.hidx),
-        ] {
+        for name in [&b"history"[..], &b"hidx"[..]] {
             if !names.iter().any(|n| n.as_ref() == name) {
                 continue;
             }
+            let dest = self.inner.hdb.open_tree(name)?;
             let old = self.inner.db.open_tree(name)?;
             for kv in old.iter() {
                 let (k, v) = kv?;
@@ -354,12 +351,8 @@ impl Store {
         &self.inner.due
     }
 
-    pub fn history_tree(&self) -> &sled::Tree {
+    pub(crate) fn history_trees(&self) -> &history::Trees {
         &self.inner.history
-    }
-
-    pub(crate) fn hidx_tree(&self) -> &sled::Tree {
-        &self.inner.hidx
     }
 
     pub(crate) fn history_writer(
@@ -511,7 +504,7 @@ mod tests {
             sizes.push(file("db"));
         }
         assert_eq!(store.queue_len(), 0);
-        assert_eq!(store.history_tree().len(), 16_000);
+        assert_eq!(store.history_len(), 16_000);
         let (first, last) = (sizes[0], sizes[sizes.len() - 1]);
         assert!(
             last < first + first / 2,

@@ -1,10 +1,22 @@
 //! The history table: one record per outcome (REJECT at SMTP time, DELIVER,
-//! DEFER, ERROR, DELETE, and what scripts write with `History()`), keyed by a
-//! time-sortable id (the record's time, then a unique id) in the `history`
-//! tree so a time range is a key range.
-//! The `hidx` tree indexes records by recipient, recipient domain, sender,
-//! action, queue id, transaction id and message-id: `field \0 value \0 hid`,
-//! so a query reads only the matching records.
+//! DEFER, ERROR, DELETE, operator actions, and what scripts write with
+//! `History()`).
+//!
+//! Records are stored in blocks of up to [`BLOCK_RECORDS`] written together
+//! ([`codec`]: binary, compressed per block), keyed by the block's write
+//! time, so the history is in write order and a time range is a key range.
+//! The indexes ([`index`]) say which slots of which blocks hold a recipient,
+//! domain, sender, action or id — one entry per value per block. A record's
+//! history id is its block and slot. A JSON-era history (one JSON value and
+//! seven index keys per record) is converted on open ([`legacy`]). The
+//! JSON shape seen by the API and the CLI is [`HistoryRecord`]'s serde form.
+//!
+//! Measured (`cargo bench --bench history`, see docs/operations.md): about
+//! a tenth of the JSON-era bytes per record.
+
+pub mod codec;
+mod index;
+pub mod legacy;
 
 use std::collections::BTreeMap;
 
@@ -41,6 +53,8 @@ pub enum HistoryAction {
 }
 
 impl HistoryAction {
+    /// Every action. The position is the action's code on disk
+    /// ([`codec`]): append new actions, never reorder.
     pub const ALL: [HistoryAction; 10] = [
         HistoryAction::Received,
         HistoryAction::Reject,
@@ -277,42 +291,6 @@ fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Index fields: (name, value) pairs a record is findable by.
-fn index_keys(hid: &str, r: &HistoryRecord) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let domain = r.recipient.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-    let fields: [(&str, &str); 7] = [
-        ("rcpt", &r.recipient),
-        ("domain", domain),
-        ("sender", &r.sender),
-        ("action", r.action.as_str()),
-        ("id", &r.id),
-        ("tx", &r.transaction),
-        ("msgid", r.message_id.as_deref().unwrap_or("")),
-    ];
-    for (f, v) in fields {
-        if v.is_empty() && f != "sender" {
-            continue;
-        }
-        // A RECEIVED record lists all recipients in one field: not an index key.
-        if (f == "rcpt" || f == "domain") && r.recipient.contains(',') {
-            continue;
-        }
-        out.push(index_key(f, &v.to_lowercase(), hid));
-    }
-    out
-}
-
-fn index_key(field: &str, value: &str, hid: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(field.len() + value.len() + hid.len() + 2);
-    k.extend_from_slice(field.as_bytes());
-    k.push(0);
-    k.extend_from_slice(value.as_bytes());
-    k.push(0);
-    k.extend_from_slice(hid.as_bytes());
-    k
-}
-
 /// A history record with its history id.
 pub type HistoryRow = (String, HistoryRecord);
 
@@ -341,12 +319,6 @@ pub struct HistoryQuery {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_scan: Option<usize>,
     pub limit: Option<usize>,
-}
-
-/// History ids start with the record's own time (13 hex digits of µs), so a
-/// time range is a key range even for records written late; a unique id follows.
-fn hid_for_time(ts: f64) -> String {
-    format!("{:013x}", (ts.max(0.0) * 1_000_000.0) as u64)
 }
 
 impl HistoryQuery {
@@ -379,9 +351,90 @@ impl HistoryQuery {
     }
 }
 
+/// Records per block: large enough that repeated strings compress away and
+/// a repeated value costs one index entry per block, small enough that
+/// finding one record decompresses little (~80 KB).
+pub const BLOCK_RECORDS: usize = 512;
+
+/// A history id: the block id (13 hex digits of µs: the write time, so the
+/// id still starts with a time) and the slot in the block (4 hex digits).
+pub fn hid(block: u64, slot: usize) -> String {
+    format!("{block:013x}{slot:04x}")
+}
+
+/// (block, slot) of a history id; an id of another shape (an older format,
+/// a bare time) gives the time its first 13 hex digits say, slot 0.
+pub fn parse_hid(h: &str) -> (u64, usize) {
+    let block = h
+        .get(..13)
+        .and_then(|b| u64::from_str_radix(b, 16).ok())
+        .unwrap_or(0);
+    let slot = h
+        .get(13..17)
+        .filter(|_| h.len() == 17)
+        .and_then(|s| usize::from_str_radix(s, 16).ok())
+        .unwrap_or(0);
+    (block, slot)
+}
+
+/// The history's sled trees and the counters kept beside them.
+///
+/// | tree     | key                                  | value                     |
+/// |----------|--------------------------------------|---------------------------|
+/// | `hblock` | block id (u64 BE µs, write order)    | [`codec`] block           |
+/// | `hindex` | field, value hash, block id (17 B)   | slots ([`index`])         |
+/// | `hmeta`  | `records`, `late_us`, `legacy_done`  | u64 BE                    |
+pub(crate) struct Trees {
+    blocks: sled::Tree,
+    index: sled::Tree,
+    meta: sled::Tree,
+    /// Held while a block is allocated and written: block ids become
+    /// visible in order, so a reader that saw block N never later finds a
+    /// block below N appear (the exporter's cursor relies on it).
+    write: std::sync::Mutex<u64>,
+    records: std::sync::atomic::AtomicU64,
+    /// The largest (block id − oldest record time in it) written: how far
+    /// past `until` a time-bounded query must look.
+    late_us: std::sync::atomic::AtomicU64,
+}
+
+fn meta_u64(meta: &sled::Tree, key: &str) -> Result<u64, StoreError> {
+    Ok(meta
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+impl Trees {
+    pub(crate) fn open(hdb: &sled::Db) -> Result<Trees, StoreError> {
+        let blocks = hdb.open_tree("hblock")?;
+        let meta = hdb.open_tree("hmeta")?;
+        let last = match blocks.last()? {
+            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
+            None => 0,
+        };
+        Ok(Trees {
+            index: hdb.open_tree("hindex")?,
+            records: meta_u64(&meta, "records")?.into(),
+            late_us: meta_u64(&meta, "late_us")?.into(),
+            blocks,
+            meta,
+            write: std::sync::Mutex::new(last),
+        })
+    }
+}
+
+/// The records of one block with their slots (pruned slots left out).
+type Slotted = Vec<(usize, HistoryRecord)>;
+
 impl Store {
+    fn htrees(&self) -> &Trees {
+        self.history_trees()
+    }
+
     /// Queue records for a background writer that commits many sessions'
-    /// records in one transaction — for records nothing waits on (RECEIVED,
+    /// records together — for records nothing waits on (RECEIVED,
     /// SMTP-time REJECT). Delivery outcomes use [`Store::append_history`].
     pub fn append_history_background(&self, records: Vec<HistoryRecord>) {
         if records.is_empty() {
@@ -410,42 +463,104 @@ impl Store {
     }
 
     /// Append records (not waiting for fsync: history is not an
-    /// acknowledgement), with their index entries.
-    pub fn append_history(&self, records: &[HistoryRecord]) -> Result<(), StoreError> {
-        if records.is_empty() {
-            return Ok(());
+    /// acknowledgement) in blocks of up to [`BLOCK_RECORDS`], with their
+    /// index entries. Returns their history ids.
+    pub fn append_history(&self, records: &[HistoryRecord]) -> Result<Vec<String>, StoreError> {
+        let mut hids = Vec::with_capacity(records.len());
+        for chunk in records.chunks(BLOCK_RECORDS) {
+            let slots: Vec<Option<&HistoryRecord>> = chunk.iter().map(Some).collect();
+            let block = self.write_block(None, &slots)?;
+            hids.extend((0..chunk.len()).map(|s| hid(block, s)));
         }
-        let mut rows = Vec::with_capacity(records.len());
-        for r in records {
-            let v = serde_json::to_vec(r).map_err(|e| StoreError::Transaction(e.to_string()))?;
-            let hid = format!("{}{}", hid_for_time(r.ts), crate::ids::new_id());
-            let idx = index_keys(&hid, r);
-            rows.push((hid, v, idx));
-        }
-        // Plain inserts, not a transaction or batch (each of those rolls
-        // sled's log buffer twice, i.e. costs extra disk writes). Index
-        // entries go first: after a crash an index entry may point at no
-        // record (queries skip it), but no record is missing from its indexes.
-        for (hid, v, idx) in &rows {
-            for k in idx {
-                self.hidx_tree().insert(k.as_slice(), &[] as &[u8])?;
-            }
-            self.history_tree().insert(hid.as_bytes(), v.as_slice())?;
-        }
-        crate::metrics::history_written(rows.len());
-        Ok(())
+        crate::metrics::history_written(records.len());
+        Ok(hids)
     }
 
-    fn decode_history(k: &[u8], v: &[u8]) -> Result<HistoryRecord, StoreError> {
-        serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
-            key: String::from_utf8_lossy(k).into_owned(),
+    /// Write one block: under `id` (migration, pruning rewrites), else
+    /// under a new id — the current time in µs, above every id before.
+    /// Index entries go first: after a crash an entry may point at no block
+    /// (queries skip it), but no block lacks its entries.
+    pub(super) fn write_block(
+        &self,
+        id: Option<u64>,
+        slots: &[Option<&HistoryRecord>],
+    ) -> Result<u64, StoreError> {
+        let t = self.htrees();
+        let mut last = t.write.lock().expect("history write lock");
+        let block = match id {
+            Some(id) => id,
+            None => codec::micros(now_secs()).max(*last + 1),
+        };
+        let entries = index::entries(block, slots);
+        let mut batch = sled::Batch::default();
+        for (k, v) in entries {
+            batch.insert(&k[..], v);
+        }
+        t.index.apply_batch(batch)?;
+        t.blocks
+            .insert(block.to_be_bytes(), codec::encode_block(slots, block))?;
+        *last = (*last).max(block);
+        if id.is_none() {
+            let n = slots.iter().flatten().count() as u64;
+            let total = t.records.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+            t.meta.insert("records", &total.to_be_bytes())?;
+        }
+        let oldest = slots
+            .iter()
+            .flatten()
+            .map(|r| codec::micros(r.ts))
+            .min()
+            .unwrap_or(block);
+        let late = block.saturating_sub(oldest);
+        if late > t.late_us.load(std::sync::atomic::Ordering::Relaxed) {
+            t.late_us.store(late, std::sync::atomic::Ordering::Relaxed);
+            t.meta.insert("late_us", &late.to_be_bytes())?;
+        }
+        Ok(block)
+    }
+
+    /// How many records the history holds (kept as a counter; after a
+    /// crash it may be off by the last few blocks until pruning).
+    pub fn history_len(&self) -> u64 {
+        self.htrees()
+            .records
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn open_block(&self, block: u64, stored: &[u8]) -> Result<codec::Block, StoreError> {
+        codec::Block::open(stored, block).map_err(|e| StoreError::Corrupt {
+            key: format!("history block {}", hid(block, 0)),
+            message: e.to_string(),
+        })
+    }
+
+    /// Every live record of a stored block, with its slot.
+    fn block_records(&self, block: u64, stored: &[u8]) -> Result<Slotted, StoreError> {
+        let b = self.open_block(block, stored)?;
+        let mut out = Vec::with_capacity(b.len());
+        for slot in 0..b.len() {
+            if let Some(r) = self.block_record(&b, block, slot)? {
+                out.push((slot, r));
+            }
+        }
+        Ok(out)
+    }
+
+    fn block_record(
+        &self,
+        b: &codec::Block,
+        block: u64,
+        slot: usize,
+    ) -> Result<Option<HistoryRecord>, StoreError> {
+        b.record(slot).map_err(|e| StoreError::Corrupt {
+            key: hid(block, slot),
             message: e.to_string(),
         })
     }
 
     /// Records matching `q`, oldest first (or newest first), with their
     /// history ids. Uses an index when a field filter is given, else the
-    /// time-ordered key range; either way only the query's time range is read.
+    /// blocks in order; either way only the query's time range is read.
     pub fn query_history(
         &self,
         q: &HistoryQuery,
@@ -457,61 +572,83 @@ impl Store {
     /// before the range did — the history id of the last record examined,
     /// from which a caller continues (`before` it newest first, `after` it
     /// oldest first).
+    ///
+    /// "Oldest first" is history-id order: write order, which is time
+    /// order except for records written late (after a history outage).
     pub fn query_history_scan(
         &self,
         q: &HistoryQuery,
     ) -> Result<(Vec<HistoryRow>, Option<String>), StoreError> {
+        let t = self.htrees();
         let limit = q.limit.unwrap_or(usize::MAX);
         let budget = q.max_scan.unwrap_or(usize::MAX).max(1);
-        let lo = match (&q.after, q.since) {
-            (Some(a), _) => a.clone(),
-            (None, Some(t)) => hid_for_time(t),
-            (None, None) => String::new(),
-        };
-        let hi = match (q.until.map(|t| hid_for_time(t + 1e-6)), &q.before) {
-            (Some(u), Some(b)) => Some(u.min(b.clone())),
-            (u, b) => u.or_else(|| b.clone()),
-        };
-        let index: Option<(&str, String)> = if let Some(id) = &q.id {
-            Some(("id", id.clone()))
+        // Block ids are write times, never before the times of the records
+        // inside: records since S are in blocks from S on, and records
+        // until U in blocks up to U plus the worst lateness seen.
+        let mut lo = q.since.map_or(0, codec::micros);
+        if let Some(a) = &q.after {
+            lo = lo.max(parse_hid(a).0);
+        }
+        let mut hi = u64::MAX;
+        if let Some(u) = q.until {
+            let late = t.late_us.load(std::sync::atomic::Ordering::Relaxed);
+            hi = codec::micros(u).saturating_add(late).saturating_add(1);
+        }
+        if let Some(b) = &q.before {
+            hi = hi.min(parse_hid(b).0);
+        }
+        if lo > hi {
+            return Ok((Vec::new(), None));
+        }
+        let index: Option<(index::Field, String)> = if let Some(id) = &q.id {
+            Some((index::Field::Id, id.trim_matches(['<', '>']).to_string()))
         } else if let Some(r) = &q.recipient {
-            Some(("rcpt", r.to_lowercase()))
+            Some((index::Field::Recipient, r.clone()))
         } else if let Some(s) = &q.sender {
-            Some(("sender", s.to_lowercase()))
+            Some((index::Field::Sender, s.clone()))
         } else if let Some(d) = &q.domain {
-            Some(("domain", d.to_lowercase()))
+            Some((index::Field::Domain, d.clone()))
         } else {
-            q.action.as_ref().map(|a| ("action", a.to_lowercase()))
+            q.action
+                .as_ref()
+                .map(|a| (index::Field::Action, a.to_uppercase()))
         };
+        let after = q.after.as_deref().map(parse_hid);
+        let before = q.before.as_deref().map(parse_hid);
         let mut out = Vec::new();
         let mut stopped = None;
         let mut scanned = 0usize;
-        // Look at one record; true when the search is over.
-        let mut take = |hid: String, v: &[u8]| -> Result<bool, StoreError> {
-            let r = Self::decode_history(hid.as_bytes(), v)?;
-            scanned += 1;
-            if q.matches(&hid, &r) {
-                out.push((hid.clone(), r));
-                if out.len() >= limit {
+        // Look at the given slots of one block; true when the search is over.
+        let mut visit = |block: u64, stored: &[u8], slots: Option<Vec<usize>>| {
+            let b = self.open_block(block, stored)?;
+            let mut slots = slots.unwrap_or_else(|| (0..b.len()).collect());
+            if q.newest_first {
+                slots.reverse();
+            }
+            for slot in slots {
+                // Outside the paging bounds: not examined, not counted.
+                if after.is_some_and(|a| (block, slot) <= a)
+                    || before.is_some_and(|b| (block, slot) >= b)
+                {
+                    continue;
+                }
+                let Some(r) = self.block_record(&b, block, slot)? else {
+                    continue;
+                };
+                let id = hid(block, slot);
+                scanned += 1;
+                if q.matches(&id, &r) {
+                    out.push((id.clone(), r));
+                    if out.len() >= limit {
+                        return Ok::<bool, StoreError>(true);
+                    }
+                }
+                if scanned >= budget {
+                    stopped = Some(id);
                     return Ok(true);
                 }
             }
-            if scanned >= budget {
-                stopped = Some(hid);
-                return Ok(true);
-            }
             Ok(false)
-        };
-        // The index keys of `prefix` within the query's time range.
-        let bounded = |prefix: &[u8]| {
-            let mut start = prefix.to_vec();
-            start.extend_from_slice(lo.as_bytes());
-            let mut end = prefix.to_vec();
-            match &hi {
-                Some(h) => end.extend_from_slice(h.as_bytes()),
-                None => end.push(0xff),
-            }
-            self.hidx_tree().range(start..end)
         };
         type Rows<'a> = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>;
         let ordered = |iter: sled::Iter| -> Rows<'_> {
@@ -522,59 +659,32 @@ impl Store {
             }
         };
         match index {
-            // An id may be a queue id, a transaction id or a message-id: the
-            // (few) hids of the three indexes, merged.
-            Some(("id", value)) => {
-                let mut hids: Vec<String> = Vec::new();
-                for f in ["id", "tx", "msgid"] {
-                    let v = if f == "msgid" {
-                        value.trim_matches(['<', '>']).to_lowercase()
-                    } else {
-                        value.to_lowercase()
-                    };
-                    let prefix = index_key(f, &v, "");
-                    for kv in bounded(&prefix) {
-                        let (k, _) = kv?;
-                        hids.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
-                    }
-                }
-                hids.sort();
-                hids.dedup();
-                if q.newest_first {
-                    hids.reverse();
-                }
-                for hid in hids {
-                    if let Some(v) = self.history_tree().get(hid.as_bytes())? {
-                        if take(hid, &v)? {
-                            break;
-                        }
-                    }
-                }
-            }
-            // One index, read in order: stops at the limit.
             Some((field, value)) => {
-                let prefix = index_key(field, &value, "");
-                for kv in ordered(bounded(&prefix)) {
-                    let (k, _) = kv?;
-                    let hid = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                    // After a crash an index entry may point at no record.
-                    if let Some(v) = self.history_tree().get(hid.as_bytes())? {
-                        if take(hid, &v)? {
+                let p = index::prefix(field, &value);
+                let range = index::key(&p, lo)..=index::key(&p, hi);
+                for kv in ordered(t.index.range(range)) {
+                    let (k, v) = kv?;
+                    let Some(block) = index::block_of(&k) else {
+                        continue;
+                    };
+                    let slots = index::slots(&k, &v).map_err(|e| StoreError::Corrupt {
+                        key: format!("history index entry for block {}", hid(block, 0)),
+                        message: e.to_string(),
+                    })?;
+                    // After a crash an index entry may point at no block.
+                    if let Some(stored) = t.blocks.get(block.to_be_bytes())? {
+                        if visit(block, &stored, Some(slots))? {
                             break;
                         }
                     }
                 }
             }
             None => {
-                let start = lo.as_bytes().to_vec();
-                let iter = match &hi {
-                    Some(h) => self.history_tree().range(start..h.as_bytes().to_vec()),
-                    None => self.history_tree().range(start..),
-                };
-                for kv in ordered(iter) {
+                let range = lo.to_be_bytes()..=hi.to_be_bytes();
+                for kv in ordered(t.blocks.range(range)) {
                     let (k, v) = kv?;
-                    let hid = String::from_utf8_lossy(&k).into_owned();
-                    if take(hid, &v)? {
+                    let block = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+                    if visit(block, &v, None)? {
                         break;
                     }
                 }
@@ -585,9 +695,9 @@ impl Store {
 
     /// Up to `limit` records written after the one with history id `cursor`
     /// (from the first when `None`), in the order they were written: what
-    /// an exporter reads to copy the history elsewhere. A record written
-    /// late (older time than records already written) still comes after
-    /// the cursor, so nothing is skipped.
+    /// an exporter reads to copy the history elsewhere. Blocks appear in id
+    /// order (see [`Trees`]), so a record written late still comes after
+    /// the cursor and nothing is skipped.
     pub fn history_after(
         &self,
         cursor: Option<&str>,
@@ -600,24 +710,26 @@ impl Store {
         })
     }
 
-    /// The times (unix seconds) of every `action` record since `since`, read
-    /// from the action index alone (a history id starts with its record's
-    /// time): what the console's charts count, without decoding records.
+    /// The times (unix seconds, to the millisecond) of every `action`
+    /// record since `since`, from the action index alone: what the
+    /// console's charts count, without decoding records.
     pub fn history_times(&self, action: HistoryAction, since: f64) -> Result<Vec<f64>, StoreError> {
-        let prefix = index_key("action", &action.as_str().to_lowercase(), "");
-        let mut start = prefix.clone();
-        start.extend_from_slice(hid_for_time(since).as_bytes());
-        let mut end = prefix.clone();
-        end.push(0xff);
+        let t = self.htrees();
+        let p = index::prefix(index::Field::Action, action.as_str());
         let mut out = Vec::new();
-        for kv in self.hidx_tree().range(start..end) {
-            let (k, _) = kv?;
-            let hex = k.get(prefix.len()..prefix.len() + 13).unwrap_or_default();
-            if let Some(us) = std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| u64::from_str_radix(h, 16).ok())
-            {
-                out.push(us as f64 / 1_000_000.0);
+        for kv in t
+            .index
+            .range(index::key(&p, codec::micros(since))..=index::key(&p, u64::MAX))
+        {
+            let (k, v) = kv?;
+            let (Some(block), Ok(slots)) = (index::block_of(&k), index::timed_slots(&k, &v)) else {
+                continue;
+            };
+            for (_, late_ms) in slots {
+                let at = block.saturating_sub(late_ms * 1000) as f64 / 1_000_000.0;
+                if at >= since {
+                    out.push(at);
+                }
             }
         }
         Ok(out)
@@ -632,31 +744,77 @@ impl Store {
             .collect())
     }
 
-    /// Delete records older than `before` (unix seconds) and, if `max` is
-    /// non-zero, the oldest beyond `max` records. Returns how many went.
+    /// Delete the blocks written before `before` (unix seconds: every
+    /// record in them is older) and, if `max` is non-zero, the oldest
+    /// records beyond `max` — a partly pruned block is rewritten with its
+    /// other slots kept, so history ids never change. Returns how many
+    /// records went.
     pub fn prune_history(&self, before: f64, max: u64) -> Result<usize, StoreError> {
-        let cutoff = hid_for_time(before);
-        let excess = if max > 0 {
-            (self.history_tree().len() as u64).saturating_sub(max) as usize
+        let t = self.htrees();
+        let cutoff = codec::micros(before);
+        let mut excess = if max > 0 {
+            self.history_len().saturating_sub(max) as usize
         } else {
             0
         };
-        let mut n = 0;
-        for kv in self.history_tree().iter() {
-            let (k, v) = kv?;
-            if k.as_ref() >= cutoff.as_bytes() && n >= excess {
+        let mut gone = 0usize;
+        loop {
+            let Some((k, v)) = t.blocks.first()? else {
+                break;
+            };
+            let block = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            if block >= cutoff && excess == 0 {
                 break;
             }
-            let hid = String::from_utf8_lossy(&k).into_owned();
-            if let Ok(r) = Self::decode_history(&k, &v) {
-                for ik in index_keys(&hid, &r) {
-                    self.hidx_tree().remove(ik)?;
+            let live = match self.block_records(block, &v) {
+                Ok(live) => live,
+                Err(e) => {
+                    // An unreadable block cannot be kept forever either.
+                    tracing::warn!(block = %hid(block, 0), error = %e, "history: removing an unreadable block");
+                    t.blocks.remove(&k)?;
+                    continue;
                 }
+            };
+            let refs: Vec<(usize, &HistoryRecord)> = live.iter().map(|(s, r)| (*s, r)).collect();
+            let whole = block < cutoff || excess >= live.len();
+            let drop_n = if whole { live.len() } else { excess };
+            // Index entries of the block as it is, then as it will be.
+            let mut before_slots: Vec<Option<&HistoryRecord>> = Vec::new();
+            for (s, r) in &refs {
+                if before_slots.len() <= *s {
+                    before_slots.resize(*s + 1, None);
+                }
+                before_slots[*s] = Some(r);
             }
-            self.history_tree().remove(&k)?;
-            n += 1;
+            let mut batch = sled::Batch::default();
+            for (k, _) in index::entries(block, &before_slots) {
+                batch.remove(&k[..]);
+            }
+            t.index.apply_batch(batch)?;
+            if whole {
+                t.blocks.remove(&k)?;
+            } else {
+                let mut after_slots = before_slots.clone();
+                for (s, _) in refs.iter().take(drop_n) {
+                    after_slots[*s] = None;
+                }
+                self.write_block(Some(block), &after_slots)?;
+            }
+            gone += drop_n;
+            excess = excess.saturating_sub(drop_n);
+            let n = drop_n as u64;
+            let left = t
+                .records
+                .fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |c| Some(c.saturating_sub(n)),
+                )
+                .unwrap_or(0)
+                .saturating_sub(n);
+            t.meta.insert("records", &left.to_be_bytes())?;
         }
-        Ok(n)
+        Ok(gone)
     }
 }
 
@@ -769,12 +927,27 @@ mod tests {
             }),
             0
         );
-        let idx_left = store.hidx_tree().len();
+        let t = store.history_trees();
+        let gone = index::prefix(index::Field::Recipient, "a@x.example");
         assert_eq!(
-            idx_left,
-            2 * 7,
+            t.index.scan_prefix(gone).count(),
+            0,
             "index entries of the pruned record removed"
         );
+        let kept = index::prefix(index::Field::Recipient, "b@y.example");
+        assert_eq!(t.index.scan_prefix(kept).count(), 1);
+        // The survivors keep their history ids (slots 1 and 2).
+        let hids: Vec<String> = store
+            .query_history(&HistoryQuery::default())
+            .unwrap()
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect();
+        assert!(
+            hids[0].ends_with("0001") && hids[1].ends_with("0002"),
+            "{hids:?}"
+        );
+        assert_eq!(store.history_len(), 2);
     }
 
     #[test]
