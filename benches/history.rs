@@ -56,7 +56,7 @@ fn message(m: usize, ts: f64, out: &mut Vec<HistoryRecord>) {
         ..Default::default()
     };
     out.push(base.clone());
-    if m % 10 == 0 {
+    if m.is_multiple_of(10) {
         out.push(HistoryRecord {
             action: HistoryAction::Defer,
             reason: "451 4.3.0 mailstore busy, try again".into(),
@@ -72,7 +72,7 @@ fn message(m: usize, ts: f64, out: &mut Vec<HistoryRecord>) {
         reason: format!("250 2.0.0 Ok: queued as {:X}", m * 2654435761 % 0xffff_ffff),
         remote_host: Some("store1.example.org".into()),
         remote_ip: Some("10.0.0.25".into()),
-        attempt: 1 + (m % 10 == 0) as u32,
+        attempt: 1 + m.is_multiple_of(10) as u32,
         ..base
     });
 }

@@ -129,7 +129,8 @@ fn put_opt_str(out: &mut Vec<u8>, s: &Option<String>) {
     }
 }
 
-fn action_code(a: HistoryAction) -> u8 {
+/// An action's code on disk: its position in [`HistoryAction::ALL`].
+pub fn action_code(a: HistoryAction) -> u8 {
     HistoryAction::ALL
         .iter()
         .position(|x| *x == a)

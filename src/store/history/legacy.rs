@@ -8,9 +8,9 @@
 //!
 //! The conversion is restartable: blocks are cut from the old records in
 //! key order (at [`super::BLOCK_RECORDS`] records or a minute of record
-//! time) and written under ids derived from them, so a run cut short by a
-//! crash rewrites the same blocks again; `legacy_done` in `hmeta` marks the
-//! end, before the old trees go.
+//! time); a run cut short by a crash left no `legacy_done` mark in `hmeta`,
+//! so the next open empties the new trees and converts again. The mark is
+//! written before the old trees go.
 //!
 //! [`write_json_era`] is the old writer, kept so tests build a JSON-era
 //! database with the code that wrote them.
@@ -35,6 +35,9 @@ pub fn migrate(store: &Store) -> Result<usize, StoreError> {
     let old = hdb.open_tree("history")?;
     if t.meta.get("legacy_done")?.is_none() && !old.is_empty() {
         let started = std::time::Instant::now();
+        // Blocks already there are from a conversion cut short (the only
+        // writer before the old trees go): start over.
+        t.clear()?;
         tracing::info!(
             records = old.len(),
             "history: converting the JSON-era history to blocks"
@@ -76,13 +79,7 @@ pub fn migrate(store: &Store) -> Result<usize, StoreError> {
             converted += 1;
         }
         flush(&mut chunk, &mut prev_block)?;
-        // The counter: recounted, since a restarted run rewrote blocks.
-        let mut total = 0u64;
-        for kv in t.blocks.iter() {
-            let (k, v) = kv?;
-            let block = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            total += store.block_records(block, &v).map_or(0, |l| l.len() as u64);
-        }
+        let total = converted as u64;
         t.records.store(total, std::sync::atomic::Ordering::Relaxed);
         t.meta.insert("records", &total.to_be_bytes())?;
         t.meta.insert("legacy_done", &1u64.to_be_bytes())?;
@@ -179,7 +176,7 @@ mod tests {
             recipient: format!("user{}@example.org", i % 7),
             reason: format!("250 2.0.0 ok {i}"),
             metadata: [("decided_by".to_string(), "rcptto".to_string())].into(),
-            remote_host: (i % 3 == 0).then(|| "mx.example.org".to_string()),
+            remote_host: i.is_multiple_of(3).then(|| "mx.example.org".to_string()),
             attempt: (i % 4) as u32,
             ..Default::default()
         }

@@ -377,25 +377,34 @@ pub fn parse_hid(h: &str) -> (u64, usize) {
     (block, slot)
 }
 
-/// The history's sled trees and the counters kept beside them.
+/// The history's sled trees and the state kept beside them.
 ///
-/// | tree     | key                                  | value                     |
-/// |----------|--------------------------------------|---------------------------|
-/// | `hblock` | block id (u64 BE µs, write order)    | [`codec`] block           |
-/// | `hindex` | field, value hash, block id (17 B)   | slots ([`index`])         |
-/// | `hmeta`  | `records`, `late_us`, `legacy_done`  | u64 BE                    |
+/// | tree     | key                                   | value                  |
+/// |----------|---------------------------------------|------------------------|
+/// | `hblock` | block id (u64 BE µs, write order)     | [`codec`] block        |
+/// | `hseg`   | segment's first block id, bucket      | [`index`] entries      |
+/// | `hmeta`  | `records`, `late_us`, `legacy_done`   | u64 BE                 |
 pub(crate) struct Trees {
     blocks: sled::Tree,
-    index: sled::Tree,
+    segs: sled::Tree,
     meta: sled::Tree,
     /// Held while a block is allocated and written: block ids become
     /// visible in order, so a reader that saw block N never later finds a
     /// block below N appear (the exporter's cursor relies on it).
-    write: std::sync::Mutex<u64>,
+    write: std::sync::Mutex<Writer>,
     records: std::sync::atomic::AtomicU64,
     /// The largest (block id − oldest record time in it) written: how far
     /// past `until` a time-bounded query must look.
     late_us: std::sync::atomic::AtomicU64,
+}
+
+/// What the writer keeps in memory: the last block id, the closed
+/// segments' (first, last) block ids, the segment being filled.
+#[derive(Default)]
+pub(crate) struct Writer {
+    last: u64,
+    segments: Vec<(u64, u64)>,
+    open: index::OpenSegment,
 }
 
 fn meta_u64(meta: &sled::Tree, key: &str) -> Result<u64, StoreError> {
@@ -406,22 +415,92 @@ fn meta_u64(meta: &sled::Tree, key: &str) -> Result<u64, StoreError> {
         .unwrap_or(0))
 }
 
+fn block_id(k: &[u8]) -> u64 {
+    u64::from_be_bytes(k.try_into().unwrap_or([0; 8]))
+}
+
 impl Trees {
     pub(crate) fn open(hdb: &sled::Db) -> Result<Trees, StoreError> {
-        let blocks = hdb.open_tree("hblock")?;
-        let meta = hdb.open_tree("hmeta")?;
-        let last = match blocks.last()? {
-            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
-            None => 0,
+        let t = Trees {
+            blocks: hdb.open_tree("hblock")?,
+            segs: hdb.open_tree("hseg")?,
+            records: 0.into(),
+            late_us: 0.into(),
+            meta: hdb.open_tree("hmeta")?,
+            write: Default::default(),
         };
-        Ok(Trees {
-            index: hdb.open_tree("hindex")?,
-            records: meta_u64(&meta, "records")?.into(),
-            late_us: meta_u64(&meta, "late_us")?.into(),
-            blocks,
-            meta,
-            write: std::sync::Mutex::new(last),
-        })
+        t.records.store(
+            meta_u64(&t.meta, "records")?,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        t.late_us.store(
+            meta_u64(&t.meta, "late_us")?,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        t.reload()?;
+        Ok(t)
+    }
+
+    /// Read the segment list and rebuild the open segment from the blocks
+    /// written after the last closed one.
+    fn reload(&self) -> Result<(), StoreError> {
+        let mut w = self.write.lock().expect("history write lock");
+        *w = Writer::default();
+        w.last = self.blocks.last()?.map_or(0, |(k, _)| block_id(&k));
+        for kv in self.segs.iter() {
+            let (k, v) = kv?;
+            if k.len() == 10 && k[8..] == index::META.to_be_bytes() {
+                match index::decode_meta(&v) {
+                    Ok(blocks) if !blocks.is_empty() => {
+                        w.segments.push((blocks[0].id, blocks[blocks.len() - 1].id))
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "history: unreadable segment table skipped")
+                    }
+                }
+            }
+        }
+        let from = w.segments.last().map_or(0, |s| s.1.saturating_add(1));
+        for kv in self.blocks.range(from.to_be_bytes()..) {
+            let (k, v) = kv?;
+            let id = block_id(&k);
+            let Ok(b) = codec::Block::open(&v, id) else {
+                tracing::warn!(block = %hid(id, 0), "history: unreadable block not indexed");
+                continue;
+            };
+            let recs: Vec<Option<HistoryRecord>> =
+                (0..b.len()).map(|s| b.record(s).ok().flatten()).collect();
+            let slots: Vec<Option<&HistoryRecord>> = recs.iter().map(Option::as_ref).collect();
+            w.open.add_block(id, &slots);
+        }
+        Ok(())
+    }
+
+    /// Empty every history tree (a conversion starting over).
+    pub(crate) fn clear(&self) -> Result<(), StoreError> {
+        self.blocks.clear()?;
+        self.segs.clear()?;
+        self.meta.clear()?;
+        self.records.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.late_us.store(0, std::sync::atomic::Ordering::Relaxed);
+        *self.write.lock().expect("history write lock") = Writer::default();
+        Ok(())
+    }
+
+    /// Store the open segment and start a new one.
+    fn close_segment(&self, w: &mut Writer) -> Result<(), StoreError> {
+        let (Some(first), Some(last)) = (w.open.first(), w.open.last()) else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        for (k, v) in w.open.encode() {
+            batch.insert(&k[..], v);
+        }
+        self.segs.apply_batch(batch)?;
+        w.segments.push((first, last));
+        w.open = index::OpenSegment::default();
+        Ok(())
     }
 }
 
@@ -476,30 +555,28 @@ impl Store {
         Ok(hids)
     }
 
-    /// Write one block: under `id` (migration, pruning rewrites), else
+    /// Write one block and index it: under `id` (the conversion), else
     /// under a new id — the current time in µs, above every id before.
-    /// Index entries go first: after a crash an entry may point at no block
-    /// (queries skip it), but no block lacks its entries.
+    /// The block goes first and its index entries later (in memory until
+    /// the segment closes, rebuilt from the blocks after a restart).
     pub(super) fn write_block(
         &self,
         id: Option<u64>,
         slots: &[Option<&HistoryRecord>],
     ) -> Result<u64, StoreError> {
         let t = self.htrees();
-        let mut last = t.write.lock().expect("history write lock");
+        let mut w = t.write.lock().expect("history write lock");
         let block = match id {
             Some(id) => id,
-            None => codec::micros(now_secs()).max(*last + 1),
+            None => codec::micros(now_secs()).max(w.last + 1),
         };
-        let entries = index::entries(block, slots);
-        let mut batch = sled::Batch::default();
-        for (k, v) in entries {
-            batch.insert(&k[..], v);
-        }
-        t.index.apply_batch(batch)?;
         t.blocks
             .insert(block.to_be_bytes(), codec::encode_block(slots, block))?;
-        *last = (*last).max(block);
+        w.last = w.last.max(block);
+        w.open.add_block(block, slots);
+        if w.open.is_full() {
+            t.close_segment(&mut w)?;
+        }
         if id.is_none() {
             let n = slots.iter().flatten().count() as u64;
             let total = t.records.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
@@ -517,6 +594,54 @@ impl Store {
             t.meta.insert("late_us", &late.to_be_bytes())?;
         }
         Ok(block)
+    }
+
+    /// The (block, slot) pairs the indexes list for `field = value` among
+    /// blocks `lo..=hi`, in block order; [`index::ALL_SLOTS`] for "read
+    /// the whole block".
+    fn index_candidates(
+        &self,
+        field: index::Field,
+        value: &str,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(u64, u16)>, StoreError> {
+        let t = self.htrees();
+        let h = index::hash(field, value);
+        let (segments, open) = {
+            let w = t.write.lock().expect("history write lock");
+            (w.segments.clone(), w.open.lookup(h))
+        };
+        let mut out = Vec::new();
+        for (first, last) in segments {
+            if last < lo || first > hi {
+                continue;
+            }
+            let Some(bucket) = t.segs.get(index::bucket_key(first, h))? else {
+                continue;
+            };
+            let found = index::lookup_stored(&bucket, h);
+            if found.is_empty() {
+                continue;
+            }
+            let Some(meta) = t.segs.get(index::seg_key(first, index::META))? else {
+                continue;
+            };
+            let blocks = index::decode_meta(&meta).map_err(|e| StoreError::Corrupt {
+                key: format!("history segment {}", hid(first, 0)),
+                message: e.to_string(),
+            })?;
+            for (pos, slot) in found {
+                if let Some(b) = blocks.get(pos as usize) {
+                    out.push((b.id, slot));
+                }
+            }
+        }
+        out.extend(open);
+        out.retain(|(b, _)| (lo..=hi).contains(b));
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
     }
 
     /// How many records the history holds (kept as a counter; after a
@@ -622,6 +747,7 @@ impl Store {
         let mut visit = |block: u64, stored: &[u8], slots: Option<Vec<usize>>| {
             let b = self.open_block(block, stored)?;
             let mut slots = slots.unwrap_or_else(|| (0..b.len()).collect());
+            slots.retain(|s| *s < b.len());
             if q.newest_first {
                 slots.reverse();
             }
@@ -660,20 +786,25 @@ impl Store {
         };
         match index {
             Some((field, value)) => {
-                let p = index::prefix(field, &value);
-                let range = index::key(&p, lo)..=index::key(&p, hi);
-                for kv in ordered(t.index.range(range)) {
-                    let (k, v) = kv?;
-                    let Some(block) = index::block_of(&k) else {
-                        continue;
-                    };
-                    let slots = index::slots(&k, &v).map_err(|e| StoreError::Corrupt {
-                        key: format!("history index entry for block {}", hid(block, 0)),
-                        message: e.to_string(),
-                    })?;
-                    // After a crash an index entry may point at no block.
+                let mut found = self.index_candidates(field, &value, lo, hi)?;
+                if q.newest_first {
+                    found.reverse();
+                }
+                // Group the slots of each block, in the order found.
+                let mut i = 0;
+                while i < found.len() {
+                    let block = found[i].0;
+                    let mut slots = Vec::new();
+                    let mut all = false;
+                    while i < found.len() && found[i].0 == block {
+                        all |= found[i].1 == index::ALL_SLOTS;
+                        slots.push(found[i].1 as usize);
+                        i += 1;
+                    }
+                    slots.sort_unstable();
+                    // After a crash or a prune an entry may point at no block.
                     if let Some(stored) = t.blocks.get(block.to_be_bytes())? {
-                        if visit(block, &stored, Some(slots))? {
+                        if visit(block, &stored, (!all).then_some(slots))? {
                             break;
                         }
                     }
@@ -710,28 +841,40 @@ impl Store {
         })
     }
 
-    /// The times (unix seconds, to the millisecond) of every `action`
-    /// record since `since`, from the action index alone: what the
-    /// console's charts count, without decoding records.
+    /// The times (unix seconds) of every `action` record written since
+    /// `since`, from the segments' block tables alone: what the console's
+    /// charts count, without decoding records. A record counts at its
+    /// block's time — its write time, within milliseconds of its own
+    /// unless the history writer was held up.
     pub fn history_times(&self, action: HistoryAction, since: f64) -> Result<Vec<f64>, StoreError> {
         let t = self.htrees();
-        let p = index::prefix(index::Field::Action, action.as_str());
+        let from = codec::micros(since);
+        let (segments, open) = {
+            let w = t.write.lock().expect("history write lock");
+            (w.segments.clone(), w.open.blocks.clone())
+        };
         let mut out = Vec::new();
-        for kv in t
-            .index
-            .range(index::key(&p, codec::micros(since))..=index::key(&p, u64::MAX))
-        {
-            let (k, v) = kv?;
-            let (Some(block), Ok(slots)) = (index::block_of(&k), index::timed_slots(&k, &v)) else {
+        let mut count = |blocks: &[index::BlockInfo]| {
+            for b in blocks.iter().filter(|b| b.id >= from) {
+                for (a, n) in &b.actions {
+                    if *a == action {
+                        let at = b.id as f64 / 1_000_000.0;
+                        out.extend(std::iter::repeat_n(at, *n as usize));
+                    }
+                }
+            }
+        };
+        for (first, last) in segments {
+            if last < from {
                 continue;
-            };
-            for (_, late_ms) in slots {
-                let at = block.saturating_sub(late_ms * 1000) as f64 / 1_000_000.0;
-                if at >= since {
-                    out.push(at);
+            }
+            if let Some(meta) = t.segs.get(index::seg_key(first, index::META))? {
+                if let Ok(blocks) = index::decode_meta(&meta) {
+                    count(&blocks);
                 }
             }
         }
+        count(&open);
         Ok(out)
     }
 
@@ -775,30 +918,22 @@ impl Store {
                     continue;
                 }
             };
-            let refs: Vec<(usize, &HistoryRecord)> = live.iter().map(|(s, r)| (*s, r)).collect();
             let whole = block < cutoff || excess >= live.len();
             let drop_n = if whole { live.len() } else { excess };
-            // Index entries of the block as it is, then as it will be.
-            let mut before_slots: Vec<Option<&HistoryRecord>> = Vec::new();
-            for (s, r) in &refs {
-                if before_slots.len() <= *s {
-                    before_slots.resize(*s + 1, None);
-                }
-                before_slots[*s] = Some(r);
-            }
-            let mut batch = sled::Batch::default();
-            for (k, _) in index::entries(block, &before_slots) {
-                batch.remove(&k[..]);
-            }
-            t.index.apply_batch(batch)?;
             if whole {
                 t.blocks.remove(&k)?;
             } else {
-                let mut after_slots = before_slots.clone();
-                for (s, _) in refs.iter().take(drop_n) {
-                    after_slots[*s] = None;
+                // Pruned slots become empty ones: the others keep their
+                // slots, so their ids and index entries stay right.
+                let mut slots: Vec<Option<&HistoryRecord>> = Vec::new();
+                for (s, r) in live.iter().skip(drop_n) {
+                    if slots.len() <= *s {
+                        slots.resize(*s + 1, None);
+                    }
+                    slots[*s] = Some(r);
                 }
-                self.write_block(Some(block), &after_slots)?;
+                t.blocks
+                    .insert(block.to_be_bytes(), codec::encode_block(&slots, block))?;
             }
             gone += drop_n;
             excess = excess.saturating_sub(drop_n);
@@ -814,6 +949,27 @@ impl Store {
                 .saturating_sub(n);
             t.meta.insert("records", &left.to_be_bytes())?;
         }
+        // Segments wholly before the first block left: their entries point
+        // at nothing now.
+        let first_kept = t.blocks.first()?.map_or(u64::MAX, |(k, _)| block_id(&k));
+        let mut w = t.write.lock().expect("history write lock");
+        let dead: Vec<u64> = w
+            .segments
+            .iter()
+            .filter(|(_, last)| *last < first_kept)
+            .map(|(first, _)| *first)
+            .collect();
+        for first in &dead {
+            let mut batch = sled::Batch::default();
+            for kv in t
+                .segs
+                .range(index::seg_key(*first, 0)..=index::seg_key(*first, index::META))
+            {
+                batch.remove(kv?.0);
+            }
+            t.segs.apply_batch(batch)?;
+        }
+        w.segments.retain(|(first, _)| !dead.contains(first));
         Ok(gone)
     }
 }
@@ -927,15 +1083,6 @@ mod tests {
             }),
             0
         );
-        let t = store.history_trees();
-        let gone = index::prefix(index::Field::Recipient, "a@x.example");
-        assert_eq!(
-            t.index.scan_prefix(gone).count(),
-            0,
-            "index entries of the pruned record removed"
-        );
-        let kept = index::prefix(index::Field::Recipient, "b@y.example");
-        assert_eq!(t.index.scan_prefix(kept).count(), 1);
         // The survivors keep their history ids (slots 1 and 2).
         let hids: Vec<String> = store
             .query_history(&HistoryQuery::default())
@@ -1040,11 +1187,17 @@ mod tests {
             }),
             ["q0", "q1", "q2", "q4"]
         );
+        // Chart times are write times: these ten were written together,
+        // just now, whatever their own times say.
         let delivered = store
             .history_times(HistoryAction::Deliver, now - 95.5)
             .unwrap();
-        assert_eq!(delivered.len(), 5, "q5..q9: {delivered:?}");
-        assert!(delivered.iter().all(|t| (now - 96.0..=now).contains(t)));
+        assert_eq!(delivered.len(), 9, "all but the REJECT: {delivered:?}");
+        assert!(delivered.iter().all(|t| (now..now + 60.0).contains(t)));
+        assert!(store
+            .history_times(HistoryAction::Deliver, now + 60.0)
+            .unwrap()
+            .is_empty());
         assert_eq!(
             store
                 .history_times(HistoryAction::Reject, 0.0)
