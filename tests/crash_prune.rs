@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sluice::store::history::{HistoryAction, HistoryQuery, HistoryRecord};
 
-const OLD: usize = 60_000;
+const OLD: usize = 300_000;
 const FRESH: usize = 200;
 
 fn now() -> f64 {

@@ -104,6 +104,9 @@ pub fn values(r: &HistoryRecord) -> Vec<(Field, &str)> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BlockInfo {
     pub id: u64,
+    /// The newest record's time (µs): retention removes the block once
+    /// this is past, whatever the block's own (write) time.
+    pub newest: u64,
     pub actions: Vec<(HistoryAction, u32)>,
 }
 
@@ -134,9 +137,11 @@ impl OpenSegment {
         let pos = self.blocks.len() as u16;
         let mut by_value: BTreeMap<u64, Vec<u16>> = BTreeMap::new();
         let mut actions: BTreeMap<u8, (HistoryAction, u32)> = BTreeMap::new();
+        let mut newest = 0u64;
         for (slot, r) in slots.iter().enumerate() {
             let Some(r) = r else { continue };
             self.records += 1;
+            newest = newest.max(super::codec::micros(r.ts));
             actions
                 .entry(super::codec::action_code(r.action))
                 .or_insert((r.action, 0))
@@ -159,6 +164,7 @@ impl OpenSegment {
         }
         self.blocks.push(BlockInfo {
             id,
+            newest,
             actions: actions.into_values().collect(),
         });
     }
@@ -200,6 +206,9 @@ fn encode_meta(blocks: &[BlockInfo]) -> Vec<u8> {
     for b in blocks {
         put_varint(&mut v, b.id - prev);
         prev = b.id;
+        // Zigzag: a clock step back can put a record after its block.
+        let d = b.id as i64 - b.newest as i64;
+        put_varint(&mut v, ((d << 1) ^ (d >> 63)) as u64);
         put_varint(&mut v, b.actions.len() as u64);
         for (a, n) in &b.actions {
             v.push(super::codec::action_code(*a));
@@ -221,6 +230,9 @@ pub fn decode_meta(v: &[u8]) -> Result<Vec<BlockInfo>, CodecError> {
     let mut prev = 0u64;
     for _ in 0..n {
         prev += rd.varint()?;
+        let z = rd.varint()?;
+        let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+        let newest = (prev as i64 - d).max(0) as u64;
         let k = rd.varint()? as usize;
         let mut actions = Vec::with_capacity(k.min(16));
         for _ in 0..k {
@@ -230,7 +242,11 @@ pub fn decode_meta(v: &[u8]) -> Result<Vec<BlockInfo>, CodecError> {
                 .ok_or(CodecError::Action(code))?;
             actions.push((a, rd.varint()? as u32));
         }
-        out.push(BlockInfo { id: prev, actions });
+        out.push(BlockInfo {
+            id: prev,
+            newest,
+            actions,
+        });
     }
     Ok(out)
 }

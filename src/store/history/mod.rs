@@ -878,6 +878,30 @@ impl Store {
         Ok(out)
     }
 
+    /// A block removed whole: take its live records off the count.
+    fn count_gone(&self, block: u64, stored: &[u8]) -> usize {
+        let n = self
+            .block_records(block, stored)
+            .map_or_else(|_| codec::block_len(stored).unwrap_or(0), |l| l.len());
+        self.forget_records(n);
+        n
+    }
+
+    fn forget_records(&self, n: usize) {
+        let t = self.htrees();
+        let n = n as u64;
+        let left = t
+            .records
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |c| Some(c.saturating_sub(n)),
+            )
+            .unwrap_or(0)
+            .saturating_sub(n);
+        let _ = t.meta.insert("records", &left.to_be_bytes());
+    }
+
     /// All records, oldest first.
     pub fn history_all(&self) -> Result<Vec<HistoryRecord>, StoreError> {
         Ok(self
@@ -887,28 +911,49 @@ impl Store {
             .collect())
     }
 
-    /// Delete the blocks written before `before` (unix seconds: every
-    /// record in them is older) and, if `max` is non-zero, the oldest
-    /// records beyond `max` — a partly pruned block is rewritten with its
-    /// other slots kept, so history ids never change. Returns how many
+    /// Delete the blocks whose records are all older than `before` (unix
+    /// seconds) and, if `max` is non-zero, the oldest records beyond `max`
+    /// — a partly pruned block is rewritten with the pruned slots empty,
+    /// so history ids and index entries stay right. Returns how many
     /// records went.
     pub fn prune_history(&self, before: f64, max: u64) -> Result<usize, StoreError> {
         let t = self.htrees();
         let cutoff = codec::micros(before);
+        let mut gone = 0usize;
+        // Which blocks hold nothing as new as the cutoff: from the block
+        // tables, without reading the blocks.
+        let (segments, open) = {
+            let w = t.write.lock().expect("history write lock");
+            (w.segments.clone(), w.open.blocks.clone())
+        };
+        let mut expired: Vec<u64> = open
+            .iter()
+            .filter(|b| b.newest < cutoff)
+            .map(|b| b.id)
+            .collect();
+        for (first, _) in &segments {
+            if let Some(meta) = t.segs.get(index::seg_key(*first, index::META))? {
+                if let Ok(blocks) = index::decode_meta(&meta) {
+                    expired.extend(blocks.iter().filter(|b| b.newest < cutoff).map(|b| b.id));
+                }
+            }
+        }
+        expired.sort_unstable();
+        for block in expired {
+            if let Some(v) = t.blocks.remove(block.to_be_bytes())? {
+                gone += self.count_gone(block, &v);
+            }
+        }
         let mut excess = if max > 0 {
             self.history_len().saturating_sub(max) as usize
         } else {
             0
         };
-        let mut gone = 0usize;
-        loop {
+        while excess > 0 {
             let Some((k, v)) = t.blocks.first()? else {
                 break;
             };
-            let block = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            if block >= cutoff && excess == 0 {
-                break;
-            }
+            let block = block_id(&k);
             let live = match self.block_records(block, &v) {
                 Ok(live) => live,
                 Err(e) => {
@@ -918,9 +963,8 @@ impl Store {
                     continue;
                 }
             };
-            let whole = block < cutoff || excess >= live.len();
-            let drop_n = if whole { live.len() } else { excess };
-            if whole {
+            let drop_n = excess.min(live.len());
+            if drop_n == live.len() {
                 t.blocks.remove(&k)?;
             } else {
                 // Pruned slots become empty ones: the others keep their
@@ -935,30 +979,20 @@ impl Store {
                 t.blocks
                     .insert(block.to_be_bytes(), codec::encode_block(&slots, block))?;
             }
+            self.forget_records(drop_n);
             gone += drop_n;
-            excess = excess.saturating_sub(drop_n);
-            let n = drop_n as u64;
-            let left = t
-                .records
-                .fetch_update(
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                    |c| Some(c.saturating_sub(n)),
-                )
-                .unwrap_or(0)
-                .saturating_sub(n);
-            t.meta.insert("records", &left.to_be_bytes())?;
+            excess -= drop_n;
         }
-        // Segments wholly before the first block left: their entries point
-        // at nothing now.
-        let first_kept = t.blocks.first()?.map_or(u64::MAX, |(k, _)| block_id(&k));
+        // Segments none of whose blocks are left: their entries point at
+        // nothing now.
+        let mut dead: Vec<u64> = Vec::new();
+        for (first, last) in &segments {
+            let range = first.to_be_bytes()..=last.to_be_bytes();
+            if t.blocks.range(range).next().is_none() {
+                dead.push(*first);
+            }
+        }
         let mut w = t.write.lock().expect("history write lock");
-        let dead: Vec<u64> = w
-            .segments
-            .iter()
-            .filter(|(_, last)| *last < first_kept)
-            .map(|(first, _)| *first)
-            .collect();
         for first in &dead {
             let mut batch = sled::Batch::default();
             for kv in t
@@ -1204,6 +1238,98 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    /// More than a segment: closed segments are found from disk, the open
+    /// one is rebuilt on open, retention goes by the records' own times
+    /// (late-written old records go too) and dead segments are dropped.
+    #[test]
+    fn segments_survive_reopen_and_retention_uses_record_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_secs();
+        let n = index::SEG_MAX_RECORDS * 2 + 1000;
+        let recs: Vec<HistoryRecord> = (0..n)
+            .map(|i| {
+                // The first segment's worth: 40 days old, written now.
+                let ts = if i < index::SEG_MAX_RECORDS {
+                    now - 40.0 * 86400.0
+                } else {
+                    now
+                };
+                rec(
+                    "DELIVER",
+                    &format!("u{}@x.example", i % 5000),
+                    &format!("q{i}"),
+                    ts,
+                )
+            })
+            .collect();
+        let want = |store: &Store, rcpt: &str| {
+            store
+                .query_history(&HistoryQuery {
+                    recipient: Some(rcpt.into()),
+                    ..Default::default()
+                })
+                .unwrap()
+                .len()
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.append_history(&recs).unwrap();
+            assert_eq!(
+                store.history_trees().write.lock().unwrap().segments.len(),
+                2
+            );
+            assert_eq!(
+                want(&store, "u7@x.example"),
+                recs.iter()
+                    .filter(|r| r.recipient == "u7@x.example")
+                    .count()
+            );
+            store.flush_blocking().unwrap();
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() > until => panic!("{e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        };
+        assert_eq!(store.history_len(), n as u64);
+        let u7 = recs
+            .iter()
+            .filter(|r| r.recipient == "u7@x.example")
+            .count();
+        assert_eq!(want(&store, "u7@x.example"), u7, "after reopen");
+        let last = format!("q{}", n - 1);
+        let found = store
+            .query_history(&HistoryQuery {
+                id: Some(last.clone()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(found.len(), 1, "a record of the open segment, rebuilt");
+        let pruned = store.prune_history(now - 30.0 * 86400.0, 0).unwrap();
+        assert_eq!(pruned, index::SEG_MAX_RECORDS);
+        assert_eq!(store.history_len(), (n - pruned) as u64);
+        let u7_fresh = recs[index::SEG_MAX_RECORDS..]
+            .iter()
+            .filter(|r| r.recipient == "u7@x.example")
+            .count();
+        assert_eq!(want(&store, "u7@x.example"), u7_fresh);
+        assert_eq!(
+            store.history_trees().write.lock().unwrap().segments.len(),
+            1,
+            "the first segment dropped"
+        );
+        assert_eq!(
+            store
+                .history_times(HistoryAction::Deliver, 0.0)
+                .unwrap()
+                .len(),
+            n - pruned
         );
     }
 }
