@@ -253,6 +253,34 @@ fn main() {
         println!("{name:<26} {found:>6} records in {best:.2} ms");
         assert!(found > 0, "{name}: the index found nothing");
     }
+    // The delivery path appends each outcome on its own (one record, one
+    // block): what that costs, on top of the store as it is.
+    let singles = (n / 20).max(1000);
+    let before = du(&hdir);
+    let t = Instant::now();
+    let mut batch = Vec::new();
+    let mut wrote = 0;
+    while wrote < singles {
+        batch.clear();
+        message(next, now(), &mut batch);
+        next += 1;
+        for r in &batch {
+            store
+                .append_history(std::slice::from_ref(r))
+                .expect("append");
+        }
+        wrote += batch.len();
+    }
+    let single_s = t.elapsed().as_secs_f64();
+    store.flush_blocking().expect("flush");
+    let grown = du(&hdir).saturating_sub(before);
+    println!(
+        "one record per append (delivery path): {wrote} records in {single_s:.1} s = {:.0} records/s, +{:.1} MB = {:.0} bytes/record",
+        wrote as f64 / single_s,
+        grown as f64 / 1e6,
+        grown as f64 / wrote as f64
+    );
+
     let t = Instant::now();
     let times = store
         .history_times(HistoryAction::Deliver, 0.0)

@@ -16,7 +16,7 @@
 //! | db       | `body`     | body id (a queue id)              | raw message bytes as relayed  |
 //! | db       | `body_ref` | body id `/` queue id              | empty (who still needs a body)|
 //! | db       | `due`      | next attempt (u64 BE µs) ++ id    | empty (the scheduler's index) |
-//! | history  | `hblock`, `hindex`, `hmeta` | see [`history::Trees`] | records in blocks, indexes |
+//! | history  | `hblock`, `hseg`, `hmeta` | see [`history::Trees`] | records in blocks, segment indexes |
 //!
 //! Several queue entries (one per recipient or per transport) may share one
 //! body; the body is removed with its last reference.
@@ -29,8 +29,9 @@
 //! behind and rebuilds `due` from the entries. A one-entry
 //! message is whole after a crash whatever sled recovers (an entry without
 //! its body is dropped; it was never acknowledged, since the 250 waits for
-//! the flush of both). History relies on sled recovering a prefix of its
-//! log: a record present implies its index keys, written before it, are.
+//! the flush of both). The history's open index segment lives in memory
+//! and is rebuilt from the blocks at open, so a crash cannot leave a record
+//! its indexes miss.
 //!
 //! Writes that must survive a crash wait for an fsync'd flush
 //! ([`Store::sync`], [`Store::sync_history`]). One flush serves every caller
