@@ -116,7 +116,7 @@ fn main() {
             token: TOKEN.into(),
             session_timeout: Duration::from_secs(3600),
         };
-        let server = sluice::http::start(&cfg, store, None)
+        let server = sluice::http::start(&cfg, store, None, None)
             .await
             .expect("http")
             .expect("address set");

@@ -65,6 +65,9 @@ pub enum Cmd {
         id: String,
         #[arg(long)]
         json: bool,
+        /// Every node's records, from the history export (ClickHouse).
+        #[arg(long)]
+        cluster: bool,
     },
     /// Run one hook of the configured scripts against a sample message and
     /// envelope, and print the verdict (and what it queued) as JSON.
@@ -238,6 +241,21 @@ pub struct HistoryArgs {
     /// Keep printing new records as they arrive.
     #[arg(long)]
     pub follow: bool,
+    /// Every node's records, from the history export (`[history.export]`,
+    /// ClickHouse) instead of this node's history.
+    #[arg(long, conflicts_with = "follow")]
+    pub cluster: bool,
+    /// Show the history export's cursor, lag and last error.
+    #[arg(long)]
+    pub export_status: bool,
+    #[command(subcommand)]
+    pub cmd: Option<HistoryCmd>,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum HistoryCmd {
+    /// Create the ClickHouse database and table `[history.export]` names.
+    InitExport,
 }
 
 #[derive(clap::Args, Debug)]
@@ -405,8 +423,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let cfg = load_config(&cli)?;
             history_cmd(&cfg, h).await
         }
-        Cmd::Trace { id, json } => {
+        Cmd::Trace { id, json, cluster } => {
             let cfg = load_config(&cli)?;
+            if *cluster {
+                return cluster_trace_cmd(&cfg, id, *json).await;
+            }
             trace_cmd(&cfg, id, *json).await
         }
         Cmd::TestScript(t) => {
@@ -651,6 +672,70 @@ fn print_history_rows(rows: &[Value], h: &HistoryArgs, header: bool) {
 }
 
 async fn history_cmd(cfg: &Config, h: &HistoryArgs) -> anyhow::Result<()> {
+    if let Some(HistoryCmd::InitExport) = h.cmd {
+        let stmts = crate::export::init(cfg).await?;
+        for s in stmts {
+            println!("{s};");
+        }
+        println!(
+            "-- created in {} ({}.{})",
+            cfg.history.export.url, cfg.history.export.database, cfg.history.export.table
+        );
+        return Ok(());
+    }
+    if h.export_status {
+        let v = ask(cfg, Request::ExportStatus).await?;
+        if h.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else if v["kind"].as_str().unwrap_or("").is_empty() {
+            println!(
+                "no exporter running (daemon down, or [history.export] kind empty); cursor {}, {} records after it",
+                v["cursor"].as_str().unwrap_or("-"),
+                v["waiting"]
+            );
+        } else {
+            println!(
+                "export to {} as node {}: {} records waiting, {} exported since start, {} errors",
+                v["url"].as_str().unwrap_or(""),
+                v["node"].as_str().unwrap_or(""),
+                v["waiting"],
+                v["exported_total"],
+                v["errors_total"]
+            );
+            println!("cursor: {}", v["cursor"].as_str().unwrap_or("-"));
+            if let Some(t) = v["last_success"].as_f64() {
+                println!("last success: {}", fmt_ts(t));
+            }
+            if let Some(t) = v["failing_since"].as_f64() {
+                println!(
+                    "FAILING since {}: {}",
+                    fmt_ts(t),
+                    v["last_error"].as_str().unwrap_or("")
+                );
+            }
+        }
+        return Ok(());
+    }
+    if h.cluster {
+        let q = crate::store::history::HistoryQuery {
+            since: h.since.as_deref().map(parse_when).transpose()?,
+            until: h.until.as_deref().map(parse_when).transpose()?,
+            sender: h.sender.clone(),
+            recipient: h.recipient.clone(),
+            domain: h.domain.clone(),
+            action: h.action.as_ref().map(|a| a.to_uppercase()),
+            id: h.id.clone(),
+            limit: Some(h.limit),
+            ..Default::default()
+        };
+        let rows = crate::export::cluster_history(cfg, &q).await?;
+        if h.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print_cluster_rows(&rows, h);
+        }
+        return Ok(());
+    }
     let mut filter = control::HistoryFilter {
         since: h.since.as_deref().map(parse_when).transpose()?,
         until: h.until.as_deref().map(parse_when).transpose()?,
@@ -706,6 +791,76 @@ async fn history_cmd(cfg: &Config, h: &HistoryArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Fleet rows: the node first, then the local columns.
+fn print_cluster_rows(rows: &[Value], h: &HistoryArgs) {
+    if h.csv {
+        println!("node,ts,action,id,transaction,sender,recipient,remote_host,reason");
+        for r in rows {
+            let f = |k: &str| csv_field(r[k].as_str().unwrap_or(""));
+            println!(
+                "{},{},{},{},{},{},{},{},{}",
+                f("node"),
+                fmt_ts(r["ts"].as_f64().unwrap_or(0.0)),
+                f("action"),
+                f("id"),
+                f("transaction"),
+                f("sender"),
+                f("recipient"),
+                f("remote_host"),
+                f("reason")
+            );
+        }
+        return;
+    }
+    for r in rows {
+        println!(
+            "{:<16} {} {:<7} id={} tx={} from=<{}> to=<{}> relay={} {}",
+            r["node"].as_str().unwrap_or("-"),
+            fmt_ts(r["ts"].as_f64().unwrap_or(0.0)),
+            r["action"].as_str().unwrap_or(""),
+            r["id"].as_str().unwrap_or("-"),
+            r["transaction"].as_str().unwrap_or("-"),
+            r["sender"].as_str().unwrap_or(""),
+            r["recipient"].as_str().unwrap_or(""),
+            r["remote_host"].as_str().unwrap_or("-"),
+            r["reason"].as_str().unwrap_or(""),
+        );
+    }
+}
+
+async fn cluster_trace_cmd(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()> {
+    let rows = crate::export::cluster_trace(cfg, id).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "history": rows }))?
+        );
+        return Ok(());
+    }
+    if rows.is_empty() {
+        anyhow::bail!("nothing about {id} in the fleet's history");
+    }
+    let mut nodes: Vec<&str> = rows.iter().filter_map(|r| r["node"].as_str()).collect();
+    nodes.dedup();
+    println!(
+        "{id}: {} records, through {}",
+        rows.len(),
+        nodes.join(" → ")
+    );
+    for r in &rows {
+        println!(
+            "  {} {:<16} {:<7} to=<{}> relay={} {}",
+            fmt_ts(r["ts"].as_f64().unwrap_or(0.0)),
+            r["node"].as_str().unwrap_or("-"),
+            r["action"].as_str().unwrap_or(""),
+            r["recipient"].as_str().unwrap_or(""),
+            r["remote_host"].as_str().unwrap_or("-"),
+            r["reason"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
 async fn trace_cmd(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()> {
     let v = ask(cfg, Request::Trace { id: id.to_string() }).await?;
     let rows = v["history"].as_array().cloned().unwrap_or_default();
@@ -746,6 +901,9 @@ async fn trace_cmd(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()> {
         json: false,
         csv: false,
         follow: false,
+        cluster: false,
+        export_status: false,
+        cmd: None,
     };
     print_history_rows(&rows, &h, false);
     for e in &entries {

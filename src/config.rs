@@ -549,6 +549,8 @@ pub struct HistoryConfig {
     pub retention: Duration,
     /// Keep at most this many records (0 = no cap).
     pub max_records: u64,
+    /// `[history.export]`: copy every record to ClickHouse.
+    pub export: ExportConfig,
 }
 
 impl Default for HistoryConfig {
@@ -556,7 +558,52 @@ impl Default for HistoryConfig {
         HistoryConfig {
             retention: Duration::from_secs(30 * 86400),
             max_records: 0,
+            export: ExportConfig::default(),
         }
+    }
+}
+
+/// `[history.export]`: where the history is copied for fleet queries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// "" (off) or "clickhouse".
+    pub kind: String,
+    /// ClickHouse's HTTP interface.
+    pub url: String,
+    pub database: String,
+    pub table: String,
+    pub user: String,
+    pub password: String,
+    /// Rows per INSERT.
+    pub batch: usize,
+    /// How often to look for new records when caught up.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// One request (INSERT or query) gives up after this.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            kind: String::new(),
+            url: "http://127.0.0.1:8123".into(),
+            database: "sluice".into(),
+            table: "history".into(),
+            user: "default".into(),
+            password: String::new(),
+            batch: 5000,
+            flush_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ExportConfig {
+    pub fn enabled(&self) -> bool {
+        !self.kind.is_empty()
     }
 }
 
@@ -943,6 +990,40 @@ impl Config {
         if self.hostname.trim().is_empty() || self.hostname.contains(char::is_whitespace) {
             return Err(invalid("hostname", "must be a non-empty host name"));
         }
+        let ex = &self.history.export;
+        if !matches!(ex.kind.as_str(), "" | "clickhouse") {
+            return Err(invalid(
+                "history.export.kind",
+                format!("{:?}: must be \"\" (off) or \"clickhouse\"", ex.kind),
+            ));
+        }
+        if ex.enabled() {
+            if !(ex.url.starts_with("http://") || ex.url.starts_with("https://"))
+                || reqwest::Url::parse(&ex.url).is_err()
+            {
+                return Err(invalid(
+                    "history.export.url",
+                    format!("{:?}: must be an http:// or https:// URL", ex.url),
+                ));
+            }
+            for (key, v) in [
+                ("history.export.database", &ex.database),
+                ("history.export.table", &ex.table),
+            ] {
+                if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(invalid(key, format!("{v:?}: letters, digits and _ only")));
+                }
+            }
+            if ex.batch == 0 || ex.batch > 1_000_000 {
+                return Err(invalid("history.export.batch", "must be 1 to 1000000"));
+            }
+            if ex.flush_interval.is_zero() || ex.timeout.is_zero() {
+                return Err(invalid(
+                    "history.export",
+                    "flush_interval and timeout must be above zero",
+                ));
+            }
+        }
         if self.listener.is_empty() {
             return Err(invalid("listener", "at least one [[listener]] is needed"));
         }
@@ -1175,6 +1256,29 @@ mod tests {
     #[test]
     fn defaults_validate() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn history_export_settings_are_checked() {
+        let c = Config::from_toml_str(
+            "[history.export]\nkind='clickhouse'\nurl='http://10.0.0.5:8123'\nbatch=100\nflush_interval='500ms'\n",
+        )
+        .unwrap();
+        assert!(c.history.export.enabled());
+        assert_eq!(c.history.export.batch, 100);
+        assert_eq!(c.history.export.table, "history");
+        for (bad, key) in [
+            ("kind='kafka'", "history.export.kind"),
+            (
+                "kind='clickhouse'\nurl='10.0.0.5:8123'",
+                "history.export.url",
+            ),
+            ("kind='clickhouse'\nbatch=0", "history.export.batch"),
+            ("kind='clickhouse'\ntable='h; DROP'", "history.export.table"),
+        ] {
+            let err = Config::from_toml_str(&format!("[history.export]\n{bad}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

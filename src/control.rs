@@ -55,6 +55,8 @@ pub enum Request {
         key: String,
     },
     StateStats,
+    /// `sluice history --export-status`
+    ExportStatus,
 }
 
 /// `sluice history` filters, as sent over the socket: the store's query.
@@ -220,6 +222,7 @@ pub fn dispatch(store: &Store, req: Request, reload: Option<&ReloadFn>) -> Resul
             Some(f) => f().map(Value::String),
             None => Err("no daemon running".into()),
         },
+        Request::ExportStatus => Ok(crate::export::status(store)),
         Request::StateGet { .. } | Request::StateDel { .. } | Request::StateStats => {
             Err("the state store lives in the running daemon".into())
         }
@@ -256,7 +259,14 @@ pub fn trace_json(store: &Store, id: &str) -> Result<Value, String> {
         ..Default::default()
     };
     let rows = history_json(store, &filter)?;
-    let rows = rows.as_array().cloned().unwrap_or_default();
+    let mut rows = rows.as_array().cloned().unwrap_or_default();
+    // The history is in write order: a delivery outcome (written at once)
+    // can precede the RECEIVED record the background writer had in hand.
+    // A message's story reads in time order.
+    rows.sort_by(|a, b| {
+        let t = |r: &Value| r["ts"].as_f64().unwrap_or(0.0);
+        t(a).total_cmp(&t(b))
+    });
     // Queue entries of this message: by queue id, transaction id or Message-ID.
     let txs: std::collections::BTreeSet<&str> = rows
         .iter()

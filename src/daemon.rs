@@ -137,6 +137,14 @@ impl Daemon {
             })
         };
         drop(history_pruner);
+        if config.history.export.enabled() {
+            tokio::spawn(crate::export::run(
+                store.clone(),
+                config.history.export.clone(),
+                config.hostname.clone(),
+                delivery_stop.subscribe(),
+            ));
+        }
         let control = match control::serve(
             config.control_socket.clone(),
             store.clone(),
@@ -151,7 +159,12 @@ impl Daemon {
                 None
             }
         };
-        let http = crate::http::start(&config.http, store.clone(), Some(reload.clone()))
+        let cluster = config
+            .history
+            .export
+            .enabled()
+            .then(|| config.as_ref().clone());
+        let http = crate::http::start(&config.http, store.clone(), Some(reload.clone()), cluster)
             .await
             .with_context(|| format!("starting [http] on {:?}", config.http.address))?;
         Ok(Daemon {

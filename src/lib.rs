@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod delivery;
 pub mod envelope;
+pub mod export;
 pub mod http;
 pub mod http_client;
 pub mod ids;

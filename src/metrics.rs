@@ -152,6 +152,8 @@ pub struct Metrics {
     pub history_pending: AtomicI64,
     /// Records the background writer gave up on (its backlog was full).
     pub history_dropped: AtomicU64,
+    pub export_rows: AtomicU64,
+    pub export_errors: AtomicU64,
     /// Control socket connections refused by SO_PEERCRED.
     pub control_refused: AtomicU64,
     /// Messages refused with 452 4.3.1: `[limits] data_memory` spent.
@@ -196,6 +198,8 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     history_write_errors: AtomicU64::new(0),
     history_pending: AtomicI64::new(0),
     history_dropped: AtomicU64::new(0),
+    export_rows: AtomicU64::new(0),
+    export_errors: AtomicU64::new(0),
     control_refused: AtomicU64::new(0),
     data_memory_refusals: AtomicU64::new(0),
     dns_queries: Mutex::new(BTreeMap::new()),
@@ -342,6 +346,16 @@ pub fn history_pending(n: usize) {
 /// The background history writer dropped `n` records (backlog full).
 pub fn history_dropped(n: usize) {
     GLOBAL.history_dropped.fetch_add(n as u64, RELAXED);
+}
+
+/// Rows the history exporter got into ClickHouse.
+pub fn export_rows(n: usize) {
+    GLOBAL.export_rows.fetch_add(n as u64, RELAXED);
+}
+
+/// A failed history export request (retried).
+pub fn export_error() {
+    GLOBAL.export_errors.fetch_add(1, RELAXED);
 }
 
 /// A message refused because `[limits] data_memory` was spent.
@@ -714,6 +728,28 @@ pub fn render(queue: Option<&BTreeMap<&'static str, u64>>) -> String {
         out,
         "sluice_history_dropped_total {}",
         m.history_dropped.load(RELAXED)
+    );
+    header(
+        &mut out,
+        "sluice_history_export_rows_total",
+        "counter",
+        "History records exported to ClickHouse ([history.export]).",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_history_export_rows_total {}",
+        m.export_rows.load(RELAXED)
+    );
+    header(
+        &mut out,
+        "sluice_history_export_errors_total",
+        "counter",
+        "Failed history export requests (each retried with backoff).",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_history_export_errors_total {}",
+        m.export_errors.load(RELAXED)
     );
     header(
         &mut out,

@@ -153,16 +153,33 @@ async fn require_token(State(state): State<Shared>, req: Request, next: Next) ->
         ("before" = Option<String>, Query, description = "only records with a history id less than this"),
         ("order" = Option<String>, Query, description = "oldest (default) or newest first"),
         ("limit" = Option<usize>, Query, description = "at most this many records (default 100, at most 10000)"),
+        ("cluster" = Option<String>, Query, description = "1: every node's records, from the history export (ClickHouse), each with its node; 503 when the export is off or unreachable"),
     ),
     responses(
         (status = 200, description = "history records, each with its hid", body = Vec<Object>),
+        (status = 503, description = "cluster=1 and the history export is off or unreachable", body = Object),
         (status = 400, description = "an unknown or malformed parameter", body = Object),
         (status = 401, description = "no or a wrong bearer token", body = Object),
     ),
     security(("bearer" = []))
 )]
 async fn history(State(state): State<Shared>, q: Params) -> ApiResult {
-    let f = history_filter(&params(q)?).map_err(ApiError::bad)?;
+    let mut p = params(q)?;
+    let cluster = p.iter().any(|(k, v)| k == "cluster" && v == "1");
+    p.retain(|(k, _)| k != "cluster");
+    let f = history_filter(&p).map_err(ApiError::bad)?;
+    if cluster {
+        let Some(cfg) = &state.cluster else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster=1: [history.export] is off on this node",
+            ));
+        };
+        let rows = crate::export::cluster_history(cfg, &f)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        return ok(Value::Array(rows));
+    }
     ok(
         blocking(&state.store, move |s| control::history_json(s, &f))
             .await

@@ -90,6 +90,9 @@ pub struct AppState {
     pub tails: Arc<Semaphore>,
     /// The OpenAPI document, serialized once at start.
     pub openapi: String,
+    /// The daemon's config when `[history.export]` is on: `cluster=1`
+    /// history queries go to the export.
+    pub cluster: Option<crate::config::Config>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -99,6 +102,7 @@ pub async fn start(
     cfg: &HttpConfig,
     store: Store,
     reload: Option<ReloadFn>,
+    cluster: Option<crate::config::Config>,
 ) -> std::io::Result<Option<HttpServer>> {
     if cfg.address.trim().is_empty() {
         return Ok(None);
@@ -118,6 +122,7 @@ pub async fn start(
         logins: auth::LoginLimiter::new(auth::LOGIN_ATTEMPTS, auth::LOGIN_WINDOW),
         tails: Arc::new(Semaphore::new(MAX_TAILS)),
         openapi: serde_json::to_string_pretty(&openapi::document()).unwrap_or_default(),
+        cluster,
     });
     let app = router(state);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
