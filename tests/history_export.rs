@@ -12,116 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use sluice::export::test_server::ClickHouse;
+
 use serde_json::Value;
 
 const RCPT: &str = "shared@example.org";
-
-struct ClickHouse {
-    dir: PathBuf,
-    http: u16,
-    child: Option<std::process::Child>,
-}
-
-impl ClickHouse {
-    fn start(dir: &Path) -> ClickHouse {
-        let http = free_port();
-        let tcp = free_port();
-        let d = dir.display();
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(
-            dir.join("config.xml"),
-            format!(
-                r#"<?xml version="1.0"?>
-<yandex>
-  <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><console>0</console></logger>
-  <http_port>{http}</http_port>
-  <tcp_port>{tcp}</tcp_port>
-  <listen_host>127.0.0.1</listen_host>
-  <path>{d}/data/</path>
-  <tmp_path>{d}/tmp/</tmp_path>
-  <user_files_path>{d}/user_files/</user_files_path>
-  <format_schema_path>{d}/schemas/</format_schema_path>
-  <users_config>users.xml</users_config>
-  <default_profile>default</default_profile>
-  <default_database>default</default_database>
-  <mark_cache_size>5368709</mark_cache_size>
-</yandex>
-"#
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("users.xml"),
-            r#"<?xml version="1.0"?>
-<yandex>
-  <profiles><default></default></profiles>
-  <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
-  <quotas><default></default></quotas>
-</yandex>
-"#,
-        )
-        .unwrap();
-        let mut ch = ClickHouse {
-            dir: dir.to_path_buf(),
-            http,
-            child: None,
-        };
-        ch.spawn();
-        ch
-    }
-
-    fn spawn(&mut self) {
-        let child = std::process::Command::new("clickhouse-server")
-            .arg(format!(
-                "--config-file={}",
-                self.dir.join("config.xml").display()
-            ))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("clickhouse-server (Debian's clickhouse-server package)");
-        self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.sql("SELECT 1").is_ok_and(|s| s.trim() == "1") {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "clickhouse-server did not answer within 60 s: {}",
-                std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn sql(&self, q: &str) -> Result<String, String> {
-        let out = std::process::Command::new("curl")
-            .args(["-s", "-S", "--max-time", "10", "--data-binary", q])
-            .arg(format!("http://127.0.0.1:{}/", self.http))
-            .output()
-            .map_err(|e| e.to_string())?;
-        let body = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && !body.contains("DB::Exception") {
-            Ok(body)
-        } else {
-            Err(format!("{body}{}", String::from_utf8_lossy(&out.stderr)))
-        }
-    }
-}
-
-impl Drop for ClickHouse {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 struct Node {
     name: String,

@@ -13,6 +13,8 @@
 //! are [`clickhouse`]'s, the records the store's.
 
 pub mod clickhouse;
+#[doc(hidden)]
+pub mod test_server;
 
 use std::sync::Mutex;
 use std::time::Duration;
