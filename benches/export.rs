@@ -102,6 +102,7 @@ fn main() {
             store.clone(),
             cfg.history.export.clone(),
             cfg.hostname.clone(),
+            cfg.history.retention,
             stop_rx,
         ));
         let deadline = Instant::now() + Duration::from_secs(900);

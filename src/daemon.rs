@@ -142,6 +142,7 @@ impl Daemon {
                 store.clone(),
                 config.history.export.clone(),
                 config.hostname.clone(),
+                config.history.retention,
                 delivery_stop.subscribe(),
             ));
         }

@@ -320,6 +320,31 @@ async fn two_nodes_export_through_an_outage_and_a_kill() {
         .unwrap();
     assert_eq!(distinct.trim().parse::<usize>().unwrap(), fleet.len());
 
+    // Retention: 18.16 has no TTL; the exporter drops expired days.
+    ch.sql(
+        "INSERT INTO sluice.history (node, hid, ts, day, action, recipient) \
+         VALUES ('mx-old', 'x', 1000000000, toDate('2001-09-09'), 'DELIVER', 'old@example.org')",
+    )
+    .unwrap();
+    let export = sluice::config::ExportConfig {
+        kind: "clickhouse".into(),
+        url: format!("http://127.0.0.1:{}", ch.http),
+        ..Default::default()
+    };
+    let dropped = sluice::export::drop_expired(&export, Duration::from_secs(30 * 86400))
+        .await
+        .unwrap();
+    assert_eq!(dropped, ["20010909"]);
+    let left = ch
+        .sql("SELECT count() FROM sluice.history WHERE node = 'mx-old'")
+        .unwrap();
+    assert_eq!(left.trim(), "0");
+    assert_eq!(
+        cluster(&a).await.unwrap().len(),
+        fleet.len(),
+        "today's rows kept"
+    );
+
     a.kill9().await;
     b.kill9().await;
     ch.kill();

@@ -94,6 +94,11 @@ pub fn row(node: &str, hid: &str, r: &HistoryRecord) -> Value {
     })
 }
 
+/// The partition number (`toYYYYMMDD`) of a unix time's UTC day.
+pub fn day_number(ts: f64) -> u32 {
+    chrono_day(ts).replace('-', "").parse().unwrap_or(0)
+}
+
 /// `YYYY-MM-DD` (UTC) of a unix time.
 fn chrono_day(ts: f64) -> String {
     let days = (ts.max(0.0) / 86400.0).floor() as i64;
@@ -324,5 +329,6 @@ mod tests {
         assert_eq!(back["attempt"], 2);
         assert_eq!(chrono_day(0.0), "1970-01-01");
         assert_eq!(chrono_day(951_782_400.0), "2000-02-29");
+        assert_eq!(day_number(951_782_400.0), 20000229);
     }
 }

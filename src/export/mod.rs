@@ -98,11 +98,58 @@ pub fn status(store: &Store) -> Value {
     serde_json::to_value(s).unwrap_or(Value::Null)
 }
 
-/// The export loop; returns when `stop` turns true.
+/// How often the exporter drops expired day partitions.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// Drop the table's day partitions older than `retention` (ClickHouse
+/// 18.16 has no table TTL). Every node may do it: dropping a partition
+/// that is gone already is a no-op. Returns the partitions dropped.
+pub async fn drop_expired(
+    cfg: &ExportConfig,
+    retention: Duration,
+) -> Result<Vec<String>, ExportError> {
+    let c = clickhouse::Client::new(cfg)?;
+    let cutoff = clickhouse::day_number(now() - retention.as_secs_f64());
+    let parts = c
+        .run(
+            None,
+            format!(
+                "SELECT DISTINCT partition FROM system.parts WHERE database = {} AND table = {} AND active FORMAT TabSeparated",
+                clickhouse::quote(&cfg.database),
+                clickhouse::quote(&cfg.table)
+            ),
+        )
+        .await?;
+    let mut dropped = Vec::new();
+    for p in parts.lines().map(str::trim) {
+        // Partitions are toYYYYMMDD(day): plain numbers.
+        let Ok(day) = p.parse::<u32>() else { continue };
+        if day < cutoff {
+            c.run(
+                None,
+                format!(
+                    "ALTER TABLE {}.{} DROP PARTITION {day}",
+                    cfg.database, cfg.table
+                ),
+            )
+            .await?;
+            info!(
+                partition = day,
+                "history export: dropped an expired day partition"
+            );
+            dropped.push(p.to_string());
+        }
+    }
+    Ok(dropped)
+}
+
+/// The export loop; returns when `stop` turns true. Once an hour it also
+/// drops the table's partitions older than `retention`.
 pub async fn run(
     store: Store,
     cfg: ExportConfig,
     node: String,
+    retention: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let client = match clickhouse::Client::new(&cfg) {
@@ -120,9 +167,16 @@ pub async fn run(
     info!(url = %cfg.url, table = %format!("{}.{}", cfg.database, cfg.table), node = %node, "history export started");
     let mut backoff = FIRST_BACKOFF;
     let mut outage: Option<(f64, u64)> = None;
+    let mut retention_due = std::time::Instant::now();
     loop {
         if *stop.borrow() {
             return;
+        }
+        if outage.is_none() && std::time::Instant::now() >= retention_due {
+            retention_due = std::time::Instant::now() + RETENTION_EVERY;
+            if let Err(e) = drop_expired(&cfg, retention).await {
+                warn!(error = %e, "history export: dropping expired partitions failed");
+            }
         }
         let st = store.clone();
         let batch = cfg.batch;
