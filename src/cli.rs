@@ -623,18 +623,30 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// Rows as text or CSV; fleet rows (`--cluster`) lead with their node.
 fn print_history_rows(rows: &[Value], h: &HistoryArgs, header: bool) {
     if h.json {
         return;
     }
+    let node = |r: &Value, csv: bool| -> String {
+        match (h.cluster, csv) {
+            (false, _) => String::new(),
+            (true, true) => format!("{},", csv_field(r["node"].as_str().unwrap_or(""))),
+            (true, false) => format!("{:<16} ", r["node"].as_str().unwrap_or("-")),
+        }
+    };
     if h.csv {
         if header {
-            println!("ts,action,id,transaction,message_id,sender,recipient,transportid,remote_host,reason");
+            println!(
+                "{}ts,action,id,transaction,message_id,sender,recipient,transportid,remote_host,reason",
+                if h.cluster { "node," } else { "" }
+            );
         }
         for r in rows {
             let f = |k: &str| csv_field(r[k].as_str().unwrap_or(""));
             println!(
-                "{},{},{},{},{},{},{},{},{},{}",
+                "{}{},{},{},{},{},{},{},{},{},{}",
+                node(r, true),
                 fmt_ts(r["ts"].as_f64().unwrap_or(0.0)),
                 f("action"),
                 f("id"),
@@ -651,7 +663,8 @@ fn print_history_rows(rows: &[Value], h: &HistoryArgs, header: bool) {
     }
     for r in rows {
         println!(
-            "{} {:<7} id={} tx={} from=<{}> to=<{}> transport={} relay={} {}",
+            "{}{} {:<7} id={} tx={} from=<{}> to=<{}> transport={} relay={} {}",
+            node(r, false),
             fmt_ts(r["ts"].as_f64().unwrap_or(0.0)),
             r["action"].as_str().unwrap_or(""),
             r["id"].as_str().unwrap_or("-"),
@@ -732,7 +745,7 @@ async fn history_cmd(cfg: &Config, h: &HistoryArgs) -> anyhow::Result<()> {
         if h.json {
             println!("{}", serde_json::to_string_pretty(&rows)?);
         } else {
-            print_cluster_rows(&rows, h);
+            print_history_rows(&rows, h, true);
         }
         return Ok(());
     }
@@ -788,43 +801,6 @@ async fn history_cmd(cfg: &Config, h: &HistoryArgs) -> anyhow::Result<()> {
         } else {
             print_history_rows(&rows, h, false);
         }
-    }
-}
-
-/// Fleet rows: the node first, then the local columns.
-fn print_cluster_rows(rows: &[Value], h: &HistoryArgs) {
-    if h.csv {
-        println!("node,ts,action,id,transaction,sender,recipient,remote_host,reason");
-        for r in rows {
-            let f = |k: &str| csv_field(r[k].as_str().unwrap_or(""));
-            println!(
-                "{},{},{},{},{},{},{},{},{}",
-                f("node"),
-                fmt_ts(r["ts"].as_f64().unwrap_or(0.0)),
-                f("action"),
-                f("id"),
-                f("transaction"),
-                f("sender"),
-                f("recipient"),
-                f("remote_host"),
-                f("reason")
-            );
-        }
-        return;
-    }
-    for r in rows {
-        println!(
-            "{:<16} {} {:<7} id={} tx={} from=<{}> to=<{}> relay={} {}",
-            r["node"].as_str().unwrap_or("-"),
-            fmt_ts(r["ts"].as_f64().unwrap_or(0.0)),
-            r["action"].as_str().unwrap_or(""),
-            r["id"].as_str().unwrap_or("-"),
-            r["transaction"].as_str().unwrap_or("-"),
-            r["sender"].as_str().unwrap_or(""),
-            r["recipient"].as_str().unwrap_or(""),
-            r["remote_host"].as_str().unwrap_or("-"),
-            r["reason"].as_str().unwrap_or(""),
-        );
     }
 }
 

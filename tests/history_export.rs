@@ -205,6 +205,22 @@ async fn two_nodes_export_through_an_outage_and_a_kill() {
     assert_eq!(nodes, BTreeSet::from(["mx-a", "mx-b"]));
     assert_eq!(fleet.len(), 5);
 
+    // Text and CSV lead with the node.
+    let (ok, out, err) = a
+        .sluice(&["history", "--cluster", "--recipient", RCPT])
+        .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 5, "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.starts_with("mx-a ") || l.starts_with("mx-b ")),
+        "{out}"
+    );
+    let (_, csv, _) = a
+        .sluice(&["history", "--cluster", "--csv", "--recipient", RCPT])
+        .await;
+    assert!(csv.starts_with("node,ts,action"), "{csv}");
+
     // The API's cluster=1: the same rows, with their nodes.
     let api = std::process::Command::new("curl")
         .args([
