@@ -729,26 +729,6 @@ async fn history_cmd(cfg: &Config, h: &HistoryArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if h.cluster {
-        let q = crate::store::history::HistoryQuery {
-            since: h.since.as_deref().map(parse_when).transpose()?,
-            until: h.until.as_deref().map(parse_when).transpose()?,
-            sender: h.sender.clone(),
-            recipient: h.recipient.clone(),
-            domain: h.domain.clone(),
-            action: h.action.as_ref().map(|a| a.to_uppercase()),
-            id: h.id.clone(),
-            limit: Some(h.limit),
-            ..Default::default()
-        };
-        let rows = crate::export::cluster_history(cfg, &q).await?;
-        if h.json {
-            println!("{}", serde_json::to_string_pretty(&rows)?);
-        } else {
-            print_history_rows(&rows, h, true);
-        }
-        return Ok(());
-    }
     let mut filter = control::HistoryFilter {
         since: h.since.as_deref().map(parse_when).transpose()?,
         until: h.until.as_deref().map(parse_when).transpose()?,
@@ -760,6 +740,15 @@ async fn history_cmd(cfg: &Config, h: &HistoryArgs) -> anyhow::Result<()> {
         limit: Some(h.limit),
         ..Default::default()
     };
+    if h.cluster {
+        let rows = crate::export::cluster_history(cfg, &filter).await?;
+        if h.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print_history_rows(&rows, h, true);
+        }
+        return Ok(());
+    }
     let v = ask(
         cfg,
         Request::History {
