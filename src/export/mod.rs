@@ -41,7 +41,7 @@ pub struct ExportStatus {
     pub node: String,
     /// The last history id ClickHouse has.
     pub cursor: Option<String>,
-    /// Records written locally and not exported yet (counted up to 1,000,000).
+    /// Records written locally and not exported yet.
     pub waiting: usize,
     pub exported_total: u64,
     pub errors_total: u64,
@@ -91,10 +91,7 @@ pub fn status(store: &Store) -> Value {
         .clone()
         .unwrap_or_default();
     s.cursor = cursor(store).ok().flatten();
-    s.waiting = store
-        .history_after(s.cursor.as_deref(), 1_000_000)
-        .map(|r| r.len())
-        .unwrap_or(0);
+    s.waiting = store.history_count_after(s.cursor.as_deref()).unwrap_or(0);
     serde_json::to_value(s).unwrap_or(Value::Null)
 }
 

@@ -509,10 +509,6 @@ impl Trees {
 type Slotted = Vec<(usize, HistoryRecord)>;
 
 impl Store {
-    fn htrees(&self) -> &Trees {
-        self.history_trees()
-    }
-
     /// Queue records for a background writer that commits many sessions'
     /// records together — for records nothing waits on (RECEIVED,
     /// SMTP-time REJECT). Delivery outcomes use [`Store::append_history`].
@@ -565,7 +561,7 @@ impl Store {
         id: Option<u64>,
         slots: &[Option<&HistoryRecord>],
     ) -> Result<u64, StoreError> {
-        let t = self.htrees();
+        let t = self.history_trees();
         let mut w = t.write.lock().expect("history write lock");
         let block = match id {
             Some(id) => id,
@@ -607,7 +603,7 @@ impl Store {
         lo: u64,
         hi: u64,
     ) -> Result<Vec<(u64, u16)>, StoreError> {
-        let t = self.htrees();
+        let t = self.history_trees();
         let h = index::hash(field, value);
         let (segments, open) = {
             let w = t.write.lock().expect("history write lock");
@@ -648,7 +644,7 @@ impl Store {
     /// How many records the history holds (kept as a counter; after a
     /// crash it may be off by the last few blocks until pruning).
     pub fn history_len(&self) -> u64 {
-        self.htrees()
+        self.history_trees()
             .records
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -705,7 +701,7 @@ impl Store {
         &self,
         q: &HistoryQuery,
     ) -> Result<(Vec<HistoryRow>, Option<String>), StoreError> {
-        let t = self.htrees();
+        let t = self.history_trees();
         let limit = q.limit.unwrap_or(usize::MAX);
         let budget = q.max_scan.unwrap_or(usize::MAX).max(1);
         // Block ids are write times, never before the times of the records
@@ -842,13 +838,34 @@ impl Store {
         })
     }
 
+    /// How many records were written after the one with history id
+    /// `cursor` (all when `None`): an exporter's lag, counted from the
+    /// block headers without decoding records. Slots pruned by
+    /// `max_records` in a block still count until the block goes.
+    pub fn history_count_after(&self, cursor: Option<&str>) -> Result<usize, StoreError> {
+        let (block, slot) = cursor.map_or((0, None), |c| {
+            let (b, s) = parse_hid(c);
+            (b, Some(s))
+        });
+        let mut n = 0;
+        for kv in self.history_trees().blocks.range(block.to_be_bytes()..) {
+            let (k, v) = kv?;
+            let len = codec::block_len(&v).unwrap_or(0);
+            n += match slot {
+                Some(s) if block_id(&k) == block => len.saturating_sub(s + 1),
+                _ => len,
+            };
+        }
+        Ok(n)
+    }
+
     /// The times (unix seconds) of every `action` record written since
     /// `since`, from the segments' block tables alone: what the console's
     /// charts count, without decoding records. A record counts at its
     /// block's time — its write time, within milliseconds of its own
     /// unless the history writer was held up.
     pub fn history_times(&self, action: HistoryAction, since: f64) -> Result<Vec<f64>, StoreError> {
-        let t = self.htrees();
+        let t = self.history_trees();
         let from = codec::micros(since);
         let (segments, open) = {
             let w = t.write.lock().expect("history write lock");
@@ -889,7 +906,7 @@ impl Store {
     }
 
     fn forget_records(&self, n: usize) {
-        let t = self.htrees();
+        let t = self.history_trees();
         let n = n as u64;
         let left = t
             .records
@@ -918,7 +935,7 @@ impl Store {
     /// so history ids and index entries stay right. Returns how many
     /// records went.
     pub fn prune_history(&self, before: f64, max: u64) -> Result<usize, StoreError> {
-        let t = self.htrees();
+        let t = self.history_trees();
         let cutoff = codec::micros(before);
         let mut gone = 0usize;
         // Which blocks hold nothing as new as the cutoff: from the block
@@ -1312,6 +1329,13 @@ mod tests {
             })
             .unwrap();
         assert_eq!(found.len(), 1, "a record of the open segment, rebuilt");
+        assert_eq!(store.history_count_after(None).unwrap(), n);
+        let after_first = store.history_after(None, 1).unwrap()[0].0.clone();
+        assert_eq!(
+            store.history_count_after(Some(&after_first)).unwrap(),
+            n - 1
+        );
+        assert_eq!(store.history_count_after(Some(&found[0].0)).unwrap(), 0);
         let pruned = store.prune_history(now - 30.0 * 86400.0, 0).unwrap();
         assert_eq!(pruned, index::SEG_MAX_RECORDS);
         assert_eq!(store.history_len(), (n - pruned) as u64);
