@@ -127,9 +127,19 @@ impl Zone {
             hang: self.hang.clone(),
             queries: queries.clone(),
         };
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        // The UDP port is free, but the same TCP port may be some other
+        // test's ephemeral connection port (seen in CI: EADDRINUSE): try
+        // another pair, a bounded number of times.
+        let mut pair = None;
+        for _ in 0..50 {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+                pair = Some((udp, addr, tcp));
+                break;
+            }
+        }
+        let (udp, addr, tcp) = pair.expect("no UDP+TCP port pair free on 127.0.0.1 in 50 tries");
         let mut server = ServerFuture::new(handler);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5));
