@@ -1,13 +1,19 @@
 # Shared by the benchmark scripts (source it): build, a scratch directory
 # removed on exit, Sluice on a bench config, smtp-sink as a next hop.
 #
-#   bench_setup                 release build, $BIN, $WORK, the exit trap
+#   bench_setup                 release build, $BIN, $WORK, the exit trap,
+#                               a loopback DNS stub ($DNS_PORT) Sluice uses
 #   start_sluice PORT [TOML]    run Sluice on 127.0.0.1:PORT with TOML appended
 #                               (fresh data dir each time); sets $SLUICE_PID
 #   stop_sluice                 SIGTERM it and wait
 #   start_sink PORT             smtp-sink on 127.0.0.1:PORT; sets $SINK_PID
 #   relay_to PORT               TOML: the default transport to 127.0.0.1:PORT
 #   rss                         "VmRSS; peak VmHWM" of the running Sluice
+#   postfix_save                keep /etc/postfix's config; the exit trap
+#                               puts it back and stops Postfix
+#
+# Sluice logs at warn unless BENCH_DEFAULT_LOGGING=1 is set by the caller
+# (compare.sh: the daemon's default, info, one line per event, to a file).
 
 bench_setup() {
   cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,12 +25,21 @@ bench_setup() {
   WORK=$(mktemp -d)
   ulimit -n 65536 2>/dev/null || true
   trap bench_cleanup EXIT
+  # This machine's network is closed: without a resolver that answers, each
+  # SPF/DMARC lookup of the sender waits out the timeout (5 s a message).
+  DNS_PORT=${DNS_PORT:-2553}
+  python3 benches/dns-stub.py "$DNS_PORT" & DNS_PID=$!
 }
 
 bench_cleanup() {
   [ -n "${SLUICE_PID:-}" ] && kill "$SLUICE_PID" 2>/dev/null || true
   [ -n "${SINK_PID:-}" ] && kill "$SINK_PID" 2>/dev/null || true
+  [ -n "${DNS_PID:-}" ] && kill "$DNS_PID" 2>/dev/null || true
   [ -n "${USES_POSTFIX:-}" ] && { postfix stop >/dev/null 2>&1 || true; }
+  if [ -n "${POSTFIX_SAVED:-}" ]; then
+    cp -p "$POSTFIX_SAVED/main.cf" "$POSTFIX_SAVED/master.cf" /etc/postfix/
+    postsuper -d ALL >/dev/null 2>&1 || true
+  fi
   rm -rf "$WORK"
 }
 
@@ -34,6 +49,8 @@ start_sluice() {
 hostname = "mx.bench.example"
 data_dir = "$WORK/var"
 control_socket = "$WORK/var/control.sock"
+[dns]
+nameservers = ["127.0.0.1:$DNS_PORT"]
 [[listener]]
 id = "inbound"
 address = "127.0.0.1:$1"
@@ -42,7 +59,11 @@ connections_per_ip = 20000
 connections = 20000
 ${2:-}
 TOML
-  RUST_LOG=warn $BIN run -c "$WORK/sluice.toml" 2>"$WORK/sluice.log" & SLUICE_PID=$!
+  if [ -n "${BENCH_DEFAULT_LOGGING:-}" ]; then
+    env -u RUST_LOG $BIN run -c "$WORK/sluice.toml" 2>"$WORK/sluice.log" & SLUICE_PID=$!
+  else
+    RUST_LOG=warn $BIN run -c "$WORK/sluice.toml" 2>"$WORK/sluice.log" & SLUICE_PID=$!
+  fi
   sleep 1
 }
 
@@ -58,6 +79,13 @@ start_sink() {
 
 relay_to() {
   printf '[transport.default]\nhost = "127.0.0.1:%s"\ntls = "none"\nconcurrency = 100\nconnections_per_destination = 50\n' "$1"
+}
+
+postfix_save() {
+  POSTFIX_SAVED="$WORK/postfix-etc"
+  mkdir -p "$POSTFIX_SAVED"
+  cp -p /etc/postfix/main.cf /etc/postfix/master.cf "$POSTFIX_SAVED/"
+  USES_POSTFIX=1
 }
 
 rss() {
