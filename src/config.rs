@@ -384,7 +384,10 @@ impl Default for TransportConfig {
             ca_file: None,
             connect_timeout: Duration::from_secs(30),
             concurrency: 100,
-            connections_per_destination: 10,
+            // Postfix's default_destination_concurrency_limit: an edge MX mostly
+            // has one next hop (the mailstore), and 10 left relay waiting on
+            // round trips (benches/compare.sh, issue 22).
+            connections_per_destination: 20,
         }
     }
 }

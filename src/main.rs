@@ -1,3 +1,9 @@
+// jemalloc (tikv-jemallocator, MIT/Apache-2.0): glibc malloc was ~13% of the daemon's CPU under intake
+// (arena locking and consolidation across the tokio workers, the history
+// writer and sled's IO threads); see issue 22's note for the figures.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     match sluice::cli::main() {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -216,7 +216,7 @@ async fn handle_connection(
     let (peer, local) = if lcfg.proxy_protocol {
         match tokio::time::timeout(
             limits.handshake_timeout,
-            proxy_protocol::read_header(&mut tcp),
+            Box::pin(proxy_protocol::read_header(&mut tcp)),
         )
         .await
         {
@@ -251,10 +251,11 @@ async fn handle_connection(
     // Fleet-wide (Redis): the same limit over every node's connections.
     let _fleet_slot = if ctx.state.counts_fleet_connections() {
         let ip = peer.ip().to_canonical().to_string();
-        match ctx
-            .state
-            .conn_acquire(&ip, &conn_id, limits.connections_per_ip)
-            .await
+        match Box::pin(
+            ctx.state
+                .conn_acquire(&ip, &conn_id, limits.connections_per_ip),
+        )
+        .await
         {
             Ok(Some(slot)) => Some(slot),
             Ok(None) => {
@@ -296,7 +297,7 @@ async fn handle_connection(
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(sc);
-        match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        match tokio::time::timeout(limits.handshake_timeout, Box::pin(acceptor.accept(tcp))).await {
             Ok(Ok(s)) => Stream::Tls(Box::new(s)),
             Ok(Err(e)) => {
                 info!(conn = %conn_id, client = %peer, error = %e, "TLS handshake failed");
@@ -310,8 +311,12 @@ async fn handle_connection(
     } else {
         Stream::Plain(tcp)
     };
+    // The task holds this future for the connection's whole life: every
+    // step above that is rare or large (PROXY header, fleet count, TLS
+    // handshake) is boxed, so only the session's own state stays inline
+    // (an idle connection's cost, see tests/memory.rs).
     let session = Session::new(ctx.clone(), lcfg, Conn::new(stream), conn_id, peer, local);
-    session.run().await;
+    Box::new(session).run().await;
 }
 
 /// 421 before the banner (not on implicit TLS: no handshake yet), then close.

@@ -212,7 +212,10 @@ impl Session {
         }
     }
 
-    pub async fn run(mut self) {
+    /// Boxed: an async fn keeps its by-value arguments in its future
+    /// beside the body's own copy (rust-lang/rust#62958), so a `Session`
+    /// (~1 KiB) passed by value sat twice in every connection's task.
+    pub async fn run(mut self: Box<Self>) {
         let started = std::time::Instant::now();
         info!(
             conn = %self.info.id,
@@ -223,7 +226,9 @@ impl Session {
         );
         if self.ctx.config.smtp.reverse_dns {
             if let Ok(ip) = self.info.remoteip.parse() {
-                self.info.remoteptr = self.ctx.policy.fcrdns(ip).await;
+                // Boxed: the lookup's state is large and would otherwise
+                // stay in every idle connection's task.
+                self.info.remoteptr = Box::pin(self.ctx.policy.fcrdns(ip)).await;
             }
         }
         let banner = SmtpReply::new(
@@ -254,7 +259,7 @@ impl Session {
             },
         };
         if let Some(mut chain) = self.milters.take() {
-            chain.quit().await;
+            Box::pin(chain.quit()).await;
         }
         if self.ctx.policy.has_hook(Hook::Disconnect) {
             self.tx = None;
