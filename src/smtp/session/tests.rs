@@ -41,7 +41,30 @@ async fn session(extra: &str, scripts: &[(&str, &str)]) -> Mem {
         "hostname = \"mx.mem.example\"\ndata_dir = {:?}\n[[listener]]\nid = \"mem\"\naddress = \"127.0.0.1:0\"\n[relay]\ndomains = [\"example.org\"]\ntrusted_networks = []\n[queue]\ndeliver = false\n{extra}\n{script_toml}",
         dir.path().join("var"),
     );
-    let config = Arc::new(Config::from_toml_str(&toml).unwrap());
+    let (s, client, store, phase_tx) = new_session(&toml, 64 * 1024);
+    let task = tokio::spawn(Box::new(s).run());
+    Mem {
+        client,
+        buf: Vec::new(),
+        store,
+        _phase: phase_tx,
+        _dir: dir,
+        task,
+    }
+}
+
+/// A session on an in-memory pipe of `pipe` bytes, for the config `toml`;
+/// returns it with the client's end, the store and the phase sender.
+fn new_session(
+    toml: &str,
+    pipe: usize,
+) -> (
+    Session,
+    tokio::io::DuplexStream,
+    Store,
+    tokio::sync::watch::Sender<Phase>,
+) {
+    let config = Arc::new(Config::from_toml_str(toml).unwrap());
     let store = Store::open(&config.data_dir).unwrap();
     let policy = PolicyEngine::load(&config).unwrap();
     let recipients = crate::recipients::Validator::from_config(&config).unwrap();
@@ -58,7 +81,7 @@ async fn session(extra: &str, scripts: &[(&str, &str)]) -> Mem {
         phase,
         data_memory: crate::smtp::data::DataMemory::new(config.limits.data_memory),
     });
-    let (client, server) = tokio::io::duplex(64 * 1024);
+    let (client, server) = tokio::io::duplex(pipe);
     let listener = Arc::new(config.listener[0].clone());
     let s = Session::new(
         ctx,
@@ -68,15 +91,7 @@ async fn session(extra: &str, scripts: &[(&str, &str)]) -> Mem {
         "192.0.2.7:40000".parse().unwrap(),
         "192.0.2.1:25".parse().unwrap(),
     );
-    let task = tokio::spawn(Box::new(s).run());
-    Mem {
-        client,
-        buf: Vec::new(),
-        store,
-        _phase: phase_tx,
-        _dir: dir,
-        task,
-    }
+    (s, client, store, phase_tx)
 }
 
 impl Mem {
@@ -310,31 +325,7 @@ async fn idle_session_future_is_small() {
         "hostname = \"mx.mem.example\"\ndata_dir = {:?}\n[[listener]]\nid = \"mem\"\naddress = \"127.0.0.1:0\"\n",
         dir.path().join("var"),
     );
-    let config = Arc::new(Config::from_toml_str(&toml).unwrap());
-    let store = Store::open(&config.data_dir).unwrap();
-    let policy = PolicyEngine::load(&config).unwrap();
-    let (_phase_tx, phase) = tokio::sync::watch::channel(Phase::Running);
-    let ctx = Arc::new(ServerContext {
-        config: config.clone(),
-        store: store.clone(),
-        state: policy.state(),
-        policy,
-        tls: TlsStore::new(None),
-        recipients: None,
-        limiter: ConnLimiter::default(),
-        phase,
-        data_memory: crate::smtp::data::DataMemory::new(config.limits.data_memory),
-    });
-    let (_client, server) = tokio::io::duplex(1024);
-    let listener = Arc::new(config.listener[0].clone());
-    let s = Session::new(
-        ctx,
-        listener,
-        Conn::new(Stream::Memory(server)),
-        "memconn".into(),
-        "192.0.2.7:40000".parse().unwrap(),
-        "192.0.2.1:25".parse().unwrap(),
-    );
+    let (s, _client, _store, _phase) = new_session(&toml, 1024);
     let session = std::mem::size_of_val(&s);
     let run = std::mem::size_of_val(&Box::new(s).run());
     assert!(
