@@ -27,9 +27,6 @@ use super::{Store, StoreInner};
 pub const MAX_BACKLOG: usize = 100_000;
 /// Records written per `append_history` call.
 const BATCH: usize = 1024;
-/// How long the writer lets records gather after the first one arrives
-/// (measured under intake: a wakeup and a block per message before).
-const GATHER: Duration = Duration::from_millis(20);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -69,16 +66,7 @@ pub(super) fn run(rx: Receiver<Vec<HistoryRecord>>, weak: std::sync::Weak<StoreI
                 rx.recv_timeout(backoff)
             };
             match got {
-                Ok(more) => {
-                    backlog.extend(more);
-                    // Let a batch gather: records arriving while this
-                    // thread sleeps cost their senders no wakeup, and one
-                    // block (one sled write) takes them all. Nothing
-                    // waits on these records.
-                    if backlog.len() < BATCH {
-                        std::thread::sleep(GATHER);
-                    }
-                }
+                Ok(more) => backlog.extend(more),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => open = false,
             }
