@@ -314,7 +314,8 @@ async fn handle_connection(
     // The task holds this future for the connection's whole life: every
     // step above that is rare or large (PROXY header, fleet count, TLS
     // handshake) is boxed, so only the session's own state stays inline
-    // (an idle connection's cost, see tests/memory.rs).
+    // (an idle connection's cost: tests/memory.rs, and the session test
+    // idle_session_future_is_small).
     let session = Session::new(ctx.clone(), lcfg, Conn::new(stream), conn_id, peer, local);
     Box::new(session).run().await;
 }
