@@ -84,11 +84,13 @@ R[relay_history]=$($BIN history --limit 100000000 --json -c "$WORK/sluice.toml" 
 stop_sluice
 
 # --- reject at RCPT ---
+# A domain nobody here serves: every RCPT is refused (read by source_to).
+RCPT=b@example.com
 smtp-sink -u nobody -r RCPT -c "127.0.0.1:$RSINK_PORT" 1000 >/dev/null 2>&1 & RSINK_PID=$!
-RCPT=b@example.com R[reject_ceiling]=$(source_to $RSINK_PORT -A)
+R[reject_ceiling]=$(source_to $RSINK_PORT -A)
 kill $RSINK_PID 2>/dev/null || true
 postfix_with "mynetworks = 192.0.2.1/32" "smtpd_relay_restrictions = reject_unauth_destination"
-RCPT=b@example.com R[reject_postfix]=$(source_to $POSTFIX_PORT -A)
+R[reject_postfix]=$(source_to $POSTFIX_PORT -A)
 cat > "$WORK/rcptto.lua" <<'LUA'
 -- Recipients of domains we do not serve: refused by the script itself.
 local local_domains = { ["example.org"] = "default" }
@@ -100,7 +102,7 @@ start_sluice $SLUICE_PORT "[scripts]
 rcptto = \"$WORK/rcptto.lua\"
 [queue]
 deliver = false"
-RCPT=b@example.com R[reject_sluice]=$(source_to $SLUICE_PORT -A)
+R[reject_sluice]=$(source_to $SLUICE_PORT -A)
 R[reject_history]=$($BIN history --limit 100000000 --json -c "$WORK/sluice.toml" | python3 -c 'import json,sys; print(sum(1 for r in json.load(sys.stdin) if r["action"]=="REJECT"))')
 stop_sluice
 
