@@ -860,6 +860,9 @@ impl DeliveryService {
                 relay = %h.remote_host.as_deref().unwrap_or("-"), reason = %h.reason, "delivery"
             );
         }
+        // After the message's RECEIVED record (written in the background),
+        // so the history lists them in the order they happened.
+        self.store.received_landed(&entry.transaction).await;
         // The outcome is on disk before the entry changes or leaves the queue.
         if let Err(e) = self.store.append_history(&history) {
             warn!(queue = %entry.id, error = %e, "history write failed");

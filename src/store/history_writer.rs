@@ -11,15 +11,23 @@
 //! history must never write its way into one. Writes resume when space or
 //! the database comes back, with a log line saying how many records waited.
 //!
-//! This module owns only the thread and its backlog; the record encoding and
-//! indexes are [`Store::append_history`]'s.
+//! Because RECEIVED records are written late, a delivery attempt can finish
+//! before its message's RECEIVED record has landed, and the history (in
+//! write order) would show the DEFER before the RECEIVED. So the session
+//! marks its transaction pending before it commits the queue entries
+//! ([`Store::expect_received`]), the record landing clears the mark, and a
+//! delivery waits for the mark (bounded) before writing its outcome
+//! ([`Store::received_landed`]).
+//!
+//! This module owns only the thread, its backlog and that ordering; the
+//! record encoding and indexes are [`Store::append_history`]'s.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use super::history::HistoryRecord;
+use super::history::{HistoryAction, HistoryRecord};
 use super::{Store, StoreInner};
 
 /// Records held while writes fail; past this the oldest are given up (and
@@ -29,6 +37,72 @@ pub const MAX_BACKLOG: usize = 100_000;
 const BATCH: usize = 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Transactions marked pending at most; past this no more are marked (the
+/// order then goes back to write order, nothing else changes).
+const MAX_PENDING: usize = 100_000;
+/// How long a delivery waits for its message's RECEIVED record.
+const RECEIVED_WAIT: Duration = Duration::from_secs(1);
+
+impl Store {
+    /// A transaction's RECEIVED record will come through the background
+    /// writer: deliveries of its entries wait for it (call before the queue
+    /// commit makes them visible; [`Store::received_gone`] if it fails).
+    pub fn expect_received(&self, transaction: &str) {
+        let mut pending = self.inner.received_pending.lock().expect("pending lock");
+        if pending.len() < MAX_PENDING {
+            pending.insert(transaction.to_string());
+        }
+    }
+
+    /// No RECEIVED record is coming (or it has landed, or was given up).
+    pub fn received_gone(&self, transaction: &str) {
+        self.inner
+            .received_pending
+            .lock()
+            .expect("pending lock")
+            .remove(transaction);
+    }
+
+    /// Clear the marks of the RECEIVED records among `records`.
+    pub(super) fn received_gone_all(&self, records: &[HistoryRecord]) {
+        let mut pending = self.inner.received_pending.lock().expect("pending lock");
+        if pending.is_empty() {
+            return;
+        }
+        for r in records {
+            if r.action == HistoryAction::Received {
+                pending.remove(&r.transaction);
+            }
+        }
+    }
+
+    /// Wait until the transaction's RECEIVED record has landed, at most
+    /// [`RECEIVED_WAIT`] (a stalled writer must not stall deliveries).
+    pub async fn received_landed(&self, transaction: &str) {
+        let start = std::time::Instant::now();
+        loop {
+            let waiting = self
+                .inner
+                .received_pending
+                .lock()
+                .expect("pending lock")
+                .contains(transaction);
+            if !waiting {
+                return;
+            }
+            if start.elapsed() >= RECEIVED_WAIT {
+                tracing::debug!(
+                    tx = transaction,
+                    "RECEIVED record still unwritten: delivery outcome written first"
+                );
+                self.received_gone(transaction);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
 
 /// Why a write was not attempted or failed, for the log line.
 enum Stall {
@@ -76,7 +150,10 @@ pub(super) fn run(rx: Receiver<Vec<HistoryRecord>>, weak: std::sync::Weak<StoreI
         }
         if backlog.len() > MAX_BACKLOG {
             let excess = backlog.len() - MAX_BACKLOG;
-            backlog.drain(..excess);
+            let given_up: Vec<HistoryRecord> = backlog.drain(..excess).collect();
+            if let Some(store) = Store::upgrade(&weak) {
+                store.received_gone_all(&given_up);
+            }
             crate::metrics::history_dropped(excess);
             tracing::error!(
                 dropped = excess,
@@ -134,6 +211,8 @@ pub(super) fn run(rx: Receiver<Vec<HistoryRecord>>, weak: std::sync::Weak<StoreI
                         "history writer stopping with unwritten records: {stall}"
                     );
                     crate::metrics::history_dropped(backlog.len());
+                    let given_up: Vec<HistoryRecord> = backlog.drain(..).collect();
+                    store.received_gone_all(&given_up);
                     return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -221,5 +300,47 @@ mod tests {
             .collect();
         got.sort();
         assert_eq!(got, ["a@x.example", "b@x.example", "c@x.example"]);
+    }
+
+    /// A delivery outcome waits for its message's RECEIVED record: with the
+    /// writer held (a floor no disk meets), the wait ends only at its bound;
+    /// once the record lands, at once.
+    #[tokio::test]
+    async fn a_delivery_outcome_waits_for_its_received_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.set_history_floor(u64::MAX);
+        store.expect_received("tx1");
+        let received = HistoryRecord {
+            action: HistoryAction::Received,
+            transaction: "tx1".into(),
+            ..Default::default()
+        };
+        store.append_history_background(vec![received]);
+        let start = std::time::Instant::now();
+        store.received_landed("tx1").await;
+        assert!(start.elapsed() >= RECEIVED_WAIT, "{:?}", start.elapsed());
+
+        store.expect_received("tx2");
+        let s2 = store.clone();
+        let landed = tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            s2.received_landed("tx2").await;
+            start.elapsed()
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!landed.is_finished(), "returned before the record landed");
+        store.set_history_floor(0);
+        store.append_history_background(vec![HistoryRecord {
+            action: HistoryAction::Received,
+            transaction: "tx2".into(),
+            ..Default::default()
+        }]);
+        let waited = landed.await.unwrap();
+        assert!(waited < RECEIVED_WAIT, "{waited:?}");
+        // A transaction nobody marked does not wait.
+        let start = std::time::Instant::now();
+        store.received_landed("tx3").await;
+        assert!(start.elapsed() < Duration::from_millis(50));
     }
 }

@@ -108,6 +108,9 @@ pub(crate) struct StoreInner {
     history: history::Trees,
     notify: Arc<tokio::sync::Notify>,
     history_tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<history::HistoryRecord>>>>,
+    /// Transactions queued whose RECEIVED record has not landed yet (see
+    /// [`Store::expect_received`]).
+    received_pending: std::sync::Mutex<std::collections::HashSet<String>>,
     flush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushWaiter>>>,
     hflush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushWaiter>>>,
     space: space::SpaceProbe,
@@ -194,6 +197,7 @@ impl Store {
             history: history::Trees::open(&hdb)?,
             notify: Arc::new(tokio::sync::Notify::new()),
             history_tx: std::sync::Mutex::new(None),
+            received_pending: std::sync::Mutex::new(std::collections::HashSet::new()),
             db,
             hdb,
             flush_tx: std::sync::Mutex::new(None),

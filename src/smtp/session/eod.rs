@@ -401,7 +401,7 @@ impl Session {
             msgs[idx].entries.push(e);
             ids.push(q.queue_id.clone());
         }
-        self.ctx.store.commit_messages(&msgs).await?;
+        self.commit(&info.id, &msgs).await?;
         Ok(ids)
     }
 
@@ -502,11 +502,24 @@ impl Session {
             body,
             entries,
         };
-        self.ctx
-            .store
-            .commit_messages(std::slice::from_ref(&msg))
-            .await?;
+        self.commit(&info.id, std::slice::from_ref(&msg)).await?;
         Ok(ids)
+    }
+
+    /// Commit the transaction's messages; its RECEIVED record (written
+    /// later, in the background) is marked pending first so that no
+    /// delivery outcome lands in the history before it.
+    async fn commit(
+        &self,
+        transaction: &str,
+        msgs: &[NewMessage],
+    ) -> Result<(), crate::store::StoreError> {
+        self.ctx.store.expect_received(transaction);
+        let committed = self.ctx.store.commit_messages(msgs).await;
+        if committed.is_err() {
+            self.ctx.store.received_gone(transaction);
+        }
+        committed
     }
 }
 

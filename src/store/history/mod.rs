@@ -548,6 +548,7 @@ impl Store {
             let block = self.write_block(None, &slots)?;
             hids.extend((0..chunk.len()).map(|s| hid(block, s)));
         }
+        self.received_gone_all(records);
         crate::metrics::history_written(records.len());
         Ok(hids)
     }
