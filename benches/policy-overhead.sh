@@ -21,11 +21,17 @@ mailfrom = \"$S/mailfrom.lua\"
 rcptto = \"$S/rcptto.lua\"
 eod = \"$S/eod.lua\""
 start ""
-echo "(a) no scripts:";  $BIN bench --target 127.0.0.1:$PORT -n "$C" -m "$M" -s "$L"
+echo "(a) no scripts:"
+T0=$(cpu_ticks)
+$BIN bench --target 127.0.0.1:$PORT -n "$C" -m "$M" -s "$L"
+cpu_per_message "$T0" "$M"
 stop_sluice
 sync; sleep 2
 start "$SCRIPTS"
-echo "(b) scripts on every stage:"; $BIN bench --target 127.0.0.1:$PORT -n "$C" -m "$M" -s "$L"
+echo "(b) scripts on every stage:"
+T0=$(cpu_ticks)
+$BIN bench --target 127.0.0.1:$PORT -n "$C" -m "$M" -s "$L"
+cpu_per_message "$T0" "$M"
 echo "(c) 10,000 connections after connect+helo hooks, held while 1,000 messages flow:"
 $BIN bench --target 127.0.0.1:$PORT -n 10 -m 1000 -s "$L" --idle 10000 --idle-ehlo
 echo "RSS now: $(rss)"

@@ -4,9 +4,11 @@
 //! the dispatch that turns a run into a [`HookOutcome`].
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use mlua::{AnyUserData, ChunkMode, Function, Lua, Table, Value};
@@ -57,7 +59,8 @@ struct PooledState {
     epoch: u64,
     uses: u32,
     created: Instant,
-    /// `{__index = globals}`: the metatable of each run's `_ENV`.
+    /// The metatable of each run's `_ENV`: globals, then the lazily built
+    /// `connection`, `transaction` and `context` (see [`env_metatable`]).
     env_mt: Table,
     /// Tells the sandbox's `load` which `_ENV` is running.
     set_env: Function,
@@ -462,15 +465,7 @@ fn new_pooled(
     };
     let lua = sandbox::new_state(&epoch.limits, &epoch.lib_path, shared)
         .map_err(|e| PolicyError::State(e.to_string()))?;
-    let env_mt = lua
-        .create_table()
-        .and_then(|mt| {
-            mt.raw_set("__index", lua.globals())?;
-            // getmetatable(_ENV) must not hand out the shared globals.
-            mt.raw_set("__metatable", false)?;
-            Ok(mt)
-        })
-        .map_err(|e| PolicyError::State(e.to_string()))?;
+    let env_mt = env_metatable(&lua).map_err(|e| PolicyError::State(e.to_string()))?;
     let set_env: Function = lua
         .named_registry_value(sandbox::SET_ENV_KEY)
         .map_err(|e| PolicyError::State(e.to_string()))?;
@@ -525,21 +520,83 @@ fn hook_function(
     Ok(f)
 }
 
+/// `__index` of every run's `_ENV`: `connection`, `transaction` and
+/// `context`, built from the run state on first read and kept in `_ENV`
+/// (they shadow any global of the same name, as when they were set up
+/// front); then the globals (so a script's changes to them stick for the run). Most
+/// scripts read one or two of the three; building all of them for every
+/// hook was about 45% of a hook's CPU (perf over benches/policy-overhead.sh),
+/// each Lua string and table write being a protected call under the memory
+/// limit.
+const ENV_INDEX: &str = r#"
+local globals, build, rawset = ...
+return function(env, k)
+  if k == "connection" or k == "transaction" or k == "context" then
+    local v = build(k)
+    rawset(env, k, v)
+    return v
+  end
+  return globals[k]
+end
+"#;
+
+fn env_metatable(lua: &Lua) -> mlua::Result<Table> {
+    let build = lua.create_function(|lua, name: mlua::String| {
+        let name = name.to_str()?;
+        // Clone out of the run state before building: nothing may hold
+        // its borrow while Lua allocates.
+        let rs = || lua.app_data_ref::<RunState>();
+        api::unmetered(lua, || match &*name {
+            "connection" => match rs().and_then(|rs| rs.connection.clone()) {
+                Some(c) => envelope::connection(lua, &c),
+                None => Ok(Value::Nil),
+            },
+            "transaction" => {
+                let t = rs().and_then(|rs| rs.transaction.clone());
+                envelope::transaction(lua, t.as_ref())
+            }
+            "context" => {
+                let c = match lua.app_data_mut::<RunState>() {
+                    Some(mut rs) => {
+                        rs.context_read = true;
+                        rs.context.clone()
+                    }
+                    None => serde_json::Value::Null,
+                };
+                envelope::context(lua, &c)
+            }
+            _ => Ok(Value::Nil),
+        })
+    })?;
+    let raw_rawset: Function = lua.globals().raw_get("rawset")?;
+    let index: Function = lua
+        .load(ENV_INDEX)
+        .set_name("=sluice env")
+        .set_mode(ChunkMode::Text)
+        .call((lua.globals(), build, raw_rawset))?;
+    let mt = lua.create_table()?;
+    mt.raw_set("__index", index)?;
+    // getmetatable(_ENV) must not hand out the shared globals.
+    mt.raw_set("__metatable", false)?;
+    Ok(mt)
+}
+
 fn build_env(st: &PooledState, input: &HookInput) -> mlua::Result<(Table, Option<AnyUserData>)> {
+    api::unmetered(&st.lua, || build_env_tables(st, input))
+}
+
+fn build_env_tables(
+    st: &PooledState,
+    input: &HookInput,
+) -> mlua::Result<(Table, Option<AnyUserData>)> {
     let lua = &st.lua;
     let env = lua.create_table()?;
     env.set_metatable(Some(st.env_mt.clone()))?;
     env.raw_set("_G", env.clone())?;
-    env.raw_set("connection", envelope::connection(lua, &input.connection)?)?;
     let txn_id = input.transaction.as_ref().map(|t| t.id.as_str());
-    env.raw_set(
-        "transaction",
-        envelope::transaction(lua, input.transaction.as_ref())?,
-    )?;
     let args = envelope::arguments(lua, &input.arguments, txn_id)?;
     let mail: Option<AnyUserData> = args.raw_get("mail")?;
     env.raw_set("arguments", args)?;
-    env.raw_set("context", envelope::context(lua, &input.context)?)?;
     Ok((env, mail))
 }
 
@@ -563,6 +620,7 @@ async fn run_in_state(
         epoch.limits.instructions,
     );
     rs.connection = Some(input.connection.clone());
+    rs.context = input.context.clone();
     if let HookArguments::Mail {
         message,
         headers_only: false,
@@ -583,7 +641,17 @@ async fn run_in_state(
                 for (pos, script) in chain.iter().enumerate() {
                     current.store(pos, Ordering::Relaxed);
                     let f = hook_function(st, hook, pos, script)?;
-                    f.call_async::<mlua::MultiValue>(env.clone()).await?;
+                    let mut call = std::pin::pin!(f.call_async::<()>(env.clone()));
+                    // A verdict suspends the script for good (see
+                    // api::verdict): done once the run is terminated.
+                    std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+                        Poll::Pending if api::is_terminated(&lua) => Poll::Ready(Ok(())),
+                        other => other,
+                    })
+                    .await?;
+                    if api::is_terminated(&lua) {
+                        break;
+                    }
                 }
                 Ok(())
             };
@@ -603,8 +671,11 @@ async fn run_in_state(
         let _ = ud.take::<MailMessage>();
     }
     let mut healthy = healthy_hint;
+    // Nil in `_ENV` and never read: the script left `context` as it was
+    // (read and then set to nil: it cleared it).
+    let context_read = rs.as_ref().is_some_and(|rs| rs.context_read);
     let context = match env.as_ref().map(|e| e.raw_get::<Value>("context")) {
-        Some(Ok(v)) => match api::lua_to_json(&lua, &v, 0) {
+        Some(Ok(v)) if context_read || !v.is_nil() => match api::lua_to_json(&lua, &v, 0) {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(conn = %input.connection.id, hook = spec.name,

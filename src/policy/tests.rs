@@ -606,6 +606,32 @@ async fn context_kept_on_verdict_and_error() {
     assert_eq!(o.context, json!({"old": 1}));
 }
 
+/// `connection`, `transaction` and `context` are built on first read: a
+/// script that never touches `context` keeps it, one that assigns it without
+/// reading replaces it, one that reads and clears it clears it.
+#[tokio::test]
+async fn context_untouched_replaced_or_cleared() {
+    for (src, want) in [
+        ("Reply('x')", json!({"old": 1})),
+        ("context = {new = 2}", json!({"new": 2})),
+        (
+            "if context.old ~= 1 then error('lost') end context = nil",
+            json!(null),
+        ),
+        (
+            "local connection = 'shadow' context.ip = _ENV.connection.remoteip",
+            json!({"old": 1, "ip": "192.0.2.7"}),
+        ),
+    ] {
+        let t = T::with(Hook::Helo, src);
+        let mut i = input(helo());
+        i.context = json!({"old": 1});
+        let o = t.engine().run(Hook::Helo, i).await;
+        assert!(o.error.is_none(), "{src}: {:?}", o.error);
+        assert_eq!(o.context, want, "{src}");
+    }
+}
+
 #[tokio::test]
 async fn globals_do_not_leak_between_runs() {
     let t = T::with(
@@ -633,12 +659,40 @@ async fn pcall_cannot_catch_verdicts() {
         "local ok = pcall(error, 'plain errors are catchable')\nif ok then Pass() end\nReject('caught?')",
         "do local x <close> = setmetatable({}, {__close = function() Pass() end}) Reject('caught?') end",
         "local ok = pcall(string.gsub, 'abc', '%w', function() Reject('caught?') end) Pass()",
+        "pcall(table.sort, {3, 1, 2}, function(a, b) Reject('caught?') end) Pass()",
+        "setmetatable({}, {__newindex = function() Reject('caught?') end}).x = 1 Pass()",
+        "local t = setmetatable({}, {__index = function() Reject('caught?') end}) local _ = t.x Pass()",
     ];
     for src in cases {
         let o = run1(Hook::Helo, src, helo()).await;
         assert_eq!(reply_of(&o).lines, vec!["caught?"], "{src}: {:?}", o.error);
         assert_eq!(reply_of(&o).code, 550);
+        assert!(o.error.is_none(), "{src}: {:?}", o.error);
     }
+}
+
+/// A verdict suspends the script for good: nothing after it runs, neither
+/// when the engine finishes the run nor when the pooled state is reused.
+#[tokio::test]
+async fn nothing_runs_after_a_verdict() {
+    let t = T::with(
+        Hook::Helo,
+        "context.n = (context.n or 0) + 1
+         local co = coroutine.wrap(function() Reject('no') context.inner = true end)
+         if context.n == 2 then co() end
+         if context.n == 1 then Reject('first') end
+         context.after = true",
+    );
+    let e = t.engine();
+    let o = e.run(Hook::Helo, input(helo())).await;
+    assert_eq!(reply_of(&o).lines, vec!["first"]);
+    assert_eq!(o.context, json!({"n": 1}));
+    let mut i = input(helo());
+    i.context = o.context;
+    let o = e.run(Hook::Helo, i).await;
+    assert_eq!(reply_of(&o).lines, vec!["no"]);
+    assert_eq!(o.context, json!({"n": 2}));
+    assert_eq!(e.idle_states(), 1, "the state was reused");
 }
 
 #[tokio::test]
@@ -1880,7 +1934,8 @@ async fn extra_sources_run_before_the_file() {
     let e = PolicyEngine::load_with(&t.cfg, &extra(src)).unwrap();
     let o = e.run(Hook::RcptTo, input(args())).await;
     assert_eq!(reply_of(&o).lines, vec!["axigen says no"]);
-    assert_eq!(o.context, json!({}));
+    // The file never ran, and the Axigen source never read `context`.
+    assert_eq!(o.context, json!(null));
     // Errors name the source.
     let o = PolicyEngine::load_with(&t.cfg, &extra("\nerror('x')"))
         .unwrap()

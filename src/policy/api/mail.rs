@@ -505,7 +505,7 @@ impl UserData for MailMessage {
         m.add_method_mut(
             "queue",
             |lua, this, (sender, recipient, transportid, o): (Value, Value, String, Option<Table>)| {
-                queue(lua, this, sender, recipient, transportid, o)
+                super::unmetered(lua, || queue(lua, this, sender, recipient, transportid, o))
             },
         );
         m.add_method_mut(
@@ -663,7 +663,7 @@ fn queue(
     transportid: String,
     o: Option<Table>,
 ) -> mlua::Result<Table> {
-    let (hook, txn) = with_run(lua, "queue()", |rs| (rs.hook, rs.transaction.clone()))?;
+    let hook = with_run(lua, "queue()", |rs| rs.hook)?;
     crate::policy::hooks::require_full_message(hook, "queue()").map_err(mlua::Error::runtime)?;
     if this.headers_only {
         return Err(mlua::Error::runtime(
@@ -705,7 +705,8 @@ fn queue(
     };
     // DSN: defaults from the envelope, overridden by options.dsn.
     let mut dsn = QueueDsn::default();
-    if let Some(t) = &txn {
+    let txn_id = with_run(lua, "queue()", |rs| {
+        let t = rs.transaction.as_ref()?;
         dsn.envid = t.dsn.envid.clone();
         dsn.ret = t.dsn.ret.clone();
         if let Some(r) = t
@@ -718,7 +719,8 @@ fn queue(
             }
             dsn.orcpt = r.dsn.orcpt.as_ref().map(|(t, a)| format!("{t};{a}"));
         }
-    }
+        Some(t.id.clone())
+    })?;
     if let Some(d) = opt::<Table>(&o, "dsn")? {
         for (key, slot) in [
             ("envid", &mut dsn.envid),
@@ -747,10 +749,7 @@ fn queue(
     };
     with_run(lua, "queue()", |rs| rs.queued.push(req))?;
     let t = lua.create_table()?;
-    t.set(
-        "transaction",
-        txn.map(|t| t.id).unwrap_or_else(|| this.id.clone()),
-    )?;
+    t.set("transaction", txn_id.unwrap_or_else(|| this.id.clone()))?;
     t.set("queue", queue_id)?;
     Ok(t)
 }

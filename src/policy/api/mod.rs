@@ -161,6 +161,11 @@ pub struct RunState {
     /// Which limits / greylist entries decided (a denying `rate.check`,
     /// `state.note`), for the history record of a refusal.
     pub decided_by: Vec<String>,
+    /// The connection's `context` as the hook began (scripts get a Lua
+    /// copy on first read).
+    pub context: serde_json::Value,
+    /// The script read `context` (so `_ENV.context` is what it left).
+    pub context_read: bool,
 }
 
 impl RunState {
@@ -182,8 +187,34 @@ impl RunState {
             connection: None,
             message: None,
             decided_by: Vec::new(),
+            context: serde_json::Value::Null,
+            context_read: false,
         }
     }
+}
+
+/// Run trusted host code that builds values of bounded size (the envelope
+/// tables, a verdict, a queue request) without mlua's protected calls.
+///
+/// With a memory limit set, mlua wraps every string and table it creates in
+/// a `lua_pcall` of its own (so that an allocation failure cannot unwind
+/// through Rust frames); for the envelope tables of a hook that was about a
+/// third of the hook's CPU (perf over benches/policy-overhead.sh). The limit
+/// is lifted while `f` runs and put back after, also on an early return or
+/// a panic; what `f` allocated counts against it from then on, so a script
+/// still cannot grow past the limit by itself.
+pub(crate) fn unmetered<R>(lua: &Lua, f: impl FnOnce() -> R) -> R {
+    struct Restore<'a>(&'a Lua, usize);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            if self.1 != 0 {
+                let _ = self.0.set_memory_limit(self.1);
+            }
+        }
+    }
+    let previous = lua.set_memory_limit(0).unwrap_or(0);
+    let _restore = Restore(lua, previous);
+    f()
 }
 
 /// Run `f` on the current [`RunState`]; an error if no hook is running
@@ -204,6 +235,11 @@ pub(crate) fn with_run<R>(
 /// An error that stops the script; `pcall` in user code cannot swallow it
 /// because the termination is recorded in the [`RunState`] first.
 pub(crate) fn terminate(lua: &Lua, t: Termination) -> mlua::Error {
+    mlua::Error::runtime(record_termination(lua, t))
+}
+
+/// Record the end of the run; returns the message the script ends with.
+pub(crate) fn record_termination(lua: &Lua, t: Termination) -> String {
     let msg = match &t {
         Termination::Verdict(v) => format!(
             "{}() ends the script",
@@ -216,7 +252,7 @@ pub(crate) fn terminate(lua: &Lua, t: Termination) -> mlua::Error {
             rs.termination = Some(t);
         }
     }
-    mlua::Error::runtime(msg)
+    msg
 }
 
 pub(crate) fn is_terminated(lua: &Lua) -> bool {

@@ -3,14 +3,43 @@
 //! swallowed by `pcall`/`xpcall`/`coroutine.resume` in user code: the
 //! sandbox's wrappers re-raise it once a termination is recorded.
 
-use mlua::{Lua, MultiValue, Table, Value};
+use mlua::{ChunkMode, Function, Lua, MultiValue, Table, Value};
 
-use super::{terminate, with_run, ScriptVerdict, Shared, Termination};
+use super::{
+    record_termination, terminate, unmetered, with_run, ScriptVerdict, Shared, Termination,
+};
 use crate::policy::hooks::VerdictKind;
 use crate::proto::reply::EnhancedCode;
 
+/// A verdict function: the host records the verdict (from then on the run
+/// is terminated), then the script's coroutine yields mlua's "pending"
+/// signal and the engine, seeing the run terminated, never resumes it.
+///
+/// Ending the script with an error instead made mlua build a traceback
+/// twice per verdict (`luaL_traceback` searches every loaded module for
+/// each frame's name): about a third of a hook's CPU for a one-line
+/// `Reject()` (perf over benches/policy-overhead.sh). Where the script
+/// cannot yield (inside a `table.sort` comparator, say) the error remains,
+/// and the sandbox's `pcall` wrappers re-raise it as before. Bad arguments
+/// fail from the host, with the traceback, since people read that message.
+const VERDICT_WRAPPER: &str = r#"
+local record, raw_error, yieldable, yield, pending = ...
+return function(...)
+  local msg = record(...)
+  if yieldable() then
+    -- mlua resumes a dropped coroutine once, to let it close: yield again.
+    while true do yield(pending) end
+  end
+  raw_error(msg, 0)
+end
+"#;
+
 pub fn register(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
+    let raw_error: Function = g.raw_get("error")?;
+    let coroutine: Table = g.raw_get("coroutine")?;
+    let yieldable: Function = coroutine.raw_get("isyieldable")?;
+    let yield_: Function = coroutine.raw_get("yield")?;
     for kind in [
         VerdictKind::Pass,
         VerdictKind::Reply,
@@ -18,9 +47,18 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
         VerdictKind::Reject,
         VerdictKind::Defer,
     ] {
-        let f = lua.create_function(move |lua, args: MultiValue| -> mlua::Result<()> {
-            Err(verdict(lua, kind, args))
-        })?;
+        let record = lua.create_function(move |lua, args: MultiValue| record(lua, kind, args))?;
+        let f: Function = lua
+            .load(VERDICT_WRAPPER)
+            .set_name(format!("={}", kind.function()))
+            .set_mode(ChunkMode::Text)
+            .call((
+                record,
+                raw_error.clone(),
+                yieldable.clone(),
+                yield_.clone(),
+                Value::LightUserData(Lua::poll_pending()),
+            ))?;
         g.set(kind.function(), f)?;
     }
     Ok(())
@@ -30,10 +68,12 @@ fn fatal(lua: &Lua, msg: String) -> mlua::Error {
     terminate(lua, Termination::Fatal(msg))
 }
 
-fn verdict(lua: &Lua, kind: VerdictKind, args: MultiValue) -> mlua::Error {
-    match parse(lua, kind, args) {
-        Ok(v) => terminate(lua, Termination::Verdict(v)),
-        Err(msg) => fatal(lua, msg),
+/// Records the verdict (the run is terminated from here on) and returns
+/// the message the script ends with.
+fn record(lua: &Lua, kind: VerdictKind, args: MultiValue) -> mlua::Result<String> {
+    match unmetered(lua, || parse(lua, kind, args)) {
+        Ok(v) => Ok(record_termination(lua, Termination::Verdict(v))),
+        Err(msg) => Err(fatal(lua, msg)),
     }
 }
 
