@@ -1,7 +1,7 @@
 # Shared by the benchmark scripts (source it): build, a scratch directory
 # removed on exit, Sluice on a bench config, smtp-sink as a next hop.
 #
-#   bench_setup                 release build, $BIN, $WORK, the exit trap,
+#   bench_setup                 release build (or $BENCH_BIN), $BIN, $WORK, the exit trap,
 #                               a loopback DNS stub ($DNS_PORT) Sluice uses
 #   start_sluice PORT [TOML]    run Sluice on 127.0.0.1:PORT with TOML appended
 #                               (fresh data dir each time); sets $SLUICE_PID
@@ -20,8 +20,14 @@ bench_setup() {
   command -v smtp-source >/dev/null || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
   }
-  cargo build --release -q
-  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/sluice
+  # BENCH_BIN: another build (an older commit's, say) measured by the
+  # same script, for before/after figures in one run.
+  if [ -n "${BENCH_BIN:-}" ]; then
+    BIN=$BENCH_BIN
+  else
+    cargo build --release -q
+    BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/sluice
+  fi
   WORK=$(mktemp -d)
   ulimit -n 65536 2>/dev/null || true
   trap bench_cleanup EXIT
