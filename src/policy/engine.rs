@@ -520,18 +520,17 @@ fn hook_function(
     Ok(f)
 }
 
-/// `__index` of every run's `_ENV`: `connection`, `transaction` and
-/// `context`, built from the run state on first read and kept in `_ENV`
-/// (they shadow any global of the same name, as when they were set up
-/// front); then the globals (so a script's changes to them stick for the run). Most
-/// scripts read one or two of the three; building all of them for every
-/// hook was about 45% of a hook's CPU (perf over benches/policy-overhead.sh),
-/// each Lua string and table write being a protected call under the memory
-/// limit.
+/// `__index` of every run's `_ENV`: `connection`, `transaction`,
+/// `arguments` and `context`, built from the run state on first read and
+/// kept in `_ENV` (so a script's changes to them stick for the run; they
+/// shadow any global of the same name, as when they were set up front);
+/// then the globals. Most scripts read one or two of the four; building all
+/// of them for every hook was about 45% of a hook's CPU (perf over
+/// benches/policy-overhead.sh).
 const ENV_INDEX: &str = r#"
 local globals, build, rawset = ...
 return function(env, k)
-  if k == "connection" or k == "transaction" or k == "context" then
+  if k == "connection" or k == "transaction" or k == "context" or k == "arguments" then
     local v = build(k)
     rawset(env, k, v)
     return v
@@ -554,6 +553,26 @@ fn env_metatable(lua: &Lua) -> mlua::Result<Table> {
             "transaction" => {
                 let t = rs().and_then(|rs| rs.transaction.clone());
                 envelope::transaction(lua, t.as_ref())
+            }
+            "arguments" => {
+                let (args, txn_id) = match rs() {
+                    Some(rs) => (
+                        rs.arguments.clone(),
+                        rs.transaction.as_ref().map(|t| t.id.clone()),
+                    ),
+                    None => return Ok(Value::Nil),
+                };
+                let Some(args) = args else {
+                    return Ok(Value::Nil);
+                };
+                let t = envelope::arguments(lua, &args, txn_id.as_deref())?;
+                // Emptied when the run ends (see run_in_state).
+                if let Ok(ud) = t.raw_get::<AnyUserData>("mail") {
+                    if let Some(mut rs) = lua.app_data_mut::<RunState>() {
+                        rs.mail = Some(ud);
+                    }
+                }
+                Ok(Value::Table(t))
             }
             "context" => {
                 let c = match lua.app_data_mut::<RunState>() {
@@ -581,23 +600,15 @@ fn env_metatable(lua: &Lua) -> mlua::Result<Table> {
     Ok(mt)
 }
 
-fn build_env(st: &PooledState, input: &HookInput) -> mlua::Result<(Table, Option<AnyUserData>)> {
-    api::unmetered(&st.lua, || build_env_tables(st, input))
-}
-
-fn build_env_tables(
-    st: &PooledState,
-    input: &HookInput,
-) -> mlua::Result<(Table, Option<AnyUserData>)> {
+/// The run's `_ENV`: `_G` only; the rest is built on first read.
+fn build_env(st: &PooledState) -> mlua::Result<Table> {
     let lua = &st.lua;
-    let env = lua.create_table()?;
-    env.set_metatable(Some(st.env_mt.clone()))?;
-    env.raw_set("_G", env.clone())?;
-    let txn_id = input.transaction.as_ref().map(|t| t.id.as_str());
-    let args = envelope::arguments(lua, &input.arguments, txn_id)?;
-    let mail: Option<AnyUserData> = args.raw_get("mail")?;
-    env.raw_set("arguments", args)?;
-    Ok((env, mail))
+    api::unmetered(lua, || {
+        let env = lua.create_table()?;
+        env.set_metatable(Some(st.env_mt.clone()))?;
+        env.raw_set("_G", env.clone())?;
+        Ok(env)
+    })
 }
 
 /// Run one hook in a pooled state. Returns the outcome and whether the state
@@ -628,15 +639,16 @@ async fn run_in_state(
     {
         rs.message = Some(message.clone());
     }
+    rs.arguments = Some(input.arguments.clone());
     lua.set_app_data(rs);
     // Which script of the chain is running (for error messages).
     let current = AtomicUsize::new(0);
-    let prepared = build_env(st, &input).and_then(|(env, mail)| {
+    let prepared = build_env(st).and_then(|env| {
         st.set_env.call::<()>(env.clone())?;
-        Ok((env, mail))
+        Ok(env)
     });
-    let (env, mail, result) = match prepared {
-        Ok((env, mail)) => {
+    let (env, result) = match prepared {
+        Ok(env) => {
             let run_chain = async {
                 for (pos, script) in chain.iter().enumerate() {
                     current.store(pos, Ordering::Relaxed);
@@ -656,18 +668,18 @@ async fn run_in_state(
                 Ok(())
             };
             let r = tokio::time::timeout(RUN_TIMEOUT, run_chain).await;
-            (Some(env), mail, r)
+            (Some(env), r)
         }
-        Err(e) => (None, None, Ok(Err(e))),
+        Err(e) => (None, Ok(Err(e))),
     };
     let script = &chain[current.load(Ordering::Relaxed).min(chain.len() - 1)];
-    let rs = lua.remove_app_data::<RunState>();
+    let mut rs = lua.remove_app_data::<RunState>();
     if st.set_env.call::<()>(Value::Nil).is_err() {
         healthy_hint = false;
     }
     // A script may have kept a reference to the message; empty it so the
     // message bytes are freed now, not at the state's next GC cycle.
-    if let Some(ud) = mail {
+    if let Some(ud) = rs.as_mut().and_then(|rs| rs.mail.take()) {
         let _ = ud.take::<MailMessage>();
     }
     let mut healthy = healthy_hint;

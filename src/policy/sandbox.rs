@@ -216,6 +216,10 @@ pub struct Limits {
     pub instructions: u64,
 }
 
+/// Finished hook coroutines kept for reuse per state (a state runs one hook
+/// at a time; a few more cover user coroutines that end).
+const THREAD_POOL: usize = 8;
+
 pub fn new_state(limits: &Limits, lib_path: &[PathBuf], shared: Shared) -> mlua::Result<Lua> {
     let libs = StdLib::COROUTINE
         | StdLib::TABLE
@@ -223,7 +227,11 @@ pub fn new_state(limits: &Limits, lib_path: &[PathBuf], shared: Shared) -> mlua:
         | StdLib::UTF8
         | StdLib::MATH
         | StdLib::OS;
-    let lua = Lua::new_with(libs, LuaOptions::new())?;
+    // Each hook runs in a coroutine (`call_async`); mlua reuses finished
+    // ones only with a pool, whose default size is 0: a new Lua thread per
+    // hook run was a sixth of an empty hook's cost (benches/policy.rs).
+    let options = LuaOptions::new().thread_pool_size(THREAD_POOL);
+    let lua = Lua::new_with(libs, options)?;
     let g = lua.globals();
     g.raw_set("dofile", Value::Nil)?;
     g.raw_set("loadfile", Value::Nil)?;

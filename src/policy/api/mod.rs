@@ -41,6 +41,7 @@ use crate::proto::reply::EnhancedCode;
 /// Install every API object into `lua`'s globals.
 pub fn register_all(lua: &Lua) -> mlua::Result<()> {
     verdict::register(lua)?;
+    envelope::register(lua)?;
     history::register(lua)?;
     mail::register(lua)?;
     dns::register(lua)?;
@@ -166,6 +167,11 @@ pub struct RunState {
     pub context: serde_json::Value,
     /// The script read `context` (so `_ENV.context` is what it left).
     pub context_read: bool,
+    /// The hook's arguments, for `arguments` on first read.
+    pub arguments: Option<crate::policy::HookArguments>,
+    /// `arguments.mail` once built: emptied when the run ends, so the
+    /// message is freed even if a script kept a reference.
+    pub mail: Option<mlua::AnyUserData>,
 }
 
 impl RunState {
@@ -189,6 +195,8 @@ impl RunState {
             decided_by: Vec::new(),
             context: serde_json::Value::Null,
             context_read: false,
+            arguments: None,
+            mail: None,
         }
     }
 }
