@@ -11,6 +11,10 @@ use base64::Engine as _;
 use serde_json::json;
 use sluice::scan::dlp::{DlpEngine, ScanOptions, Selection};
 
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::thread_cpu_secs;
+
 fn b64(data: &[u8]) -> String {
     let s = base64::engine::general_purpose::STANDARD.encode(data);
     s.as_bytes()
@@ -94,17 +98,6 @@ fn message() -> Vec<u8> {
         b64(&zip)
     ));
     m.into_bytes()
-}
-
-/// CPU time of this thread, so a busy machine does not skew the figure.
-fn thread_cpu_secs() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the pointer we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 fn main() {

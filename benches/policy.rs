@@ -11,16 +11,9 @@ use serde_json::json;
 use sluice::config::Config;
 use sluice::policy::{test_input, Hook, PolicyEngine, ScriptSource};
 
-/// CPU time of this thread, so a busy machine does not skew the figure.
-fn thread_cpu_secs() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the pointer we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-}
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::thread_cpu_secs;
 
 fn message() -> Vec<u8> {
     let mut m = String::from(
