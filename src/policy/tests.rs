@@ -767,6 +767,8 @@ async fn memory_hogs_are_stopped() {
         "local t = {} for i = 1, 1e8 do t[i] = string.rep('x', 100) .. i end",
         "local s = string.rep('x', 1 << 30)",
         "local t = {} while true do pcall(function() for i = 1, 1e8 do t[#t + 1] = {i} end end) end",
+        // User code the host runs while it reads a verdict's options: metered too.
+        "local t = {} Reject('x', setmetatable({}, {__index = function() for i = 1, 1e8 do t[i] = string.rep('x', 100) .. i end end}))",
     ] {
         let mut t = T::with(Hook::Helo, src);
         t.cfg.scripts.memory_limit = 16 << 20;

@@ -505,7 +505,8 @@ impl UserData for MailMessage {
         m.add_method_mut(
             "queue",
             |lua, this, (sender, recipient, transportid, o): (Value, Value, String, Option<Table>)| {
-                super::unmetered(lua, || queue(lua, this, sender, recipient, transportid, o))
+                // Metered: reading the options may run the script's metamethods.
+                queue(lua, this, sender, recipient, transportid, o)
             },
         );
         m.add_method_mut(

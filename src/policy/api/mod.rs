@@ -202,7 +202,9 @@ impl RunState {
 }
 
 /// Run trusted host code that builds values of bounded size (the envelope
-/// tables, a verdict, a queue request) without mlua's protected calls.
+/// tables) without mlua's protected calls. Never around code that reads a
+/// script's tables with `get` or calls its functions: their metamethods
+/// would run unmetered (`memory_hogs_are_stopped` has that case).
 ///
 /// With a memory limit set, mlua wraps every string and table it creates in
 /// a `lua_pcall` of its own (so that an allocation failure cannot unwind

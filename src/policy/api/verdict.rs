@@ -5,9 +5,7 @@
 
 use mlua::{ChunkMode, Function, Lua, MultiValue, Table, Value};
 
-use super::{
-    record_termination, terminate, unmetered, with_run, ScriptVerdict, Shared, Termination,
-};
+use super::{record_termination, terminate, with_run, ScriptVerdict, Shared, Termination};
 use crate::policy::hooks::VerdictKind;
 use crate::proto::reply::EnhancedCode;
 
@@ -71,7 +69,8 @@ fn fatal(lua: &Lua, msg: String) -> mlua::Error {
 /// Records the verdict (the run is terminated from here on) and returns
 /// the message the script ends with.
 fn record(lua: &Lua, kind: VerdictKind, args: MultiValue) -> mlua::Result<String> {
-    match unmetered(lua, || parse(lua, kind, args)) {
+    // Metered: reading the options may run the script's metamethods.
+    match parse(lua, kind, args) {
         Ok(v) => Ok(record_termination(lua, Termination::Verdict(v))),
         Err(msg) => Err(fatal(lua, msg)),
     }
