@@ -1,6 +1,7 @@
 //! `connection`, `transaction`, `arguments` and `context`: plain tables built
-//! for each run from the server's data (absent fields are nil). Scripts may
-//! change them, but only `context` is read back.
+//! for each run from the server's data (absent fields are nil), each when the
+//! script first reads it (the engine's `_ENV` metatable). Scripts may change
+//! them, but only `context` is read back.
 
 use mlua::{Lua, LuaSerdeExt, SerializeOptions, Table, Value};
 use serde::Serialize;
