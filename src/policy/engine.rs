@@ -59,8 +59,9 @@ struct PooledState {
     epoch: u64,
     uses: u32,
     created: Instant,
-    /// The metatable of each run's `_ENV`: globals, then the lazily built
-    /// `connection`, `transaction` and `context` (see [`env_metatable`]).
+    /// The metatable of each run's `_ENV`: the lazily built `connection`,
+    /// `transaction`, `arguments` and `context`, then the globals (see
+    /// [`env_metatable`]).
     env_mt: Table,
     /// Tells the sandbox's `load` which `_ENV` is running.
     set_env: Function,
@@ -639,7 +640,7 @@ async fn run_in_state(
     {
         rs.message = Some(message.clone());
     }
-    rs.arguments = Some(input.arguments.clone());
+    rs.arguments = Some(input.arguments);
     lua.set_app_data(rs);
     // Which script of the chain is running (for error messages).
     let current = AtomicUsize::new(0);

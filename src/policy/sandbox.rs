@@ -216,8 +216,9 @@ pub struct Limits {
     pub instructions: u64,
 }
 
-/// Finished hook coroutines kept for reuse per state (a state runs one hook
-/// at a time; a few more cover user coroutines that end).
+/// Finished coroutines mlua keeps for reuse per state: one per hook run (a
+/// state runs one at a time), and one per `cache(fn)` call in it; a few
+/// spare. (Coroutines a script makes itself are Lua's, not pooled.)
 const THREAD_POOL: usize = 8;
 
 pub fn new_state(limits: &Limits, lib_path: &[PathBuf], shared: Shared) -> mlua::Result<Lua> {
