@@ -66,41 +66,41 @@ const TRANSACTION_BUILDER: &str = r#"
 local setmetatable, array_mt = ...
 return function(...)
   local a = {...}
-  local t = {
-    id = a[1], sender = a[2],
-    senderaddress = {localpart = a[3], domain = a[4]},
-    ts = a[5], dsn = {ret = a[6], envid = a[7]},
-    eight_bit = a[8], smtputf8 = a[9],
-  }
+  -- Each table in one constructor, its parts built first: a field set
+  -- after construction makes Lua resize the table.
   local i = 10
   local sp = {}
   for _ = 1, a[i] do sp[a[i + 1]] = a[i + 2]; i = i + 2 end
-  t.senderparams = sp
   i = i + 1
   local rs = setmetatable({}, array_mt)
   for r = 1, a[i] do
-    local rc = {
-      recipient = a[i + 1],
-      address = {localpart = a[i + 2], domain = a[i + 3]},
-      transportid = a[i + 4],
-    }
-    local dsn = {}
-    if a[i + 5] ~= nil then
-      dsn.orcpt = setmetatable({a[i + 5], a[i + 6]}, array_mt)
+    local base = i
+    local orcpt = nil
+    if a[base + 5] ~= nil then
+      orcpt = setmetatable({a[base + 5], a[base + 6]}, array_mt)
     end
-    i = i + 7
+    i = base + 7
     local notify = setmetatable({}, array_mt)
     for n = 1, a[i] do notify[n] = a[i + n] end
-    dsn.notify = notify
     i = i + a[i] + 1
     local params = {}
     for _ = 1, a[i] do params[a[i + 1]] = a[i + 2]; i = i + 2 end
-    rc.params = params
-    rc.dsn = dsn
-    rs[r] = rc
+    rs[r] = {
+      recipient = a[base + 1],
+      address = {localpart = a[base + 2], domain = a[base + 3]},
+      transportid = a[base + 4],
+      params = params,
+      dsn = {notify = notify, orcpt = orcpt},
+    }
   end
-  t.recipients = rs
-  return t
+  return {
+    id = a[1], sender = a[2],
+    senderaddress = {localpart = a[3], domain = a[4]},
+    senderparams = sp,
+    recipients = rs,
+    ts = a[5], dsn = {ret = a[6], envid = a[7]},
+    eight_bit = a[8], smtputf8 = a[9],
+  }
 end
 "#;
 
