@@ -17,9 +17,7 @@ use super::api::mail::MailMessage;
 use super::api::{self, dns::Dns, envelope, RunState, ScriptVerdict, Shared, Termination};
 use super::hooks::{Fallback, Hook, HookSpec, VerdictKind, HOOKS, HOOK_COUNT};
 use super::sandbox::{self, Limits, DEFAULT_INSTRUCTION_LIMIT, DEFAULT_MEMORY_LIMIT};
-use super::{
-    build_reply, HookArguments, HookInput, HookOutcome, HookVerdict, PolicyError, Rewrite,
-};
+use super::{build_reply, HookInput, HookOutcome, HookVerdict, PolicyError, Rewrite};
 use crate::config::Config;
 
 /// A state serves at most this many runs before it is replaced.
@@ -633,13 +631,6 @@ async fn run_in_state(
     );
     rs.connection = Some(input.connection.clone());
     rs.context = input.context.clone();
-    if let HookArguments::Mail {
-        message,
-        headers_only: false,
-    } = &input.arguments
-    {
-        rs.message = Some(message.clone());
-    }
     rs.arguments = Some(input.arguments);
     lua.set_app_data(rs);
     // Which script of the chain is running (for error messages).

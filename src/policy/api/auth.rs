@@ -125,7 +125,7 @@ fn spf_request(lua: &Lua, opts: &Option<Table>, what: &str) -> mlua::Result<SpfR
 fn scan_dmarc_fn(lua: &Lua) -> mlua::Result<mlua::Function> {
     lua.create_async_function(|lua, opts: Option<Table>| async move {
         let (hook, message, txn) = with_run(&lua, "ScanDMARC()", |rs| {
-            (rs.hook, rs.message.clone(), rs.transaction.clone())
+            (rs.hook, rs.message(), rs.transaction.clone())
         })?;
         crate::policy::hooks::require_full_message(hook, "ScanDMARC()").map_err(rt)?;
         let Some(message) = message else {

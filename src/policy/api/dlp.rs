@@ -13,7 +13,7 @@ use crate::scan::dlp::{options_from_lua, result_to_lua, selection_from_lua, Sele
 
 pub fn register(lua: &Lua) -> mlua::Result<()> {
     let f = lua.create_async_function(|lua, (patterns, options): (Value, Value)| async move {
-        let (hook, message) = with_run(&lua, "ScanDLP()", |rs| (rs.hook, rs.message.clone()))?;
+        let (hook, message) = with_run(&lua, "ScanDLP()", |rs| (rs.hook, rs.message()))?;
         crate::policy::hooks::require_full_message(hook, "ScanDLP()")
             .map_err(mlua::Error::runtime)?;
         let Some(message) = message else {

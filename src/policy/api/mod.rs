@@ -157,8 +157,6 @@ pub struct RunState {
     pub instruction_limit: u64,
     /// The client (defaults of ScanDMARC and spf.check).
     pub connection: Option<crate::envelope::ConnectionInfo>,
-    /// eod: the message as received (what ScanDMARC and ScanDLP scan).
-    pub message: Option<bytes::Bytes>,
     /// Which limits / greylist entries decided (a denying `rate.check`,
     /// `state.note`), for the history record of a refusal.
     pub decided_by: Vec<String>,
@@ -175,6 +173,18 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// eod: the message as received (what ScanDMARC and ScanDLP scan);
+    /// `None` in other hooks and for the headers-only message.
+    pub fn message(&self) -> Option<bytes::Bytes> {
+        match &self.arguments {
+            Some(crate::policy::HookArguments::Mail {
+                message,
+                headers_only: false,
+            }) => Some(message.clone()),
+            _ => None,
+        }
+    }
+
     pub fn new(
         hook: Hook,
         conn_id: String,
@@ -191,7 +201,6 @@ impl RunState {
             instructions: 0,
             instruction_limit: limit,
             connection: None,
-            message: None,
             decided_by: Vec::new(),
             context: serde_json::Value::Null,
             context_read: false,

@@ -75,7 +75,7 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
     let clam = lua.create_async_function(|lua, opts: Option<Table>| async move {
         check_keys(&opts, "ScanClam", &["timeout", "max_size"])?;
         let (hook, message, conn) = with_run(&lua, "ScanClam()", |rs| {
-            (rs.hook, rs.message.clone(), rs.conn_id.clone())
+            (rs.hook, rs.message(), rs.conn_id.clone())
         })?;
         crate::policy::hooks::require_full_message(hook, "ScanClam()")
             .map_err(mlua::Error::runtime)?;
@@ -117,7 +117,7 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
         let (hook, message, conn, connection, tx) = with_run(&lua, "ScanRspamd()", |rs| {
             (
                 rs.hook,
-                rs.message.clone(),
+                rs.message(),
                 rs.conn_id.clone(),
                 rs.connection.clone(),
                 rs.transaction.clone(),
