@@ -83,26 +83,46 @@ pub fn luhn(digits: &[u8]) -> bool {
 /// An IBAN at the start of a space-grouped candidate: the regex may have
 /// swallowed following uppercase words, so take exactly as many characters
 /// as the country's IBAN has, ending at a group boundary.
+///
+/// One pass and no buffer: the first four characters (country, check
+/// digits) are kept aside and the rest folds into the mod-97 remainder as it
+/// is read; the four are appended last, as the rearranged form wants.
+/// Anything but letters and digits among the characters fails, as `iban`
+/// would.
 fn iban_prefix(candidate: &[u8]) -> bool {
     let Some(len) = candidate.get(..2).and_then(iban_length) else {
         return false;
     };
-    // One pass: gather the first `len` non-space characters (anything but
-    // letters and digits among them fails, as `iban` would).
-    let mut buf = [0u8; 34];
-    let mut n = 0;
-    for (i, &b) in candidate.iter().enumerate() {
-        if b == b' ' {
-            continue;
+    // `iban_length` took only uppercase letters, so these are the country.
+    let country = u64::from(candidate[0] - b'A' + 10) * 100 + u64::from(candidate[1] - b'A' + 10);
+    let mut check = 0u64;
+    let mut rem = 0u64;
+    let mut n = 2;
+    for (i, &b) in candidate.iter().enumerate().skip(2) {
+        let v = match b {
+            b' ' => continue,
+            b'0'..=b'9' => u64::from(b - b'0'),
+            b'A'..=b'Z' => u64::from(b - b'A') + 10,
+            b'a'..=b'z' => u64::from(b - b'a') + 10,
+            _ => return false,
+        };
+        if n < 4 {
+            // The check digits.
+            if v >= 10 {
+                return false;
+            }
+            check = check * 10 + v;
+        } else {
+            rem = if v >= 10 { rem * 100 + v } else { rem * 10 + v };
+            if rem >= 1 << 56 {
+                rem %= 97;
+            }
         }
-        if !b.is_ascii_alphanumeric() || n == buf.len() {
-            return false;
-        }
-        buf[n] = b.to_ascii_uppercase();
         n += 1;
         if n == len {
             let at_boundary = candidate.get(i + 1).is_none_or(|&c| c == b' ');
-            return at_boundary && iban_compact(&buf[..n]);
+            // Country letters are two digits each, then the two check digits.
+            return at_boundary && ((rem % 97) * 1_000_000 + country * 100 + check) % 97 == 1;
         }
     }
     false
