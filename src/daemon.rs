@@ -46,6 +46,7 @@ impl Daemon {
         store.set_history_floor(intake_reserve / 2);
         let space_reserve = tokio::spawn(keep_space_reserve(store.clone(), intake_reserve));
         drop(space_reserve);
+        drop(tokio::spawn(settle_body_segments(store.clone())));
         let tls_store = if config.needs_tls() {
             TlsStore::new(Some(
                 tls::server_config(&config.tls).context("loading [tls]")?,
@@ -230,6 +231,24 @@ impl Daemon {
 /// there at start and, if it was used, again as soon as the filesystem has
 /// room for it above the intake reserve (checked every 5 s); intake, which
 /// refuses while the reserve is in use, then resumes.
+/// Every 10 s, move the bodies left in sparse body segments into sled so
+/// the files can go (see `store::bodies`): bounds the disk a few deferred
+/// messages can hold.
+async fn settle_body_segments(store: Store) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.settle_sparse_segments()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(moved)) => {
+                info!(moved, "moved bodies out of sparse body segments")
+            }
+            Ok(Err(e)) => warn!(error = %e, "moving bodies out of sparse body segments failed"),
+            Err(_) => {}
+        }
+    }
+}
+
 async fn keep_space_reserve(store: Store, headroom: u64) {
     use crate::store::space::{ensure_reserve, Reserve};
     let data_dir = store.data_dir().to_path_buf();

@@ -1,5 +1,6 @@
-//! The message queue: envelopes in the `queue` tree, message bytes in `body`,
-//! shared bodies tracked in `body_ref` (see the module doc of `store`).
+//! The message queue: envelopes in the `queue` tree, message bytes in body
+//! segment files named by `body_loc` (or inline in `body`), shared bodies
+//! tracked in `body_ref` (see the module doc of `store`).
 //! An entry is written atomically with its body and is only acknowledged to
 //! the client after [`Store::commit_entries`] returns (fsync done).
 
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
+use super::bodies::BodyLoc;
 use super::{Store, StoreError};
 use crate::envelope::{MessageDsn, RecipientDsn};
 
@@ -406,25 +408,44 @@ impl Store {
                 encoded.push((e.id.clone(), e.body.clone(), v, due));
             }
         }
-        let (queue, body, body_ref) = self.trees();
+        let (queue, _, body_ref) = self.trees();
+        let (body_loc, bodies) = self.body_files();
         let due_tree = self.due_tree();
         if msgs.len() == 1 && encoded.len() == 1 {
             let (id, body_id, v, due) = &encoded[0];
             if queue.contains_key(id.as_bytes())? {
                 return Err(StoreError::Transaction(format!("duplicate queue id {id}")));
             }
-            body.insert(msgs[0].body_id.as_bytes(), msgs[0].body.as_ref())?;
-            body_ref.insert(ref_key(body_id, id), &[] as &[u8])?;
-            queue.insert(id.as_bytes(), v.as_slice())?;
+            let loc = bodies.append(&msgs[0].body)?;
+            let written = (|| -> Result<(), StoreError> {
+                body_loc.insert(msgs[0].body_id.as_bytes(), &loc.encode())?;
+                body_ref.insert(ref_key(body_id, id), &[] as &[u8])?;
+                queue.insert(id.as_bytes(), v.as_slice())?;
+                Ok(())
+            })();
+            if let Err(e) = written {
+                bodies.release(&loc);
+                return Err(e);
+            }
             if let Some(k) = due {
                 due_tree.insert(k.as_slice(), &[] as &[u8])?;
             }
             return Ok(());
         }
-        (queue, body, body_ref, due_tree)
+        let mut locs = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            match bodies.append(&m.body) {
+                Ok(loc) => locs.push(loc),
+                Err(e) => {
+                    locs.iter().for_each(|l| bodies.release(l));
+                    return Err(e.into());
+                }
+            }
+        }
+        let res = (queue, body_loc, body_ref, due_tree)
             .transaction(|(q, b, r, d)| {
-                for m in msgs {
-                    b.insert(m.body_id.as_bytes(), m.body.as_ref())?;
+                for (m, loc) in msgs.iter().zip(&locs) {
+                    b.insert(m.body_id.as_bytes(), &loc.encode())?;
                 }
                 for (id, body_id, v, due) in &encoded {
                     if q.insert(id.as_bytes(), v.as_slice())?.is_some() {
@@ -437,7 +458,11 @@ impl Store {
                 }
                 Ok(())
             })
-            .map_err(tx_err)
+            .map_err(tx_err);
+        if res.is_err() {
+            locs.iter().for_each(|l| bodies.release(l));
+        }
+        res
     }
 
     pub fn get_entry(&self, id: &str) -> Result<Option<QueueEntry>, StoreError> {
@@ -449,10 +474,90 @@ impl Store {
     }
 
     pub fn get_body(&self, body_id: &str) -> Result<Option<Bytes>, StoreError> {
+        let (body_loc, bodies) = self.body_files();
+        if let Some(v) = body_loc.get(body_id.as_bytes())? {
+            let loc = decode_loc(body_id, &v)?;
+            return Ok(Some(bodies.read(&loc)?));
+        }
         let (_, body, _) = self.trees();
         Ok(body
             .get(body_id.as_bytes())?
             .map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    /// Remove a body nobody refers to, wherever it is.
+    fn remove_body(&self, body_id: &[u8]) -> Result<(), StoreError> {
+        let (body_loc, bodies) = self.body_files();
+        match body_loc.remove(body_id)? {
+            Some(v) => {
+                if let Some(loc) = BodyLoc::decode(&v) {
+                    bodies.release(&loc);
+                }
+            }
+            None => {
+                self.trees().1.remove(body_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a body is there and whole (recovery's test).
+    fn body_is_whole(&self, body_id: &str) -> Result<bool, StoreError> {
+        let (body_loc, bodies) = self.body_files();
+        if let Some(v) = body_loc.get(body_id.as_bytes())? {
+            return Ok(BodyLoc::decode(&v).is_some_and(|l| bodies.verify(&l)));
+        }
+        Ok(self.trees().1.contains_key(body_id.as_bytes())?)
+    }
+
+    /// Move the bodies still left in sparse segments (see
+    /// [`super::bodies::Bodies::sparse_segments`]) into the `body` tree, so
+    /// the segment files can be deleted. Blocking (reads, sled writes, a
+    /// flush): run it off the async threads. Returns how many moved.
+    ///
+    /// Each body is inserted in `body` before its location is removed
+    /// (compare-and-swap, so a body removed meanwhile is not brought back),
+    /// and the segment is released only after sled's flush: a crash at any
+    /// point leaves each body either in its segment or in `body`.
+    pub fn settle_sparse_segments(&self) -> Result<usize, StoreError> {
+        let (body_loc, bodies) = self.body_files();
+        let sparse = bodies.sparse_segments();
+        if sparse.is_empty() {
+            return Ok(0);
+        }
+        let (_, body, _) = self.trees();
+        let mut moved = Vec::new();
+        for kv in body_loc.iter() {
+            let (k, v) = kv?;
+            let Some(loc) = BodyLoc::decode(&v) else {
+                continue;
+            };
+            if !sparse.contains(&loc.segment) {
+                continue;
+            }
+            let bytes = match bodies.read(&loc) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(body = %String::from_utf8_lossy(&k), error = %e, "a body could not be moved out of its segment");
+                    continue;
+                }
+            };
+            body.insert(&k, bytes.as_ref())?;
+            if body_loc
+                .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
+                .is_ok()
+            {
+                moved.push(loc);
+            } else {
+                // Removed meanwhile: do not leave it behind in `body`.
+                body.remove(&k)?;
+            }
+        }
+        self.flush_queue_blocking()?;
+        for loc in &moved {
+            bodies.release(loc);
+        }
+        Ok(moved.len())
     }
 
     /// All entries in id (= arrival) order.
@@ -559,7 +664,7 @@ impl Store {
     /// The entry's removal is the atomic step; index and body clean-up after
     /// it is redone by [`Store::recover`] if a crash interrupts it.
     pub fn remove_entry(&self, id: &str) -> Result<Option<QueueEntry>, StoreError> {
-        let (queue, body, body_ref) = self.trees();
+        let (queue, _, body_ref) = self.trees();
         let Some(old) = queue.remove(id.as_bytes())? else {
             return Ok(None);
         };
@@ -571,7 +676,7 @@ impl Store {
             .next()
             .is_none()
         {
-            body.remove(entry.body.as_bytes())?;
+            self.remove_body(entry.body.as_bytes())?;
         }
         Ok(Some(entry))
     }
@@ -582,7 +687,7 @@ impl Store {
     /// the due index is rebuilt from the entries (an entry left active by a
     /// crash is queued again).
     pub fn recover(&self) -> Result<RecoveryReport, StoreError> {
-        let (queue, body, body_ref) = self.trees();
+        let (queue, _, body_ref) = self.trees();
         let due = self.due_tree();
         let mut report = RecoveryReport::default();
         due.clear()?;
@@ -592,7 +697,7 @@ impl Store {
             let Ok(mut e) = decode_entry(&id, &v) else {
                 continue;
             };
-            if !body.contains_key(e.body.as_bytes())? {
+            if !self.body_is_whole(&e.body)? {
                 queue.remove(&k)?;
                 body_ref.remove(ref_key(&e.body, &id))?;
                 report.incomplete_entries += 1;
@@ -619,23 +724,43 @@ impl Store {
             }
         }
         report.orphan_bodies = self.sweep_orphan_bodies()?;
-        self.db().flush()?;
+        self.flush_queue_blocking()?;
         Ok(report)
     }
 
     /// Delete bodies no entry refers to (after a crash mid-removal).
+    /// Also removes a body's copy in `body` when its location is still
+    /// there (a crash in [`Store::settle_sparse_segments`]).
     fn sweep_orphan_bodies(&self) -> Result<usize, StoreError> {
         let (_, body, body_ref) = self.trees();
+        let (body_loc, bodies) = self.body_files();
         let mut n = 0;
+        for kv in body_loc.iter() {
+            let (k, v) = kv?;
+            if body_ref.scan_prefix(ref_prefix(&k)).next().is_none() {
+                body_loc.remove(&k)?;
+                if let Some(loc) = BodyLoc::decode(&v) {
+                    bodies.release(&loc);
+                }
+                n += 1;
+            }
+        }
         for kv in body.iter() {
             let (k, _) = kv?;
-            if body_ref.scan_prefix(ref_prefix(&k)).next().is_none() {
+            if body_ref.scan_prefix(ref_prefix(&k)).next().is_none() || body_loc.contains_key(&k)? {
                 body.remove(&k)?;
                 n += 1;
             }
         }
         Ok(n)
     }
+}
+
+fn decode_loc(body_id: &str, v: &[u8]) -> Result<BodyLoc, StoreError> {
+    BodyLoc::decode(v).ok_or_else(|| StoreError::Corrupt {
+        key: body_id.to_string(),
+        message: "not a body location".into(),
+    })
 }
 
 fn decode_entry(id: &str, v: &[u8]) -> Result<QueueEntry, StoreError> {
@@ -745,14 +870,41 @@ pub(crate) mod tests {
             .unwrap();
         // a body whose last entry was removed just before the crash.
         body.insert("b-orphan", &b"y"[..]).unwrap();
+        // The same in body segments: a location and ref, no entry yet;
+        let (body_loc, bodies) = store.body_files();
+        let half = bodies.append(b"x").unwrap();
+        body_loc.insert("b-half2", &half.encode()).unwrap();
+        body_ref
+            .insert(ref_key("b-half2", "e-half2"), &[] as &[u8])
+            .unwrap();
+        // an entry whose location names bytes that never reached the disk
+        // (sled flushed the location on its own, then the power went);
+        let mut torn = bodies.append(b"torn").unwrap();
+        torn.crc ^= 1;
+        body_loc.insert("b-torn", &torn.encode()).unwrap();
+        body_ref
+            .insert(ref_key("b-torn", "e-torn"), &[] as &[u8])
+            .unwrap();
+        let e = serde_json::to_vec(&entry("e-torn", "b-torn")).unwrap();
+        queue.insert("e-torn", e).unwrap();
+        // a body both moved into `body` and still named by its location
+        // (a crash while a sparse segment was being emptied).
+        let both = bodies.append(b"both").unwrap();
+        body_loc.insert("b-both", &both.encode()).unwrap();
+        body.insert("b-both", &b"both"[..]).unwrap();
+        body_ref
+            .insert(ref_key("b-both", "e-both"), &[] as &[u8])
+            .unwrap();
+        let e = serde_json::to_vec(&entry("e-both", "b-both")).unwrap();
+        queue.insert("e-both", e).unwrap();
 
         let report = store.recover().unwrap();
         assert_eq!(
             report,
             RecoveryReport {
-                incomplete_entries: 1,
-                dangling_refs: 1,
-                orphan_bodies: 2,
+                incomplete_entries: 2,
+                dangling_refs: 2,
+                orphan_bodies: 5,
             }
         );
         let ids: Vec<String> = store
@@ -761,12 +913,56 @@ pub(crate) mod tests {
             .into_iter()
             .map(|e| e.id)
             .collect();
-        assert_eq!(ids, vec!["e-ok".to_string()]);
+        assert_eq!(ids, vec!["e-both".to_string(), "e-ok".to_string()]);
         assert_eq!(store.get_body("b-ok").unwrap().unwrap(), &b"kept"[..]);
-        assert_eq!(body.len(), 1);
-        assert_eq!(body_ref.len(), 1);
+        assert_eq!(store.get_body("b-both").unwrap().unwrap(), &b"both"[..]);
+        assert_eq!(body.len(), 0);
+        assert_eq!(body_loc.len(), 2);
+        assert_eq!(body_ref.len(), 2);
         // A second pass finds nothing more to do.
         assert_eq!(store.recover().unwrap(), RecoveryReport::default());
+    }
+
+    /// A deferred message left among delivered ones keeps no segment file
+    /// alive: it moves into `body`, survives a restart, and the file goes.
+    #[tokio::test]
+    async fn leftovers_of_a_sparse_segment_move_into_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = || {
+            std::fs::read_dir(dir.path().join("bodies"))
+                .unwrap()
+                .count()
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let msgs: Vec<NewMessage> = (0..10)
+                .map(|i| NewMessage {
+                    body_id: format!("b{i}"),
+                    body: Bytes::from(vec![b'0' + i as u8; 1000]),
+                    entries: vec![entry(&format!("e{i}"), &format!("b{i}"))],
+                })
+                .collect();
+            for m in msgs {
+                store.commit_messages(&[m]).await.unwrap();
+            }
+            let (_, bodies) = store.body_files();
+            bodies.seal_current(super::super::bodies::SPARSE_AFTER);
+            // Young, or mostly live: nothing moves.
+            assert_eq!(store.settle_sparse_segments().unwrap(), 0);
+            for i in 0..9 {
+                store.remove_entry(&format!("e{i}")).unwrap();
+            }
+            assert_eq!(segments(), 1);
+            assert_eq!(store.settle_sparse_segments().unwrap(), 1);
+            assert_eq!(segments(), 0, "the emptied segment file is deleted");
+            assert_eq!(store.get_body("b9").unwrap().unwrap(), &[b'9'; 1000][..]);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.recover().unwrap(), RecoveryReport::default());
+        assert_eq!(store.get_body("b9").unwrap().unwrap(), &[b'9'; 1000][..]);
+        store.remove_entry("e9").unwrap();
+        assert!(store.get_body("b9").unwrap().is_none());
+        assert_eq!(store.trees().1.len(), 0);
     }
 
     #[tokio::test]
