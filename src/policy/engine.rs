@@ -57,12 +57,11 @@ struct PooledState {
     epoch: u64,
     uses: u32,
     created: Instant,
-    /// The metatable of each run's `_ENV`: the lazily built `connection`,
-    /// `transaction`, `arguments` and `context`, then the globals (see
-    /// [`env_metatable`]).
-    env_mt: Table,
     /// Tells the sandbox's `load` which `_ENV` is running.
     set_env: Function,
+    /// Makes a run's `_ENV` and tells the sandbox's `load` about it (see
+    /// [`NEW_ENV`]).
+    new_env: Function,
     /// The loaded hook functions (from bytecode), per hook and chain position.
     hooks: HashMap<(Hook, usize), Function>,
 }
@@ -468,13 +467,15 @@ fn new_pooled(
     let set_env: Function = lua
         .named_registry_value(sandbox::SET_ENV_KEY)
         .map_err(|e| PolicyError::State(e.to_string()))?;
+    let new_env =
+        new_env_function(&lua, &env_mt, &set_env).map_err(|e| PolicyError::State(e.to_string()))?;
     Ok(PooledState {
         lua,
         epoch: epoch.id,
         uses: 0,
         created: Instant::now(),
-        env_mt,
         set_env,
+        new_env,
         hooks: HashMap::new(),
     })
 }
@@ -538,33 +539,74 @@ return function(env, k)
 end
 "#;
 
+/// Build from a field of the run state without copying it: the field is
+/// taken out while `f` runs and put back after (also when `f` fails), since
+/// nothing may hold the run state's borrow while Lua runs (the instruction
+/// hook borrows it). A second read of the same name (after the script set
+/// it to nil) builds from the same data again.
+fn with_taken<T, R>(
+    lua: &Lua,
+    field: impl Fn(&mut RunState) -> &mut Option<T>,
+    f: impl FnOnce(Option<&T>) -> R,
+) -> R {
+    let taken = lua
+        .app_data_mut::<RunState>()
+        .and_then(|mut rs| field(&mut rs).take());
+    let r = f(taken.as_ref());
+    if let Some(v) = taken {
+        if let Some(mut rs) = lua.app_data_mut::<RunState>() {
+            *field(&mut rs) = Some(v);
+        }
+    }
+    r
+}
+
+/// [`with_taken`] for the run state's `context` (`Null` when none).
+fn with_taken_value<R>(lua: &Lua, f: impl FnOnce(&serde_json::Value) -> R) -> R {
+    let taken = lua
+        .app_data_mut::<RunState>()
+        .map(|mut rs| std::mem::take(&mut rs.context))
+        .unwrap_or_default();
+    let r = f(&taken);
+    if let Some(mut rs) = lua.app_data_mut::<RunState>() {
+        rs.context = taken;
+    }
+    r
+}
+
 fn env_metatable(lua: &Lua) -> mlua::Result<Table> {
     let build = lua.create_function(|lua, name: mlua::String| {
         let name = name.to_str()?;
-        // Clone out of the run state before building: nothing may hold
-        // its borrow while Lua allocates.
-        let rs = || lua.app_data_ref::<RunState>();
         api::unmetered(lua, || match &*name {
-            "connection" => match rs().and_then(|rs| rs.connection.clone()) {
-                Some(c) => envelope::connection(lua, &c),
-                None => Ok(Value::Nil),
-            },
-            "transaction" => {
-                let t = rs().and_then(|rs| rs.transaction.clone());
-                envelope::transaction(lua, t.as_ref())
-            }
+            "connection" => with_taken(
+                lua,
+                |rs| &mut rs.connection,
+                |c| match c {
+                    Some(c) => envelope::connection(lua, c),
+                    None => Ok(Value::Nil),
+                },
+            ),
+            "transaction" => with_taken(
+                lua,
+                |rs| &mut rs.transaction,
+                |t| envelope::transaction(lua, t),
+            ),
             "arguments" => {
-                let (args, txn_id) = match rs() {
-                    Some(rs) => (
-                        rs.arguments.clone(),
-                        rs.transaction.as_ref().map(|t| t.id.clone()),
-                    ),
+                let txn_id = match lua.app_data_ref::<RunState>() {
+                    Some(rs) => rs.transaction.as_ref().map(|t| t.id.clone()),
                     None => return Ok(Value::Nil),
                 };
-                let Some(args) = args else {
+                let t = with_taken(
+                    lua,
+                    |rs| &mut rs.arguments,
+                    |args| match args {
+                        Some(args) => envelope::arguments(lua, args, txn_id.as_deref()).map(Some),
+                        None => Ok(None),
+                    },
+                )?;
+                let Some(t) = t else {
                     return Ok(Value::Nil);
                 };
-                let t = envelope::arguments(lua, &args, txn_id.as_deref())?;
                 // Emptied when the run ends (see run_in_state).
                 if let Ok(ud) = t.raw_get::<AnyUserData>("mail") {
                     if let Some(mut rs) = lua.app_data_mut::<RunState>() {
@@ -574,14 +616,10 @@ fn env_metatable(lua: &Lua) -> mlua::Result<Table> {
                 Ok(Value::Table(t))
             }
             "context" => {
-                let c = match lua.app_data_mut::<RunState>() {
-                    Some(mut rs) => {
-                        rs.context_read = true;
-                        rs.context.clone()
-                    }
-                    None => serde_json::Value::Null,
-                };
-                envelope::context(lua, &c)
+                if let Some(mut rs) = lua.app_data_mut::<RunState>() {
+                    rs.context_read = true;
+                }
+                with_taken_value(lua, |c| envelope::context(lua, c))
             }
             _ => Ok(Value::Nil),
         })
@@ -599,15 +637,34 @@ fn env_metatable(lua: &Lua) -> mlua::Result<Table> {
     Ok(mt)
 }
 
-/// The run's `_ENV`: `_G` only; the rest is built on first read.
+/// A run's `_ENV` (`_G` only; the rest is built on first read, see
+/// [`env_metatable`]), made and handed to the sandbox's `set_env` by one
+/// Lua call: four mlua calls (table, metatable, `_G`, `set_env`) cost
+/// about as much as the rest of an empty hook's setup (benches/policy.rs).
+const NEW_ENV: &str = r#"
+local setmetatable, set_env, mt = ...
+return function()
+  local env = {_G = false}
+  env._G = env
+  setmetatable(env, mt)
+  set_env(env)
+  return env
+end
+"#;
+
+fn new_env_function(lua: &Lua, env_mt: &Table, set_env: &Function) -> mlua::Result<Function> {
+    let setmetatable: Function = lua.globals().raw_get("setmetatable")?;
+    lua.load(NEW_ENV)
+        .set_name("=sluice env")
+        .set_mode(ChunkMode::Text)
+        .call((setmetatable, set_env.clone(), env_mt.clone()))
+}
+
+/// The run's `_ENV`, already the one the sandbox's `load` uses. Trusted
+/// code of bounded size: not counted against the memory limit, as when it
+/// was built from Rust.
 fn build_env(st: &PooledState) -> mlua::Result<Table> {
-    let lua = &st.lua;
-    api::unmetered(lua, || {
-        let env = lua.create_table()?;
-        env.set_metatable(Some(st.env_mt.clone()))?;
-        env.raw_set("_G", env.clone())?;
-        Ok(env)
-    })
+    api::unmetered(&st.lua, || st.new_env.call::<Table>(()))
 }
 
 /// Run one hook in a pooled state. Returns the outcome and whether the state
@@ -623,22 +680,21 @@ async fn run_in_state(
     let lua = st.lua.clone();
     let mut healthy_hint = true;
     let txn_id = input.transaction.as_ref().map(|t| t.id.clone());
-    let mut rs = RunState::new(
-        hook,
-        input.connection.id.clone(),
-        input.transaction.clone(),
-        epoch.limits.instructions,
-    );
-    rs.connection = Some(input.connection.clone());
-    rs.context = input.context.clone();
-    rs.arguments = Some(input.arguments);
+    let HookInput {
+        connection,
+        transaction,
+        arguments,
+        context: input_context,
+    } = input;
+    let conn_id = connection.id.clone();
+    let mut rs = RunState::new(hook, conn_id, transaction, epoch.limits.instructions);
+    rs.connection = Some(connection);
+    rs.context = input_context;
+    rs.arguments = Some(arguments);
     lua.set_app_data(rs);
     // Which script of the chain is running (for error messages).
     let current = AtomicUsize::new(0);
-    let prepared = build_env(st).and_then(|env| {
-        st.set_env.call::<()>(env.clone())?;
-        Ok(env)
-    });
+    let prepared = build_env(st);
     let (env, result) = match prepared {
         Ok(env) => {
             let run_chain = async {
@@ -678,16 +734,21 @@ async fn run_in_state(
     // Nil in `_ENV` and never read: the script left `context` as it was
     // (read and then set to nil: it cleared it).
     let context_read = rs.as_ref().is_some_and(|rs| rs.context_read);
+    // The context as the hook began (the run state held it, not a copy).
+    let previous = rs
+        .as_mut()
+        .map(|rs| std::mem::take(&mut rs.context))
+        .unwrap_or_default();
     let context = match env.as_ref().map(|e| e.raw_get::<Value>("context")) {
         Some(Ok(v)) if context_read || !v.is_nil() => match api::lua_to_json(&lua, &v, 0) {
             Ok(j) => j,
             Err(e) => {
-                tracing::warn!(conn = %input.connection.id, hook = spec.name,
-                    "context is not plain data, keeping the previous one: {e}");
-                input.context.clone()
+                tracing::warn!(conn = %rs.as_ref().map(|rs| rs.conn_id.as_str()).unwrap_or_default(),
+                    hook = spec.name, "context is not plain data, keeping the previous one: {e}");
+                previous
             }
         },
-        _ => input.context.clone(),
+        _ => previous,
     };
     let Some(rs) = rs else {
         return (

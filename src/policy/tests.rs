@@ -2217,3 +2217,166 @@ async fn postdelivery_pass_words_the_reports() {
         assert!(e.contains(want), "{src}: {e}");
     }
 }
+
+// ------------------------------------------------ fast paths = slow paths
+
+/// The verdict, its rewrites and the error of one run, as text to compare.
+fn verdict_of(o: &HookOutcome) -> String {
+    format!(
+        "{:?} {:?} {:?} {:?} {:?}",
+        o.verdict, o.transportid, o.route, o.reports, o.error
+    )
+}
+
+#[tokio::test]
+async fn verdict_options_read_only_when_present_same_as_all() {
+    // A metatable (even an empty one) makes parse read every option with
+    // `get`, as before the fast path: both must give the same outcome.
+    // `O{...}` is the options table.
+    let cases: &[(Hook, &str)] = &[
+        (Hook::RcptTo, "Pass(O{transportid = 'lmtp'})"),
+        (Hook::RcptTo, "Pass(O{transportid = 'nope'})"),
+        (Hook::RcptTo, "Pass(O{})"),
+        (Hook::RcptTo, "Pass(O{bogus = 1})"),
+        (Hook::RcptTo, "Pass(O{[1] = 'x'})"),
+        (
+            Hook::RcptTo,
+            "Accept(O{recipient = 'x@example.org', transportid = 'lmtp'})",
+        ),
+        (Hook::RcptTo, "Accept(O{recipient = 'bad addr'})"),
+        (
+            Hook::RcptTo,
+            "Reject('no', O{disconnect = true, reply_codes = {code = 554, enhanced = {5, 7, 1}}})",
+        ),
+        (
+            Hook::RcptTo,
+            "Defer('later', O{reply_codes = {code = 'x'}})",
+        ),
+        (Hook::RcptTo, "Reply('hi', O{next = true})"),
+        (Hook::Helo, "Accept(O{host = 'renamed.example'})"),
+        (Hook::Helo, "Accept(O{host = ''})"),
+        (Hook::MailFrom, "Accept(O{sender = ''})"),
+        (Hook::MailFrom, "Pass(O{next = 'yes'})"),
+        (Hook::Proxy, "Pass(O{command = 'NOOP', next = true})"),
+        (Hook::Proxy, "Pass(O{command = 'A\\r\\nB'})"),
+        (
+            Hook::Eod,
+            "Accept(O{reason = 'ok', reply_codes = {code = 250}})",
+        ),
+        (
+            Hook::PreDelivery,
+            "Pass(O{host = '[192.0.2.1]', port = 2525, tls = 'none'})",
+        ),
+        (Hook::PreDelivery, "Pass(O{port = 0})"),
+        (Hook::PostDelivery, "Pass(O{bounce = {subject = 'x'}})"),
+    ];
+    for (hook, call) in cases {
+        let args = || match hook {
+            Hook::Helo => helo(),
+            Hook::Proxy => proxy("XCMD"),
+            Hook::Eod => HookArguments::Mail {
+                message: Bytes::from_static(MSG),
+                headers_only: false,
+            },
+            Hook::PreDelivery | Hook::PostDelivery => {
+                HookArguments::Delivery(DeliveryInfo::default())
+            }
+            _ => HookArguments::None,
+        };
+        // Same script path both times: error messages name it. `O`
+        // gives the options table an (empty) metatable the second time.
+        let mut t = T::with(*hook, &format!("local function O(t) return t end {call}"));
+        let plain = t.engine().run(*hook, input(args())).await;
+        let with_mt = format!("local function O(t) return setmetatable(t, {{}}) end {call}");
+        t.script(*hook, &with_mt);
+        let slow = t.engine().run(*hook, input(args())).await;
+        assert_eq!(verdict_of(&plain), verdict_of(&slow), "{call} vs {with_mt}");
+        if call.contains("'lmtp'") {
+            assert_eq!(plain.transportid.as_deref(), Some("lmtp"), "{call}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn queue_options_read_only_when_present_same_as_all() {
+    let cases = [
+        "{metadata = {policy = 'bench', n = 1}}",
+        "{}",
+        "{hold = true, jobid = 'j1', delay = 30, overquota = 'tmpreject'}",
+        "{hold = 0, dsn = {notify = 'NEVER', ret = 'HDRS', envid = 'e1', orcpt = 'rfc822;x@y'}}",
+        "{delay = -1}",
+        "{overquota = 'maybe'}",
+        "{metadata = {x = {}}}",
+        "{jobid = {}}",
+        "{[1] = true, other = 'ignored'}",
+    ];
+    // Same script path both times: error messages name it.
+    let mut t = T::new();
+    let mut engine = |opts: &str| {
+        t.script(
+            Hook::Eod,
+            &format!(
+                "local r = arguments.mail:queue(transaction.sender, 'bob@example.org', 'default', {opts})\n\
+                 Accept({{reason = r.transaction}})"
+            ),
+        );
+        t.engine()
+    };
+    let summary = |o: &HookOutcome| {
+        let q: Vec<String> = o
+            .queued
+            .iter()
+            .map(|q| {
+                format!(
+                    "{} {} {} {:?} {} {:?} {:?} {:?} {:?} {}",
+                    q.sender,
+                    q.recipient,
+                    q.transportid,
+                    q.metadata,
+                    q.hold,
+                    q.jobid,
+                    q.delay,
+                    q.dsn,
+                    q.overquota,
+                    q.message.len()
+                )
+            })
+            .collect();
+        format!("{} {q:?}", verdict_of(o))
+    };
+    for opts in cases {
+        let with_mt = format!("setmetatable({opts}, {{}})");
+        let input = || mail_input(&[("bob@example.org", "default")]);
+        let fast = engine(opts);
+        let fast = fast.run(Hook::Eod, input()).await;
+        let slow = engine(&with_mt);
+        let slow = slow.run(Hook::Eod, input()).await;
+        assert_eq!(summary(&fast), summary(&slow), "{opts}");
+        if opts.contains("bench") {
+            assert_eq!(fast.queued[0].metadata["policy"], "bench");
+        }
+    }
+}
+
+#[tokio::test]
+async fn envelope_tables_are_built_again_after_being_cleared() {
+    // The run state lends its data to each build and gets it back: a
+    // second read (after the script set the name to nil) sees it again.
+    let src = r#"
+        local t1, a1, c1, x1 = transaction.id, #arguments.mail:getHeaders("X-Spam"),
+          connection.remoteip, context.n
+        transaction, arguments, connection, context = nil, nil, nil, nil
+        assert(transaction.id == t1 and transaction.recipients[1].recipient == "bob@example.org")
+        assert(#arguments.mail:getHeaders("X-Spam") == a1)
+        assert(connection.remoteip == c1 and connection.remoteip == "192.0.2.7")
+        assert(context.n == x1 and x1 == 7)
+        context.n = 8
+        Accept()
+    "#;
+    let mut i = mail_input(&[("bob@example.org", "default")]);
+    i.context = json!({"n": 7});
+    let o = T::with(Hook::Eod, src).engine().run(Hook::Eod, i).await;
+    assert!(o.error.is_none(), "{:?}", o.error);
+    assert!(matches!(o.verdict, HookVerdict::Accept { .. }));
+    assert_eq!(o.context, json!({"n": 8}));
+}

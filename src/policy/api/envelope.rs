@@ -3,7 +3,9 @@
 //! script first reads it (the engine's `_ENV` metatable). Scripts may change
 //! them, but only `context` is read back.
 
-use mlua::{Lua, LuaSerdeExt, SerializeOptions, Table, Value};
+use std::ffi::{c_char, c_int};
+
+use mlua::{ffi, Lua, LuaSerdeExt, SerializeOptions, Table, Value};
 use serde::Serialize;
 
 use super::json_to_lua;
@@ -119,57 +121,99 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
 
 fn build_transaction(lua: &Lua, t: &TransactionInfo) -> mlua::Result<Value> {
     let f: mlua::Function = lua.named_registry_value(TRANSACTION_BUILDER_KEY)?;
-    let s = |v: &str| lua.create_string(v).map(Value::String);
-    let opt = |v: &Option<String>| match v {
-        Some(v) => s(v),
-        None => Ok(Value::Nil),
-    };
-    let n = |k: usize| Value::Integer(k as i64);
-    let mut a: Vec<Value> =
-        Vec::with_capacity(12 + t.senderparams.len() * 2 + t.recipients.len() * 10);
-    a.extend([
-        s(&t.id)?,
-        s(&t.sender)?,
-        s(&t.senderaddress.localpart)?,
-        s(&t.senderaddress.domain)?,
-        Value::Number(t.ts),
-        opt(&t.dsn.ret)?,
-        opt(&t.dsn.envid)?,
-        Value::Boolean(t.eight_bit),
-        Value::Boolean(t.smtputf8),
-        n(t.senderparams.len()),
-    ]);
-    for (k, v) in &t.senderparams {
-        a.extend([s(k)?, s(v)?]);
-    }
-    a.push(n(t.recipients.len()));
-    for r in &t.recipients {
-        let (ot, oa) = match &r.dsn.orcpt {
-            Some((ty, addr)) => (s(ty)?, s(addr)?),
-            None => (Value::Nil, Value::Nil),
-        };
-        a.extend([
-            s(&r.recipient)?,
-            s(&r.address.localpart)?,
-            s(&r.address.domain)?,
-            s(&r.transportid)?,
-            ot,
-            oa,
-            n(r.dsn.notify.len()),
-        ]);
-        for v in &r.dsn.notify {
-            a.push(s(v)?);
-        }
-        a.push(n(r.params.len()));
-        for (k, v) in &r.params {
-            a.extend([s(k)?, s(v)?]);
-        }
-    }
-    let table: Table = f.call(mlua::MultiValue::from_vec(a))?;
+    let nargs = transaction_arg_count(t);
+    // The values go onto the Lua stack straight from the Rust strings:
+    // an mlua `Value` per string (a registry-backed reference, made and then
+    // pushed again) was most of the builder's cost (perf over
+    // benches/policy-overhead.sh).
+    //
+    // SAFETY: the closure runs in a protected call (a Lua error unwinds to
+    // `exec_raw`, which returns it); it owns nothing that needs dropping,
+    // only borrows `t`, and leaves exactly the builder's result above the
+    // arguments `exec_raw` pushed (`f`, which `lua_call` consumes).
+    let table: Table = unsafe {
+        lua.exec_raw(f, |state| {
+            if ffi::lua_checkstack(state, nargs) == 0 {
+                ffi::lua_pushstring(
+                    state,
+                    c"transaction: too many values for the Lua stack".as_ptr(),
+                );
+                ffi::lua_error(state);
+            }
+            push_transaction_args(state, t);
+            ffi::lua_call(state, nargs, 1);
+        })
+    }?;
     if let Some(m) = &t.milters {
         table.raw_set("milters", json_to_lua(lua, m, &Value::Nil)?)?;
     }
     Ok(Value::Table(table))
+}
+
+/// How many values [`push_transaction_args`] pushes (the builder's
+/// argument list, see [`TRANSACTION_BUILDER`]).
+fn transaction_arg_count(t: &TransactionInfo) -> c_int {
+    let mut n = 10 + 2 * t.senderparams.len() + 1;
+    for r in &t.recipients {
+        n += 7 + r.dsn.notify.len() + 1 + 2 * r.params.len();
+    }
+    c_int::try_from(n).unwrap_or(c_int::MAX)
+}
+
+/// Push the builder's arguments, in [`TRANSACTION_BUILDER`]'s order.
+///
+/// # Safety
+/// `state` has room for [`transaction_arg_count`] more values; must run
+/// where a Lua error (out of memory) may unwind.
+unsafe fn push_transaction_args(state: *mut ffi::lua_State, t: &TransactionInfo) {
+    let s = |v: &str| {
+        ffi::lua_pushlstring(state, v.as_ptr() as *const c_char, v.len());
+    };
+    let opt = |v: &Option<String>| match v {
+        Some(v) => s(v),
+        None => ffi::lua_pushnil(state),
+    };
+    let n = |k: usize| ffi::lua_pushinteger(state, k as ffi::lua_Integer);
+    s(&t.id);
+    s(&t.sender);
+    s(&t.senderaddress.localpart);
+    s(&t.senderaddress.domain);
+    ffi::lua_pushnumber(state, t.ts);
+    opt(&t.dsn.ret);
+    opt(&t.dsn.envid);
+    ffi::lua_pushboolean(state, t.eight_bit as c_int);
+    ffi::lua_pushboolean(state, t.smtputf8 as c_int);
+    n(t.senderparams.len());
+    for (k, v) in &t.senderparams {
+        s(k);
+        s(v);
+    }
+    n(t.recipients.len());
+    for r in &t.recipients {
+        s(&r.recipient);
+        s(&r.address.localpart);
+        s(&r.address.domain);
+        s(&r.transportid);
+        match &r.dsn.orcpt {
+            Some((ty, addr)) => {
+                s(ty);
+                s(addr);
+            }
+            None => {
+                ffi::lua_pushnil(state);
+                ffi::lua_pushnil(state);
+            }
+        }
+        n(r.dsn.notify.len());
+        for v in &r.dsn.notify {
+            s(v);
+        }
+        n(r.params.len());
+        for (k, v) in &r.params {
+            s(k);
+            s(v);
+        }
+    }
 }
 
 /// `{localpart, domain}`, as the serde conversion of [`Address`] gives it.

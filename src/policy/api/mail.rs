@@ -333,6 +333,53 @@ fn opt<T: mlua::FromLua>(o: &Option<Table>, key: &str) -> mlua::Result<Option<T>
     }
 }
 
+/// The options `queue()` reads, in [`QueueOpts`]' bit order.
+const QUEUE_OPTIONS: [&str; 6] = ["metadata", "hold", "jobid", "overquota", "delay", "dsn"];
+
+/// `queue()`'s options table. Without a metatable a key the table does not
+/// hold reads as nil, so only the keys present are read with `get`: one
+/// protected `get` per option name was most of a `queue()` call's own cost
+/// (perf over benches/policy-overhead.sh). With a metatable every option is
+/// read, as `opt` does.
+struct QueueOpts {
+    table: Option<Table>,
+    /// Bit i: the table holds `QUEUE_OPTIONS[i]`; all set with a metatable.
+    present: u8,
+}
+
+impl QueueOpts {
+    fn new(table: Option<Table>) -> mlua::Result<QueueOpts> {
+        let present = match &table {
+            None => 0,
+            Some(t) if t.metatable().is_some() => u8::MAX,
+            Some(t) => {
+                let mut bits = 0u8;
+                for pair in t.pairs::<Value, Value>() {
+                    if let (Value::String(k), _) = pair? {
+                        let k = k.as_bytes();
+                        if let Some(i) = QUEUE_OPTIONS.iter().position(|o| o.as_bytes() == &*k) {
+                            bits |= 1 << i;
+                        }
+                    }
+                }
+                bits
+            }
+        };
+        Ok(QueueOpts { table, present })
+    }
+
+    fn get<T: mlua::FromLua>(&self, key: &str) -> mlua::Result<Option<T>> {
+        let bit = QUEUE_OPTIONS
+            .iter()
+            .position(|o| *o == key)
+            .map(|i| 1u8 << i);
+        if bit.is_some_and(|b| self.present & b == 0) {
+            return Ok(None);
+        }
+        opt(&self.table, key)
+    }
+}
+
 /// `index` options are 1-based; returns the 0-based position among matches.
 fn index_opt(o: &Option<Table>) -> mlua::Result<Option<usize>> {
     match opt::<i64>(o, "index")? {
@@ -685,10 +732,11 @@ fn queue(
             "queue(): unknown transportid {transportid:?}"
         )));
     }
-    let metadata = string_map(opt(&o, "metadata")?, "queue(): metadata")?;
-    let hold = opt::<bool>(&o, "hold")?.unwrap_or(false);
-    let jobid = opt::<String>(&o, "jobid")?;
-    let overquota = match opt::<String>(&o, "overquota")? {
+    let o = QueueOpts::new(o)?;
+    let metadata = string_map(o.get("metadata")?, "queue(): metadata")?;
+    let hold = o.get::<bool>("hold")?.unwrap_or(false);
+    let jobid = o.get::<String>("jobid")?;
+    let overquota = match o.get::<String>("overquota")? {
         None => None,
         Some(s) => Some(crate::policy::OverquotaAction::parse(&s).ok_or_else(|| {
             mlua::Error::runtime(format!(
@@ -696,7 +744,7 @@ fn queue(
             ))
         })?),
     };
-    let delay = match opt::<f64>(&o, "delay")? {
+    let delay = match o.get::<f64>("delay")? {
         None => None,
         // At most a year: from_secs_f64 panics on overflow.
         Some(d) if d.is_finite() && (0.0..=31_536_000.0).contains(&d) => {
@@ -722,7 +770,7 @@ fn queue(
         }
         Some(t.id.clone())
     })?;
-    if let Some(d) = opt::<Table>(&o, "dsn")? {
+    if let Some(d) = o.get::<Table>("dsn")? {
         for (key, slot) in [
             ("envid", &mut dsn.envid),
             ("ret", &mut dsn.ret),
@@ -749,9 +797,10 @@ fn queue(
         overquota,
     };
     with_run(lua, "queue()", |rs| rs.queued.push(req))?;
-    let t = lua.create_table()?;
-    t.set("transaction", txn_id.unwrap_or_else(|| this.id.clone()))?;
-    t.set("queue", queue_id)?;
+    // A new table has no metatable: raw_set is what set does.
+    let t = lua.create_table_with_capacity(0, 2)?;
+    t.raw_set("transaction", txn_id.unwrap_or_else(|| this.id.clone()))?;
+    t.raw_set("queue", queue_id)?;
     Ok(t)
 }
 
