@@ -20,7 +20,7 @@
 //! | history  | `hblock`, `hseg`, `hmeta` | see [`history::Trees`] | records in blocks, segment indexes |
 //!
 //! Message bytes live in segment files under `<data_dir>/bodies/` (see
-//! [`bodies`]), synced by the same group commit before sled's flush.
+//! [`bodies`]), synced by the same group commit, alongside sled's flush.
 //!
 //! Several queue entries (one per recipient or per transport) may share one
 //! body; the body is removed with its last reference.
