@@ -38,9 +38,11 @@
 //! its indexes miss.
 //!
 //! Writes that must survive a crash wait for an fsync'd flush
-//! ([`Store::sync`], [`Store::sync_history`]). One flush serves every caller
-//! that arrived while the previous flush ran (group commit), so fsync cost is
-//! shared by concurrent transactions.
+//! ([`Store::sync`], [`Store::sync_history`], [`Store::commit_history`]). One
+//! flush serves every caller that arrived while the previous flush ran (group
+//! commit), so fsync cost is shared by concurrent transactions; delivery
+//! outcomes handed to [`Store::commit_history`] are also appended together,
+//! in that round, so concurrent deliveries share history blocks.
 
 pub mod bodies;
 pub mod history;
@@ -99,6 +101,13 @@ impl StoreError {
 
 type FlushWaiter = oneshot::Sender<Result<(), String>>;
 
+/// One caller of a group flush: history records to append first (only for
+/// the history database; empty for a plain sync) and who to tell.
+struct FlushRequest {
+    records: Vec<history::HistoryRecord>,
+    done: FlushWaiter,
+}
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -125,8 +134,8 @@ pub(crate) struct StoreInner {
     /// Transactions queued whose RECEIVED record has not landed yet (see
     /// [`Store::expect_received`]).
     received_pending: std::sync::Mutex<std::collections::HashSet<String>>,
-    flush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushWaiter>>>,
-    hflush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushWaiter>>>,
+    flush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushRequest>>>,
+    hflush_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<FlushRequest>>>,
     space: space::SpaceProbe,
     /// A bounded flush timed out: the next one fails at once.
     flush_stuck: std::sync::atomic::AtomicBool,
@@ -270,16 +279,31 @@ impl Store {
     /// Concurrent callers share one fsync. Works without a tokio runtime's
     /// flusher too (CLI).
     pub async fn sync(&self) -> Result<(), StoreError> {
-        self.group_flush(Which::Queue).await
+        self.group_flush(Which::Queue, Vec::new()).await
     }
 
-    /// The same for the history database: delivery waits for it before a
-    /// delivered message leaves the queue.
+    /// The same for the history database.
     pub async fn sync_history(&self) -> Result<(), StoreError> {
-        self.group_flush(Which::History).await
+        self.group_flush(Which::History, Vec::new()).await
     }
 
-    async fn group_flush(&self, which: Which) -> Result<(), StoreError> {
+    /// Append history records and wait until they are on disk: delivery
+    /// outcomes, which must land before their entry leaves the queue.
+    /// Callers that arrive while a round runs share the next one: their
+    /// records go into the same blocks (one sled insert and one compression
+    /// per block of up to 512 records, not per delivery) and one fsync.
+    pub async fn commit_history(
+        &self,
+        records: Vec<history::HistoryRecord>,
+    ) -> Result<(), StoreError> {
+        self.group_flush(Which::History, records).await
+    }
+
+    async fn group_flush(
+        &self,
+        which: Which,
+        records: Vec<history::HistoryRecord>,
+    ) -> Result<(), StoreError> {
         let slot = match which {
             Which::Queue => &self.inner.flush_tx,
             Which::History => &self.inner.hflush_tx,
@@ -289,6 +313,9 @@ impl Store {
             if guard.is_none() {
                 if tokio::runtime::Handle::try_current().is_err() {
                     drop(guard);
+                    if !records.is_empty() {
+                        self.append_history(&records)?;
+                    }
                     which.flush(&FlushTarget::of(&self.inner, which))?;
                     return Ok(());
                 }
@@ -298,8 +325,9 @@ impl Store {
             }
             guard.as_ref().expect("set above").clone()
         };
-        let (wtx, wrx) = oneshot::channel();
-        tx.send(wtx).map_err(|_| StoreError::FlusherGone)?;
+        let (done, wrx) = oneshot::channel();
+        tx.send(FlushRequest { records, done })
+            .map_err(|_| StoreError::FlusherGone)?;
         match wrx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Transaction(format!("flush failed: {e}"))),
@@ -514,26 +542,35 @@ const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 async fn flusher(
     inner: std::sync::Weak<StoreInner>,
     which: Which,
-    mut rx: mpsc::UnboundedReceiver<FlushWaiter>,
+    mut rx: mpsc::UnboundedReceiver<FlushRequest>,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut waiters = vec![first];
-        while let Ok(w) = rx.try_recv() {
-            waiters.push(w);
+        let mut requests = vec![first];
+        while let Ok(r) = rx.try_recv() {
+            requests.push(r);
+        }
+        let mut records = Vec::new();
+        let mut waiters = Vec::with_capacity(requests.len());
+        for r in requests {
+            records.extend(r.records);
+            waiters.push(r.done);
         }
         let Some(strong) = inner.upgrade() else {
             return;
         };
         let target = FlushTarget::of(&strong, which);
-        drop(strong);
+        // Held only while this round's records are appended.
+        let store = (!records.is_empty()).then(|| Store { inner: strong });
         let started = std::time::Instant::now();
         // Bounded: a flush stuck on a full disk (see `flush_bounded`) must
         // fail its waiters (451 to the client), not leave them hanging.
-        let res = match tokio::time::timeout(
-            FLUSH_LIMIT,
-            tokio::task::spawn_blocking(move || which.flush(&target)),
-        )
-        .await
+        let round = move || -> Result<(), StoreError> {
+            if let Some(store) = store {
+                store.append_history(&records)?;
+            }
+            which.flush(&target)
+        };
+        let res = match tokio::time::timeout(FLUSH_LIMIT, tokio::task::spawn_blocking(round)).await
         {
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err(e))) => Err(e.to_string()),
