@@ -3,7 +3,8 @@
 //! A [`DlpEngine`] holds the pre-configured rules (the built-ins of
 //! [`BUILTIN_RULES`] plus `[dlp.rules.NAME]` from config), compiled once at
 //! start and shared through an `Arc`. [`DlpEngine::scan`] walks the MIME tree
-//! of a raw message (mail-parser; base64 / quoted-printable decoded; attached
+//! of a raw message (its own fast walk for common shapes, mail-parser for the
+//! rest; base64 / quoted-printable decoded; attached
 //! `message/rfc822` messages walked too) and opens zip, gzip and tar
 //! archives recursively, testing every part and archive member against the
 //! selected rules. It is pure CPU work with no I/O: call it from a blocking
@@ -44,6 +45,7 @@ mod archive;
 pub mod checks;
 pub mod filetype;
 mod lua;
+mod mime;
 pub mod rules;
 mod scan;
 #[cfg(test)]

@@ -1,12 +1,14 @@
-//! The walk: MIME tree first, archives below it, every item tested against
-//! the selected rules.
+//! The walk: MIME tree first (parsed by [`mime`](super::mime), or by
+//! mail-parser where that gives up), archives below it, every item tested
+//! against the selected rules.
 
 use std::time::Instant;
 
-use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{MessageParser, MessagePart, MimeHeaders, PartType};
 use sha1::Digest;
 
 use super::filetype::{self, FileType};
+use super::mime;
 use super::rules::{Facts, Needs, Rule};
 use super::{
     archive, Limits, PartRef, ScanOptions, ScanResult, ERR_LIMIT_EXCEEDED, ERR_RECURSION_LIMIT,
@@ -67,10 +69,7 @@ impl<'a> Scanner<'a> {
         if self.rules.is_empty() {
             return self.result;
         }
-        match MessageParser::new().parse(raw) {
-            Some(msg) => self.walk_message(&msg, "", 0),
-            None => self.fail(&PartRef::part("0"), "message could not be parsed"),
-        }
+        self.walk_raw(raw, &PartRef::part("0"), "", 0);
         self.result
     }
 
@@ -116,8 +115,21 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn walk_message(&mut self, msg: &Message, prefix: &str, depth: usize) {
-        let Some(root) = msg.parts.first() else {
+    /// Parse a message (the fast walk, else mail-parser) and walk its parts;
+    /// `at` is where a parse failure is reported.
+    fn walk_raw(&mut self, raw: &[u8], at: &PartRef, prefix: &str, depth: usize) {
+        if let Some(parts) = mime::parse(raw) {
+            return self.walk_message(&parts, prefix, depth);
+        }
+        match MessageParser::new().parse(raw) {
+            Some(msg) => self.walk_message(&msg.parts, prefix, depth),
+            None if prefix.is_empty() => self.fail(at, "message could not be parsed"),
+            None => self.fail(at, "attached message could not be parsed"),
+        }
+    }
+
+    fn walk_message(&mut self, parts: &[MessagePart], prefix: &str, depth: usize) {
+        let Some(root) = parts.first() else {
             return;
         };
         let id = match (&root.body, prefix) {
@@ -126,11 +138,11 @@ impl<'a> Scanner<'a> {
             (_, "") => "1".to_string(),
             (_, p) => format!("{p}.1"),
         };
-        self.walk_part(msg, 0, id, depth);
+        self.walk_part(parts, 0, id, depth);
     }
 
-    fn walk_part(&mut self, msg: &Message, idx: usize, id: String, depth: usize) {
-        let Some(part) = msg.parts.get(idx) else {
+    fn walk_part(&mut self, parts: &[MessagePart], idx: usize, id: String, depth: usize) {
+        let Some(part) = parts.get(idx) else {
             return;
         };
         let at = PartRef::part(id);
@@ -172,13 +184,13 @@ impl<'a> Scanner<'a> {
                     } else {
                         format!("{}.{}", at.part, i + 1)
                     };
-                    self.walk_part(msg, child as usize, child_id, depth + 1);
+                    self.walk_part(parts, child as usize, child_id, depth + 1);
                 }
             }
             PartType::Message(inner) => {
                 self.examine(&item!(None, false));
                 if !self.stopped && self.may_descend(&at, depth) {
-                    self.walk_message(inner, &at.part, depth + 1);
+                    self.walk_message(&inner.parts, &at.part, depth + 1);
                 }
             }
             PartType::Text(t) | PartType::Html(t) => {
@@ -195,10 +207,7 @@ impl<'a> Scanner<'a> {
                     if self.stopped || !self.may_descend(&at, depth) {
                         return;
                     }
-                    match MessageParser::new().parse(b.as_ref()) {
-                        Some(inner) => self.walk_message(&inner, &at.part, depth + 1),
-                        None => self.fail(&at, "attached message could not be parsed"),
-                    }
+                    self.walk_raw(b.as_ref(), &at, &at.part, depth + 1);
                 } else {
                     self.inspect(&item!(Some(b.as_ref()), false), depth);
                 }

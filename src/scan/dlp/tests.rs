@@ -696,3 +696,52 @@ fn lua_argument_errors() {
         }
     );
 }
+
+#[test]
+fn many_parts_are_bounded_by_the_item_cap() {
+    let limits = Limits {
+        max_items: 100,
+        ..Limits::default()
+    };
+    let engine = DlpEngine::with_limits(&BTreeMap::new(), limits).unwrap();
+    let mut parts: Vec<String> = (0..1000)
+        .map(|i| text_part("text/plain", &format!("part {i}")))
+        .collect();
+    parts.push(text_part("text/plain", "card 4111111111111111"));
+    let r = engine.scan(&message(&parts), &Selection::All, &ScanOptions::default());
+    assert_eq!(r.rules(), [ERR_LIMIT_EXCEEDED], "{r:?}");
+}
+
+#[test]
+fn nesting_past_the_fast_walk_is_still_scanned() {
+    // Deeper than the fast walk takes: mail-parser walks it, the recursion
+    // limit reports it.
+    let mut m = String::from("From: a@example.org\r\nMIME-Version: 1.0\r\n");
+    for i in 0..300 {
+        m.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"
+        ));
+    }
+    m.push_str("\r\ncard 4111111111111111\r\n");
+    for i in (0..300).rev() {
+        m.push_str(&format!("--b{i}--\r\n"));
+    }
+    let r = scan(m.as_bytes(), &Selection::All);
+    assert_eq!(r.rules(), [ERR_RECURSION_LIMIT], "{r:?}");
+}
+
+#[test]
+fn unterminated_and_undecodable_parts_are_still_scanned() {
+    // No final boundary: the last part is mail-parser's, kept as text.
+    let raw = b"From: a@example.org\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n\
+        --XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n\
+        --XX\r\nContent-Type: text/plain\r\n\r\ncard 4111111111111111\r\n";
+    assert_eq!(scan(raw, &Selection::All).rules(), ["CREDITCARD"]);
+    // Base64 with a stray byte is kept raw, and its text still read.
+    let raw = b"From: a@example.org\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n\
+        --XX\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+        card 4111111111111111 !\r\n--XX--\r\n";
+    assert_eq!(scan(raw, &Selection::All).rules(), ["CREDITCARD"]);
+}
