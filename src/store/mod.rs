@@ -559,7 +559,7 @@ async fn flusher(
             return;
         };
         let target = FlushTarget::of(&strong, which);
-        // Held only while this round's records are appended.
+        // Kept for the round only when it has records to append.
         let store = (!records.is_empty()).then(|| Store { inner: strong });
         let started = std::time::Instant::now();
         // Bounded: a flush stuck on a full disk (see `flush_bounded`) must
